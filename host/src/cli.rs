@@ -1,0 +1,268 @@
+//! The command line: `invoke`, `build`, `build-components`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use lambda_host::catalog;
+use lambda_host::config::Settings;
+use lambda_host::language::{Language, LanguageTitle};
+use lambda_host::runtime::{self, Invocation, Runtime};
+use lambda_host::toolchain::{BuildError, BuildOptions, OptimizationLevel, Toolchains};
+
+#[derive(Parser, Debug)]
+#[command(name = "lambda-host", version, about = "Runs JavaScript, Python and Rust functions as WASI components")]
+pub struct Args {
+    /// Where the host keeps its state: AOT cache, build artifacts.
+    #[arg(long, global = true, env = "LAMBDA_DATA_DIR", default_value = ".lambda")]
+    data_dir: PathBuf,
+    /// The predefined functions, one folder per Language-Title.
+    #[arg(long, global = true, env = "LAMBDA_COMPONENTS_DIR", default_value = "components")]
+    components_dir: PathBuf,
+    /// The cargo target directory shared by Rust builds [default: <data-dir>/rust-target].
+    #[arg(long, global = true, env = "LAMBDA_RUST_TARGET_DIR")]
+    rust_target_dir: Option<PathBuf>,
+    /// Turn the pooling instance allocator off.
+    #[arg(long, global = true, env = "LAMBDA_NO_POOLING")]
+    no_pooling: bool,
+    /// The memory cap of one execution, in MiB.
+    #[arg(long, global = true, env = "LAMBDA_MEMORY_LIMIT_MB")]
+    memory_limit_mb: Option<u64>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs a function once and prints its JSON result.
+    Invoke {
+        /// A predefined function's Language-Title, or the path of a component (.wasm).
+        target: String,
+        /// The params object, as JSON.
+        #[arg(long, default_value = "{}")]
+        params: String,
+        /// The context object, as JSON.
+        #[arg(long, default_value = "{}")]
+        context: String,
+        /// The deadline, in milliseconds [default: 30000].
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
+    /// Builds a source file into a component with its language's toolchain.
+    Build {
+        /// nodejs (or js), python or rust.
+        #[arg(long)]
+        language: Language,
+        /// The source file.
+        source: PathBuf,
+        /// Where to write the component [default: the source's name with .wasm].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Build without optimisation.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Builds every predefined function and writes <out-dir>/<language-title>.wasm.
+    BuildComponents {
+        #[arg(long, default_value = "target/components")]
+        out_dir: PathBuf,
+    },
+}
+
+pub async fn run(args: Args) -> ExitCode {
+    match dispatch(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
+    let settings = settings(&args)?;
+    match args.command {
+        Command::Invoke {
+            target,
+            params,
+            context,
+            timeout_ms,
+        } => {
+            let params: Value = serde_json::from_str(&params).context("--params is not valid JSON")?;
+            if !params.is_object() {
+                bail!("--params must be a JSON object");
+            }
+            let context: Value =
+                serde_json::from_str(&context).context("--context is not valid JSON")?;
+            invoke(&settings, &target, params, context, timeout_ms.map(Duration::from_millis)).await
+        }
+        Command::Build {
+            language,
+            source,
+            output,
+            debug,
+        } => {
+            let output = output.unwrap_or_else(|| source.with_extension("wasm"));
+            let options = BuildOptions {
+                optimization_level: if debug { OptimizationLevel::Debug } else { OptimizationLevel::Release },
+            };
+            let code = std::fs::read_to_string(&source)
+                .with_context(|| format!("cannot read {}", source.display()))?;
+            let toolchains = Toolchains::detect(&settings.toolchain).await?;
+            let Some(artifact) = build_or_report(&toolchains, language, &code, &options).await? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            write(&output, &artifact.component)?;
+            eprintln!(
+                "{} {} ({} bytes, {})",
+                if artifact.built { "built" } else { "reused" },
+                output.display(),
+                artifact.component.len(),
+                artifact.digest.short()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BuildComponents { out_dir } => {
+            let functions = catalog::load_all(&settings.components_dir)?;
+            let toolchains = Toolchains::detect(&settings.toolchain).await?;
+            let mut failed = false;
+            for function in functions {
+                let options = BuildOptions::default();
+                let language = function.language_title.language();
+                match build_or_report(&toolchains, language, &function.source, &options).await? {
+                    Some(artifact) => {
+                        let path = out_dir.join(format!("{}.wasm", function.language_title));
+                        write(&path, &artifact.component)?;
+                        eprintln!("{} ({} bytes)", path.display(), artifact.component.len());
+                    }
+                    None => failed = true,
+                }
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+    }
+}
+
+fn settings(args: &Args) -> anyhow::Result<Settings> {
+    let mut settings = Settings::new(&args.data_dir, &args.components_dir);
+    if let Some(dir) = &args.rust_target_dir {
+        settings.toolchain.rust_target_dir = dir.clone();
+    }
+    settings.runtime.pooling = !args.no_pooling;
+    if let Some(mb) = args.memory_limit_mb {
+        settings.runtime.memory_limit_bytes = mb << 20;
+    }
+    settings.validate()?;
+    Ok(settings)
+}
+
+async fn invoke(
+    settings: &Settings,
+    target: &str,
+    params: Value,
+    context: Value,
+    timeout: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
+    let (language_title, component) = if target.ends_with(".wasm") {
+        let bytes = std::fs::read(target).with_context(|| format!("cannot read {target}"))?;
+        let stem = Path::new(target).file_stem().unwrap_or_default().to_string_lossy();
+        (stem.into_owned(), Arc::<[u8]>::from(bytes))
+    } else {
+        let language_title = LanguageTitle::parse(target)?;
+        let Some(function) = catalog::find(&settings.components_dir, &language_title)? else {
+            bail!(
+                "no predefined function {language_title} in {}",
+                settings.components_dir.display()
+            );
+        };
+        let toolchains = Toolchains::detect(&settings.toolchain).await?;
+        let language = language_title.language();
+        let Some(artifact) =
+            build_or_report(&toolchains, language, &function.source, &BuildOptions::default()).await?
+        else {
+            return Ok(ExitCode::FAILURE);
+        };
+        (language_title.to_string(), artifact.component)
+    };
+
+    let runtime = Runtime::new(&settings.runtime)?;
+    let outcome = match runtime.load(component).await {
+        Ok(function) => {
+            let invocation = Invocation {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                language_title,
+                params,
+                context,
+            };
+            runtime.invoke(&function, &invocation, timeout).await
+        }
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(execution) => {
+            for line in &execution.logs {
+                eprintln!("[{}] {}", line.level, line.message);
+            }
+            for (stream, text) in [("stdout", &execution.stdout), ("stderr", &execution.stderr)] {
+                if !text.is_empty() {
+                    eprintln!("[guest {stream}] {}", text.trim_end());
+                }
+            }
+            println!("{}", execution.result);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{}", runtime_error_body(&e));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Builds, printing a compile error as the API's error body on failure.
+async fn build_or_report(
+    toolchains: &Toolchains,
+    language: Language,
+    source: &str,
+    options: &BuildOptions,
+) -> anyhow::Result<Option<lambda_host::toolchain::Artifact>> {
+    match toolchains.build(language, source, options).await {
+        Ok(artifact) => Ok(Some(artifact)),
+        Err(BuildError::Compile(e)) => {
+            let body = json!({ "error": {
+                "code": "COMPILE_ERROR",
+                "message": e.message,
+                "details": { "diagnostics": e.diagnostics },
+            }});
+            eprintln!("{body:#}");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The structured error, in the shape of the API's error bodies.
+fn runtime_error_body(error: &runtime::Error) -> Value {
+    let (code, details) = match error {
+        runtime::Error::Timeout(_) => ("TIMEOUT", json!({})),
+        runtime::Error::Guest(guest) => ("RUNTIME_ERROR", json!(guest)),
+        runtime::Error::OutOfMemory { limit_bytes } => {
+            ("RUNTIME_ERROR", json!({ "reason": "out_of_memory", "limit_bytes": limit_bytes }))
+        }
+        runtime::Error::Trap { .. } | runtime::Error::InvalidResult(_) => ("RUNTIME_ERROR", json!({})),
+        runtime::Error::InvalidComponent(_) => ("INVALID_REQUEST", json!({})),
+        runtime::Error::Internal(_) => ("INTERNAL_ERROR", json!({})),
+    };
+    json!({ "error": { "code": code, "message": error.to_string(), "details": details } })
+}
+
+fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,198 @@
+//! Typed settings. Every part of the host is built from these, and they are
+//! validated before anything starts, so a bad value fails at start with a
+//! message instead of at the first request.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+
+/// Settings of the whole host.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where the host keeps its state: the AOT cache, build artifacts,
+    /// build working directories.
+    pub data_dir: PathBuf,
+    /// The predefined functions: one folder per `Language-Title`.
+    pub components_dir: PathBuf,
+    pub runtime: RuntimeConfig,
+    pub toolchain: ToolchainConfig,
+}
+
+impl Settings {
+    /// Defaults for a data directory and a components directory; the caller
+    /// overrides single fields (from the CLI or the environment) afterwards.
+    pub fn new(data_dir: impl Into<PathBuf>, components_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        Self {
+            runtime: RuntimeConfig::defaults_in(&data_dir),
+            toolchain: ToolchainConfig::defaults_in(&data_dir),
+            components_dir: components_dir.into(),
+            data_dir,
+        }
+    }
+
+    /// Checks every value, creates the directories the host writes to and
+    /// makes every path absolute (child processes such as cargo run in
+    /// other directories, where a relative path would mean something else).
+    pub fn validate(&mut self) -> anyhow::Result<()> {
+        self.runtime.validate()?;
+        self.toolchain.validate()?;
+        for dir in [&self.data_dir, &self.toolchain.artifacts_dir, &self.toolchain.work_dir] {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create directory {}", dir.display()))?;
+        }
+        if let Some(dir) = &self.runtime.aot_cache_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create directory {}", dir.display()))?;
+        }
+        for path in [
+            &mut self.data_dir,
+            &mut self.components_dir,
+            &mut self.toolchain.artifacts_dir,
+            &mut self.toolchain.work_dir,
+            &mut self.toolchain.rust_target_dir,
+        ]
+        .into_iter()
+        .chain(self.runtime.aot_cache_dir.as_mut())
+        {
+            *path = std::path::absolute(&*path)
+                .with_context(|| format!("cannot resolve {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Settings of the wasmtime runtime.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Use the pooling instance allocator: instance slots, memories and
+    /// stacks are reserved once and reused, which makes instantiation a
+    /// matter of microseconds. Off, every instance maps fresh memory.
+    pub pooling: bool,
+    /// How many instances may run at once: the size of the pool and of the
+    /// semaphore in front of instantiation.
+    pub max_instances: u32,
+    /// The most linear memory one execution may hold, summed over all the
+    /// memories of its component.
+    pub memory_limit_bytes: u64,
+    /// How long an execution may run when the caller does not say.
+    pub default_timeout: Duration,
+    /// The longest deadline a caller may ask for.
+    pub max_timeout: Duration,
+    /// The period of the engine's epoch ticker: the granularity of deadlines
+    /// and how often a running guest yields to the async executor.
+    pub epoch_tick: Duration,
+    /// How many bytes of stdout, of stderr and of log lines an execution may
+    /// leave; the rest is cut.
+    pub output_limit_bytes: usize,
+    /// Where compiled components are serialized ahead of time, keyed by
+    /// component digest and engine fingerprint. `None` turns the AOT cache off.
+    pub aot_cache_dir: Option<PathBuf>,
+}
+
+impl RuntimeConfig {
+    fn defaults_in(data_dir: &Path) -> Self {
+        Self {
+            pooling: true,
+            max_instances: 64,
+            memory_limit_bytes: 256 << 20,
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(300),
+            epoch_tick: Duration::from_millis(10),
+            output_limit_bytes: 64 << 10,
+            aot_cache_dir: Some(data_dir.join("aot")),
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        ensure!(self.max_instances >= 1, "max_instances must be at least 1");
+        ensure!(
+            self.memory_limit_bytes >= 1 << 20,
+            "memory_limit_bytes must be at least 1 MiB (got {})",
+            self.memory_limit_bytes
+        );
+        ensure!(
+            self.memory_limit_bytes <= 4 << 30,
+            "memory_limit_bytes must be at most 4 GiB, the size of a 32-bit memory (got {})",
+            self.memory_limit_bytes
+        );
+        ensure!(!self.default_timeout.is_zero(), "default_timeout must be positive");
+        ensure!(
+            self.default_timeout <= self.max_timeout,
+            "default_timeout ({:?}) exceeds max_timeout ({:?})",
+            self.default_timeout,
+            self.max_timeout
+        );
+        ensure!(
+            self.epoch_tick >= Duration::from_millis(1) && self.epoch_tick <= Duration::from_secs(1),
+            "epoch_tick must be between 1 ms and 1 s (got {:?})",
+            self.epoch_tick
+        );
+        Ok(())
+    }
+}
+
+/// Settings of the toolchains that build components from source.
+#[derive(Clone, Debug)]
+pub struct ToolchainConfig {
+    /// Built components, content addressed: `<build digest>.wasm`.
+    pub artifacts_dir: PathBuf,
+    /// Parent of the empty directories each build runs in.
+    pub work_dir: PathBuf,
+    /// The cargo target directory shared by every Rust build, so the
+    /// dependencies (serde, serde_json, wit-bindgen) are built once.
+    pub rust_target_dir: PathBuf,
+    /// The longest a single build may take before it is killed.
+    pub build_timeout: Duration,
+    /// The largest source accepted, in bytes.
+    pub max_source_bytes: usize,
+}
+
+impl ToolchainConfig {
+    fn defaults_in(data_dir: &Path) -> Self {
+        Self {
+            artifacts_dir: data_dir.join("artifacts"),
+            work_dir: data_dir.join("builds"),
+            rust_target_dir: data_dir.join("rust-target"),
+            build_timeout: Duration::from_secs(300),
+            max_source_bytes: 1 << 20,
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        ensure!(!self.build_timeout.is_zero(), "build_timeout must be positive");
+        ensure!(self.max_source_bytes > 0, "max_source_bytes must be positive");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        Settings::new(dir.path(), "components").validate().unwrap();
+    }
+
+    #[test]
+    fn relative_paths_become_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::new(dir.path(), "components");
+        settings.toolchain.rust_target_dir = "relative-target".into();
+        settings.validate().unwrap();
+        assert!(settings.toolchain.rust_target_dir.is_absolute());
+        assert!(settings.components_dir.is_absolute());
+    }
+
+    #[test]
+    fn a_default_timeout_above_the_maximum_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::new(dir.path(), "components");
+        settings.runtime.default_timeout = Duration::from_secs(600);
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("exceeds max_timeout"), "{err}");
+    }
+}

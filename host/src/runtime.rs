@@ -1,0 +1,152 @@
+//! The wasmtime runtime: the hot path of every execution.
+//!
+//! Three lifetimes of state are kept apart, as wasmtime's own serving code
+//! does:
+//!
+//! - per process, [`Runtime`]: one `Engine` (component model, epoch
+//!   interruption, pooling allocator), one `Linker` with the WASI interfaces
+//!   and our `host` interface, one epoch ticker thread, one semaphore sized to
+//!   the pool;
+//! - per component, [`LoadedFunction`]: compiled once (or loaded from the AOT
+//!   cache) and pre-instantiated, keyed by the digest of its bytes;
+//! - per execution: a fresh `Store` and instance with a deadline, a memory
+//!   cap and bounded output, dropped when the call returns.
+
+mod bindings;
+mod cache;
+mod engine;
+mod invoke;
+mod limits;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+pub use cache::CacheStats;
+pub use invoke::{Execution, Invocation, LogLine};
+
+use crate::config::RuntimeConfig;
+use crate::digest::Digest;
+
+/// Why an execution did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The guest ran past its deadline and was interrupted.
+    #[error("the function did not finish within {0:?}")]
+    Timeout(Duration),
+    /// The guest asked for more memory than its cap allows.
+    #[error("the function exceeded its memory limit of {limit_bytes} bytes")]
+    OutOfMemory { limit_bytes: u64 },
+    /// The function reported an error: an exception, a raised error, an `Err`.
+    #[error("{}", .0.message)]
+    Guest(GuestError),
+    /// The guest trapped: a panic, an `unreachable`, an out-of-bounds access.
+    #[error("the function crashed: {message}")]
+    Trap { message: String },
+    /// The guest answered with something that is not JSON.
+    #[error("the function returned invalid JSON: {0}")]
+    InvalidResult(String),
+    /// The bytes are not a component of the `lambda:function` world.
+    #[error("not a valid function component: {0:#}")]
+    InvalidComponent(anyhow::Error),
+    /// Anything else: a failure of the host, not of the guest.
+    #[error("internal runtime error: {0:#}")]
+    Internal(anyhow::Error),
+}
+
+/// A failure reported by the function itself, as the WIT `error-info`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct GuestError {
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack_trace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
+}
+
+/// A component compiled and pre-instantiated, ready for executions.
+pub struct LoadedFunction {
+    /// The digest of the component's bytes.
+    digest: Digest,
+    /// Linked once against the runtime's linker; instantiating it only
+    /// allocates and initialises, it never resolves imports again.
+    pre: bindings::FunctionPre<invoke::GuestState>,
+}
+
+impl LoadedFunction {
+    /// The digest of the component's bytes.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+}
+
+/// The process-wide runtime. Cheap to share behind an `Arc`.
+pub struct Runtime {
+    engine: wasmtime::Engine,
+    linker: Arc<wasmtime::component::Linker<invoke::GuestState>>,
+    cache: cache::ComponentCache,
+    /// Back-pressure: one permit per pool slot, taken before instantiation,
+    /// so a burst waits for a free slot instead of failing in the allocator.
+    permits: Arc<Semaphore>,
+    config: RuntimeConfig,
+    /// Dropped last: stops and joins the ticker thread.
+    _ticker: engine::EpochTicker,
+}
+
+impl Runtime {
+    /// Builds the engine, the linker and the caches. Fails on settings the
+    /// engine refuses, before anything runs.
+    pub fn new(config: &RuntimeConfig) -> anyhow::Result<Self> {
+        let engine = engine::build(config)?;
+        let linker = Arc::new(invoke::linker(&engine)?);
+        let cache = cache::ComponentCache::new(&engine, config.aot_cache_dir.clone())?;
+        let ticker = engine::EpochTicker::start(&engine, config.epoch_tick)?;
+        Ok(Self {
+            permits: Arc::new(Semaphore::new(config.max_instances as usize)),
+            engine,
+            linker,
+            cache,
+            config: config.clone(),
+            _ticker: ticker,
+        })
+    }
+
+    /// Compiles (or loads from the AOT cache) and pre-instantiates a
+    /// component. Loading the same bytes twice returns the same function;
+    /// concurrent loads of the same bytes wait for one compilation.
+    pub async fn load(&self, component: Arc<[u8]>) -> Result<Arc<LoadedFunction>, Error> {
+        self.cache.load(&self.engine, &self.linker, component).await
+    }
+
+    /// Runs one execution in a fresh instance. `timeout` is capped by the
+    /// configured maximum; `None` takes the default.
+    pub async fn invoke(
+        &self,
+        function: &LoadedFunction,
+        invocation: &Invocation,
+        timeout: Option<Duration>,
+    ) -> Result<Execution, Error> {
+        let timeout = timeout
+            .unwrap_or(self.config.default_timeout)
+            .min(self.config.max_timeout);
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| Error::Internal(e.into()))?;
+        invoke::run(&self.engine, &self.config, function, invocation, timeout).await
+    }
+
+    /// Counters of the component cache: compilations, AOT hits, loads.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// The settings the runtime was built with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+}

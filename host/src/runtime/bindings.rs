@@ -1,0 +1,11 @@
+//! The only `bindgen!` of the host: Rust types and traits for the
+//! `lambda:function` world in `wit/`.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "function",
+    exports: { default: async },
+});
+
+pub use lambda::function::host::Level;
+pub use Invocation as WitInvocation;

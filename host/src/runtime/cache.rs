@@ -1,0 +1,173 @@
+//! The component cache: each component compiled once per process, and once
+//! per machine thanks to the on-disk AOT cache.
+//!
+//! In memory, components are keyed by the digest of their bytes and hold
+//! their `InstancePre`. On disk, the compiled native code is serialized as
+//! `<digest>-<engine fingerprint>.cwasm`: the fingerprint covers the
+//! wasmtime version and every engine setting that affects code, so a host
+//! with other settings never loads code that was not compiled for it.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use tokio::sync::OnceCell;
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+
+use super::bindings::FunctionPre;
+use super::invoke::GuestState;
+use super::{Error, LoadedFunction};
+use crate::digest::Digest;
+
+/// Counters of the cache, for metrics and for tests that must tell a
+/// compilation from an AOT hit without timing anything.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Components compiled to native code (Cranelift ran).
+    pub compiles: u64,
+    /// Components deserialized from the AOT cache instead.
+    pub aot_hits: u64,
+    /// Loads answered from memory.
+    pub memory_hits: u64,
+}
+
+type Slot = Arc<OnceCell<Arc<LoadedFunction>>>;
+
+pub struct ComponentCache {
+    aot_dir: Option<PathBuf>,
+    /// Hex of a hash of the engine's compatibility fingerprint.
+    engine_fingerprint: String,
+    /// One slot per digest: concurrent loads of the same component await
+    /// the same cell, so it is compiled once. A std mutex, because it is
+    /// only held to look up or insert a slot, never across an await.
+    slots: Mutex<HashMap<Digest, Slot>>,
+    compiles: AtomicU64,
+    aot_hits: AtomicU64,
+    memory_hits: AtomicU64,
+}
+
+impl ComponentCache {
+    pub fn new(engine: &Engine, aot_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        if let Some(dir) = &aot_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the AOT cache at {}", dir.display()))?;
+        }
+        // `DefaultHasher::new()` uses fixed keys: the same engine gives the
+        // same fingerprint in every process of this build of the host.
+        let mut hasher = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Ok(Self {
+            aot_dir,
+            engine_fingerprint: format!("{:016x}", hasher.finish()),
+            slots: Mutex::new(HashMap::new()),
+            compiles: AtomicU64::new(0),
+            aot_hits: AtomicU64::new(0),
+            memory_hits: AtomicU64::new(0),
+        })
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            compiles: self.compiles.load(Ordering::Relaxed),
+            aot_hits: self.aot_hits.load(Ordering::Relaxed),
+            memory_hits: self.memory_hits.load(Ordering::Relaxed),
+        }
+    }
+
+    pub async fn load(
+        &self,
+        engine: &Engine,
+        linker: &Linker<GuestState>,
+        bytes: Arc<[u8]>,
+    ) -> Result<Arc<LoadedFunction>, Error> {
+        let digest = Digest::of(&bytes);
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.entry(digest).or_default().clone()
+        };
+        if let Some(loaded) = slot.get() {
+            self.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(loaded.clone());
+        }
+        slot.get_or_try_init(|| async {
+            let component = self.compile_or_deserialize(engine, digest, bytes).await?;
+            let pre = linker
+                .instantiate_pre(&component)
+                .map_err(|e| Error::InvalidComponent(e.into()))?;
+            let pre = FunctionPre::new(pre).map_err(|e| Error::InvalidComponent(e.into()))?;
+            Ok(Arc::new(LoadedFunction { digest, pre }))
+        })
+        .await
+        .cloned()
+    }
+
+    fn aot_path(&self, digest: Digest) -> Option<PathBuf> {
+        let dir = self.aot_dir.as_ref()?;
+        Some(dir.join(format!("{digest}-{}.cwasm", self.engine_fingerprint)))
+    }
+
+    /// Compilation takes seconds for an interpreter component: it runs on
+    /// the blocking pool, never on an async worker.
+    async fn compile_or_deserialize(
+        &self,
+        engine: &Engine,
+        digest: Digest,
+        bytes: Arc<[u8]>,
+    ) -> Result<Component, Error> {
+        let engine = engine.clone();
+        let aot_path = self.aot_path(digest);
+        let (component, compiled) = tokio::task::spawn_blocking(move || {
+            if let Some(path) = &aot_path
+                && let Some(component) = deserialize(&engine, path)
+            {
+                return Ok((component, false));
+            }
+            let component = Component::new(&engine, &bytes)
+                .map_err(|e| Error::InvalidComponent(e.into()))?;
+            if let Some(path) = &aot_path
+                && let Err(e) = store(&component, path)
+            {
+                tracing::warn!(path = %path.display(), "cannot write the AOT cache: {e:#}");
+            }
+            Ok((component, true))
+        })
+        .await
+        .map_err(|e| Error::Internal(e.into()))??;
+        let counter = if compiled { &self.compiles } else { &self.aot_hits };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(digest = %digest.short(), compiled, "component loaded");
+        Ok(component)
+    }
+}
+
+fn deserialize(engine: &Engine, path: &Path) -> Option<Component> {
+    if !path.exists() {
+        return None;
+    }
+    // SAFETY: the file was written by `store` below from a component this
+    // same engine configuration compiled (the fingerprint is in its name),
+    // and it lives in the host's own data directory, which only the host
+    // writes. Wasmtime additionally checks the header and version.
+    match unsafe { Component::deserialize_file(engine, path) } {
+        Ok(component) => Some(component),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "discarding an unusable AOT artifact: {e:#}");
+            let _ = std::fs::remove_file(path);
+            None
+        }
+    }
+}
+
+/// Writes atomically: a reader sees the whole artifact or none.
+fn store(component: &Component, path: &Path) -> anyhow::Result<()> {
+    let bytes = component.serialize()?;
+    let dir = path.parent().context("AOT path has no parent")?;
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut file, &bytes)?;
+    file.persist(path)?;
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! The process-wide engine and its epoch ticker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::config::RuntimeConfig;
+
+/// Guests of componentize-js and componentize-py are several core modules
+/// linked together (the interpreter, libc, adapters, the glue): a component
+/// instance holds up to a few dozen core instances.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+/// ...and a handful of memories and tables.
+const MAX_MEMORIES_PER_COMPONENT: u32 = 8;
+const MAX_TABLES_PER_COMPONENT: u32 = 32;
+/// Interpreters have tens of thousands of functions in their indirect-call
+/// table (CPython's is the largest seen).
+const MAX_TABLE_ELEMENTS: usize = 200_000;
+/// An interpreter's instance metadata (its `vmctx`: function refs, globals)
+/// is larger than a small module's; the pool reserves this much per slot.
+const MAX_CORE_INSTANCE_SIZE: usize = 4 << 20;
+
+/// Builds the one engine of the process.
+pub fn build(config: &RuntimeConfig) -> anyhow::Result<Engine> {
+    let mut wasm = Config::new();
+    wasm.wasm_component_model(true);
+    // Deadlines are epochs: a counter bumped by one thread, checked by the
+    // guest's code at loop heads and function entries. Cheaper than fuel and
+    // independent of how many stores are running.
+    wasm.epoch_interruption(true);
+    // Memory images: instantiation maps the data segments copy-on-write
+    // instead of copying them, which is most of the start-up of a 15 MB
+    // interpreter component.
+    wasm.memory_init_cow(true);
+
+    if config.pooling {
+        let instances = config.max_instances;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * MAX_CORE_INSTANCES_PER_COMPONENT)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+            .total_memories(instances * MAX_MEMORIES_PER_COMPONENT)
+            .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+            .total_tables(instances * MAX_TABLES_PER_COMPONENT)
+            .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+            .table_elements(MAX_TABLE_ELEMENTS)
+            .max_core_instance_size(MAX_CORE_INSTANCE_SIZE)
+            .total_stacks(instances)
+            // A slot's memory can never grow past the per-execution cap: the
+            // limiter refuses first, and the pool reserves no more than that.
+            .max_memory_size(config.memory_limit_bytes as usize)
+            // Keep a little memory resident in released slots, so the next
+            // instance in that slot does not fault every page in again.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10);
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+
+    Engine::new(&wasm)
+        .map_err(anyhow::Error::from)
+        .context("the wasmtime engine refused the runtime settings")
+}
+
+/// The single thread that advances the engine's epoch. Dropping it stops and
+/// joins the thread.
+pub struct EpochTicker {
+    /// Set on drop; the thread checks it every tick.
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub fn start(engine: &Engine, tick: Duration) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        // A weak handle: the ticker must not keep the engine alive.
+        let engine = engine.weak();
+        let handle = std::thread::Builder::new()
+            .name("wasm-epoch-ticker".into())
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        match engine.upgrade() {
+                            Some(engine) => engine.increment_epoch(),
+                            None => break,
+                        }
+                    }
+                }
+            })
+            .context("cannot start the epoch ticker thread")?;
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}

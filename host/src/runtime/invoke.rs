@@ -1,0 +1,240 @@
+//! One execution: a fresh store and instance, a deadline, a memory cap,
+//! captured output; and the mapping of how it ended to [`Error`].
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::Value;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::{self, ErrorInfo, Level, WitInvocation};
+use super::limits::{BoundedOutput, MemoryLimiter};
+use super::{Error, GuestError, LoadedFunction};
+use crate::config::RuntimeConfig;
+
+/// What the caller hands to one execution.
+#[derive(Clone, Debug)]
+pub struct Invocation {
+    pub request_id: String,
+    pub language_title: String,
+    /// The caller's params; API.md requires a JSON object.
+    pub params: Value,
+    /// The session's context object.
+    pub context: Value,
+}
+
+/// A finished execution.
+#[derive(Clone, Debug)]
+pub struct Execution {
+    /// The function's result.
+    pub result: Value,
+    /// Lines the guest logged through the `host` interface.
+    pub logs: Vec<LogLine>,
+    /// What the guest wrote to stdout and stderr, bounded.
+    pub stdout: String,
+    pub stderr: String,
+    /// Wall time from instantiation to the returned result.
+    pub duration: Duration,
+}
+
+/// One line the guest logged.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LogLine {
+    pub level: &'static str,
+    pub message: String,
+}
+
+/// The state of one store: everything the guest can reach.
+pub struct GuestState {
+    /// WASI with nothing granted: no preopened directories, no environment,
+    /// no arguments, no sockets; stdout and stderr go to bounded buffers.
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    logs: Vec<LogLine>,
+    /// Bytes of log messages still allowed.
+    log_budget: usize,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::lambda::function::types::Host for GuestState {}
+
+impl bindings::lambda::function::host::Host for GuestState {
+    fn log(&mut self, level: Level, message: String) {
+        if self.log_budget == 0 {
+            return;
+        }
+        let mut message = message;
+        if message.len() > self.log_budget {
+            let mut cut = self.log_budget;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str(" [log truncated]");
+        }
+        self.log_budget = self.log_budget.saturating_sub(message.len());
+        let level = match level {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        };
+        self.logs.push(LogLine { level, message });
+    }
+}
+
+/// The linker every component is instantiated against: WASI 0.2 (the
+/// interfaces language runtimes import, all backed by an empty context) and
+/// our `host` interface. Nothing else can be imported.
+pub fn linker(engine: &Engine) -> anyhow::Result<Linker<GuestState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("linking WASI")?;
+    bindings::Function::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)
+        .map_err(anyhow::Error::from)
+        .context("linking the lambda:function host interface")?;
+    Ok(linker)
+}
+
+pub async fn run(
+    engine: &Engine,
+    config: &RuntimeConfig,
+    function: &LoadedFunction,
+    invocation: &Invocation,
+    timeout: Duration,
+) -> Result<Execution, Error> {
+    let stdout = BoundedOutput::new(config.output_limit_bytes);
+    let stderr = BoundedOutput::new(config.output_limit_bytes);
+    let wasi = WasiCtxBuilder::new()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    let mut store = Store::new(
+        engine,
+        GuestState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(config.memory_limit_bytes),
+            logs: Vec::new(),
+            log_budget: config.output_limit_bytes,
+        },
+    );
+    store.limiter(|state| &mut state.limiter);
+
+    // Every tick the guest yields to the executor (so a busy guest never
+    // holds a worker thread for long) and is interrupted once past its
+    // deadline.
+    let started = Instant::now();
+    let deadline = started + timeout;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+
+    let params = serde_json::to_string(&invocation.params).map_err(|e| Error::Internal(e.into()))?;
+    let context =
+        serde_json::to_string(&invocation.context).map_err(|e| Error::Internal(e.into()))?;
+    let wit_invocation = WitInvocation {
+        request_id: invocation.request_id.clone(),
+        language_title: invocation.language_title.clone(),
+        params,
+        context,
+    };
+
+    let call = async {
+        let instance = function.pre.instantiate_async(&mut store).await?;
+        instance.call_handle(&mut store, &wit_invocation).await
+    };
+    // The epoch stops guest code; this stops a guest blocked in a host call
+    // (a sleep, a poll), where no epoch check runs. Dropping the future
+    // drops the instance with it.
+    let outcome = tokio::time::timeout(timeout, call).await;
+    let duration = started.elapsed();
+    let state = store.into_data();
+
+    let returned = match outcome {
+        Err(_elapsed) => return Err(Error::Timeout(timeout)),
+        Ok(Err(trap)) => {
+            return Err(classify_trap(trap, &state.limiter, config, timeout, &stderr));
+        }
+        Ok(Ok(returned)) => returned,
+    };
+    match returned {
+        Ok(json) => {
+            let result = serde_json::from_str(&json).map_err(|e| Error::InvalidResult(e.to_string()))?;
+            Ok(Execution {
+                result,
+                logs: state.logs,
+                stdout: stdout.contents(),
+                stderr: stderr.contents(),
+                duration,
+            })
+        }
+        // A guest that caught its allocation failure and reported it is
+        // still out of memory, whatever words it chose.
+        Err(_) if state.limiter.hit_the_cap() => Err(Error::OutOfMemory {
+            limit_bytes: config.memory_limit_bytes,
+        }),
+        Err(ErrorInfo {
+            message,
+            stack_trace,
+            line,
+            column,
+        }) => Err(Error::Guest(GuestError {
+            message,
+            stack_trace,
+            line,
+            column,
+        })),
+    }
+}
+
+/// Names the reason a call trapped.
+fn classify_trap(
+    trap: wasmtime::Error,
+    limiter: &MemoryLimiter,
+    config: &RuntimeConfig,
+    timeout: Duration,
+    stderr: &BoundedOutput,
+) -> Error {
+    if limiter.hit_the_cap() {
+        return Error::OutOfMemory {
+            limit_bytes: config.memory_limit_bytes,
+        };
+    }
+    if trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return Error::Timeout(timeout);
+    }
+    if trap.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+        return Error::Internal(anyhow::Error::from(trap));
+    }
+    // A Rust panic prints its message to stderr, then aborts: the message
+    // is the useful part, the trap (`unreachable`) is not.
+    let panic = stderr.contents();
+    let panic = panic.trim();
+    let message = if panic.is_empty() {
+        trap.to_string()
+    } else {
+        format!("{panic} ({trap})")
+    };
+    Error::Trap { message }
+}

@@ -1,0 +1,370 @@
+//! Toolchains: a language's source in, a component of the `lambda:function`
+//! world out.
+//!
+//! [`Toolchains`] is the one entry point the CLI and the API use. It names
+//! every build by a digest of its inputs (language, toolchain fingerprint,
+//! options, source) and stores the result under that name, so identical
+//! source is never built twice; concurrent requests for the same digest
+//! wait for one build. Builds run as child processes (cargo, node,
+//! componentize-py), a bounded number per toolchain, each with a timeout
+//! and in an empty working directory of its own.
+
+mod artifacts;
+pub mod rust;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OnceCell, Semaphore};
+
+use crate::config::ToolchainConfig;
+use crate::digest::Digest;
+use crate::language::Language;
+
+pub use artifacts::ArtifactStore;
+
+/// How to build: the knobs a client may set in `compile_options`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BuildOptions {
+    #[serde(default)]
+    pub optimization_level: OptimizationLevel,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizationLevel {
+    #[default]
+    Release,
+    Debug,
+}
+
+/// One place in the user's source a compiler complained about.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Diagnostic {
+    pub message: String,
+    /// 1-based line in the user's source, where the toolchain gives one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// 1-based column, where the toolchain gives one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
+}
+
+/// The source was refused or did not compile: the user's mistake.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CompileError {
+    pub message: String,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Why a build produced no component.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("the build did not finish within {0:?}")]
+    Timeout(Duration),
+    #[error("the {language} toolchain is not available: {reason}")]
+    Unavailable { language: Language, reason: String },
+    #[error("internal build error: {0:#}")]
+    Internal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for BuildError {
+    fn from(error: anyhow::Error) -> Self {
+        BuildError::Internal(error)
+    }
+}
+
+/// A language's build driver.
+#[async_trait::async_trait]
+pub trait Toolchain: Send + Sync {
+    fn language(&self) -> Language;
+
+    /// Everything about the toolchain that changes its output (compiler
+    /// version, glue code, pinned dependencies). Part of every build digest,
+    /// so upgrading a toolchain never serves a stale artifact.
+    fn fingerprint(&self) -> &str;
+
+    /// How many builds of this toolchain may run at once.
+    fn max_parallel_builds(&self) -> usize;
+
+    /// Builds `source` into a component, working only inside `workdir`, an
+    /// empty directory that is removed afterwards.
+    async fn build(
+        &self,
+        source: &str,
+        options: &BuildOptions,
+        workdir: &Path,
+    ) -> Result<Vec<u8>, BuildError>;
+}
+
+/// A built component.
+#[derive(Clone, Debug)]
+pub struct Artifact {
+    /// The digest of the build's inputs: the artifact's name in the store.
+    pub digest: Digest,
+    /// The component's bytes.
+    pub component: Arc<[u8]>,
+    /// True when this call ran the toolchain; false when the artifact
+    /// came from the store.
+    pub built: bool,
+}
+
+/// Counters of builds, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BuildStats {
+    /// Toolchain runs that produced a component.
+    pub built: u64,
+    /// Toolchain runs that failed (compile errors, timeouts, crashes).
+    pub failed: u64,
+    /// Builds answered from the artifact store.
+    pub reused: u64,
+}
+
+struct Registered {
+    toolchain: Arc<dyn Toolchain>,
+    /// Bounds concurrent builds of this toolchain.
+    permits: Semaphore,
+}
+
+type InFlight = Arc<OnceCell<Arc<[u8]>>>;
+
+/// Every toolchain of the host, the artifact store and the build queues.
+pub struct Toolchains {
+    toolchains: HashMap<Language, Registered>,
+    /// Languages whose toolchain could not start, with the reason.
+    unavailable: HashMap<Language, String>,
+    artifacts: ArtifactStore,
+    work_dir: PathBuf,
+    build_timeout: Duration,
+    max_source_bytes: usize,
+    /// Builds in progress by digest, so a second request for the same
+    /// digest waits for the first. A std mutex: held only to look up or
+    /// insert, never across an await.
+    in_flight: Mutex<HashMap<Digest, InFlight>>,
+    built: AtomicU64,
+    failed: AtomicU64,
+    reused: AtomicU64,
+}
+
+impl Toolchains {
+    /// Detects every toolchain. A missing one is not fatal: its language
+    /// answers builds with [`BuildError::Unavailable`] and the reason.
+    pub async fn detect(config: &ToolchainConfig) -> anyhow::Result<Self> {
+        let mut found: Vec<anyhow::Result<Arc<dyn Toolchain>>> = Vec::new();
+        found.push(
+            rust::RustToolchain::detect(config)
+                .await
+                .map(|t| Arc::new(t) as Arc<dyn Toolchain>),
+        );
+        let mut unavailable = HashMap::new();
+        let mut toolchains = Vec::new();
+        for (language, result) in [Language::Rust].into_iter().zip(found) {
+            match result {
+                Ok(toolchain) => toolchains.push(toolchain),
+                Err(e) => {
+                    tracing::warn!(%language, "toolchain unavailable: {e:#}");
+                    unavailable.insert(language, format!("{e:#}"));
+                }
+            }
+        }
+        for language in Language::ALL {
+            if language != Language::Rust {
+                unavailable.insert(language, "not implemented yet".to_owned());
+            }
+        }
+        let mut this = Self::with_toolchains(config, toolchains)?;
+        this.unavailable = unavailable;
+        Ok(this)
+    }
+
+    /// A set of given toolchains (tests use this to plug in their own).
+    pub fn with_toolchains(
+        config: &ToolchainConfig,
+        toolchains: Vec<Arc<dyn Toolchain>>,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.work_dir)?;
+        Ok(Self {
+            toolchains: toolchains
+                .into_iter()
+                .map(|toolchain| {
+                    let permits = Semaphore::new(toolchain.max_parallel_builds().max(1));
+                    (toolchain.language(), Registered { toolchain, permits })
+                })
+                .collect(),
+            unavailable: HashMap::new(),
+            artifacts: ArtifactStore::open(&config.artifacts_dir)?,
+            work_dir: config.work_dir.clone(),
+            build_timeout: config.build_timeout,
+            max_source_bytes: config.max_source_bytes,
+            in_flight: Mutex::new(HashMap::new()),
+            built: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether a language can be built here, and why not.
+    pub fn status(&self, language: Language) -> Result<(), String> {
+        if self.toolchains.contains_key(&language) {
+            Ok(())
+        } else {
+            Err(self
+                .unavailable
+                .get(&language)
+                .cloned()
+                .unwrap_or_else(|| "not configured".to_owned()))
+        }
+    }
+
+    pub fn stats(&self) -> BuildStats {
+        BuildStats {
+            built: self.built.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            reused: self.reused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The digest a build of these inputs has, whether or not it exists.
+    pub fn digest(
+        &self,
+        language: Language,
+        source: &str,
+        options: &BuildOptions,
+    ) -> Result<Digest, BuildError> {
+        let registered = self.registered(language)?;
+        let options = serde_json::to_vec(options).map_err(anyhow::Error::from)?;
+        Ok(Digest::of_fields([
+            language.as_str().as_bytes(),
+            registered.toolchain.fingerprint().as_bytes(),
+            &options,
+            source.as_bytes(),
+        ]))
+    }
+
+    /// Builds `source`, or returns the stored artifact of an identical
+    /// earlier build.
+    pub async fn build(
+        &self,
+        language: Language,
+        source: &str,
+        options: &BuildOptions,
+    ) -> Result<Artifact, BuildError> {
+        if source.len() > self.max_source_bytes {
+            return Err(CompileError {
+                message: format!(
+                    "the source is {} bytes; the limit is {} bytes",
+                    source.len(),
+                    self.max_source_bytes
+                ),
+                diagnostics: Vec::new(),
+            }
+            .into());
+        }
+        let digest = self.digest(language, source, options)?;
+        if let Some(component) = self.artifacts.get(digest).await? {
+            self.reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(Artifact {
+                digest,
+                component,
+                built: false,
+            });
+        }
+
+        let cell = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            in_flight.entry(digest).or_default().clone()
+        };
+        let mut built_here = false;
+        let result = cell
+            .get_or_try_init(|| async {
+                built_here = true;
+                self.run_build(language, digest, source, options).await
+            })
+            .await
+            .cloned();
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&digest);
+
+        match result {
+            Ok(component) => {
+                if !built_here {
+                    self.reused.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Artifact {
+                    digest,
+                    component,
+                    built: built_here,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn run_build(
+        &self,
+        language: Language,
+        digest: Digest,
+        source: &str,
+        options: &BuildOptions,
+    ) -> Result<Arc<[u8]>, BuildError> {
+        let registered = self.registered(language)?;
+        let _permit = registered
+            .permits
+            .acquire()
+            .await
+            .map_err(anyhow::Error::from)?;
+        // The queue may have held us while another process built it.
+        if let Some(component) = self.artifacts.get(digest).await? {
+            return Ok(component);
+        }
+        let workdir = tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(&self.work_dir)
+            .map_err(anyhow::Error::from)?;
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(
+            self.build_timeout,
+            registered.toolchain.build(source, options, workdir.path()),
+        )
+        .await
+        .unwrap_or(Err(BuildError::Timeout(self.build_timeout)));
+        let component = match outcome {
+            Ok(component) => component,
+            Err(e) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        self.artifacts.put(digest, &component).await?;
+        self.built.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            %language,
+            digest = %digest.short(),
+            bytes = component.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "built a component"
+        );
+        Ok(component.into())
+    }
+
+    fn registered(&self, language: Language) -> Result<&Registered, BuildError> {
+        self.toolchains
+            .get(&language)
+            .ok_or_else(|| BuildError::Unavailable {
+                language,
+                reason: self
+                    .unavailable
+                    .get(&language)
+                    .cloned()
+                    .unwrap_or_else(|| "not configured".to_owned()),
+            })
+    }
+}
