@@ -16,13 +16,27 @@ use lambda_host::runtime::{self, Invocation, Runtime};
 use lambda_host::toolchain::{BuildError, BuildOptions, OptimizationLevel, Toolchains};
 
 #[derive(Parser, Debug)]
-#[command(name = "lambda-host", version, about = "Runs JavaScript, Python and Rust functions as WASI components")]
+#[command(
+    name = "lambda-host",
+    version,
+    about = "Runs JavaScript, Python and Rust functions as WASI components"
+)]
 pub struct Args {
     /// Where the host keeps its state: AOT cache, build artifacts.
-    #[arg(long, global = true, env = "LAMBDA_DATA_DIR", default_value = ".lambda")]
+    #[arg(
+        long,
+        global = true,
+        env = "LAMBDA_DATA_DIR",
+        default_value = ".lambda"
+    )]
     data_dir: PathBuf,
     /// The predefined functions, one folder per Language-Title.
-    #[arg(long, global = true, env = "LAMBDA_COMPONENTS_DIR", default_value = "components")]
+    #[arg(
+        long,
+        global = true,
+        env = "LAMBDA_COMPONENTS_DIR",
+        default_value = "components"
+    )]
     components_dir: PathBuf,
     /// The cargo target directory shared by Rust builds [default: <data-dir>/rust-target].
     #[arg(long, global = true, env = "LAMBDA_RUST_TARGET_DIR")]
@@ -93,13 +107,21 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             context,
             timeout_ms,
         } => {
-            let params: Value = serde_json::from_str(&params).context("--params is not valid JSON")?;
+            let params: Value =
+                serde_json::from_str(&params).context("--params is not valid JSON")?;
             if !params.is_object() {
                 bail!("--params must be a JSON object");
             }
             let context: Value =
                 serde_json::from_str(&context).context("--context is not valid JSON")?;
-            invoke(&settings, &target, params, context, timeout_ms.map(Duration::from_millis)).await
+            invoke(
+                &settings,
+                &target,
+                params,
+                context,
+                timeout_ms.map(Duration::from_millis),
+            )
+            .await
         }
         Command::Build {
             language,
@@ -109,12 +131,17 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
         } => {
             let output = output.unwrap_or_else(|| source.with_extension("wasm"));
             let options = BuildOptions {
-                optimization_level: if debug { OptimizationLevel::Debug } else { OptimizationLevel::Release },
+                optimization_level: if debug {
+                    OptimizationLevel::Debug
+                } else {
+                    OptimizationLevel::Release
+                },
             };
             let code = std::fs::read_to_string(&source)
                 .with_context(|| format!("cannot read {}", source.display()))?;
             let toolchains = Toolchains::detect(&settings.toolchain).await?;
-            let Some(artifact) = build_or_report(&toolchains, language, &code, &options).await? else {
+            let Some(artifact) = build_or_report(&toolchains, language, &code, &options).await?
+            else {
                 return Ok(ExitCode::FAILURE);
             };
             write(&output, &artifact.component)?;
@@ -143,7 +170,11 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
                     None => failed = true,
                 }
             }
-            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }
@@ -170,7 +201,10 @@ async fn invoke(
 ) -> anyhow::Result<ExitCode> {
     let (language_title, component) = if target.ends_with(".wasm") {
         let bytes = std::fs::read(target).with_context(|| format!("cannot read {target}"))?;
-        let stem = Path::new(target).file_stem().unwrap_or_default().to_string_lossy();
+        let stem = Path::new(target)
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy();
         (stem.into_owned(), Arc::<[u8]>::from(bytes))
     } else {
         let language_title = LanguageTitle::parse(target)?;
@@ -182,8 +216,13 @@ async fn invoke(
         };
         let toolchains = Toolchains::detect(&settings.toolchain).await?;
         let language = language_title.language();
-        let Some(artifact) =
-            build_or_report(&toolchains, language, &function.source, &BuildOptions::default()).await?
+        let Some(artifact) = build_or_report(
+            &toolchains,
+            language,
+            &function.source,
+            &BuildOptions::default(),
+        )
+        .await?
         else {
             return Ok(ExitCode::FAILURE);
         };
@@ -250,10 +289,13 @@ fn runtime_error_body(error: &runtime::Error) -> Value {
     let (code, details) = match error {
         runtime::Error::Timeout(_) => ("TIMEOUT", json!({})),
         runtime::Error::Guest(guest) => ("RUNTIME_ERROR", json!(guest)),
-        runtime::Error::OutOfMemory { limit_bytes } => {
-            ("RUNTIME_ERROR", json!({ "reason": "out_of_memory", "limit_bytes": limit_bytes }))
+        runtime::Error::OutOfMemory { limit_bytes } => (
+            "RUNTIME_ERROR",
+            json!({ "reason": "out_of_memory", "limit_bytes": limit_bytes }),
+        ),
+        runtime::Error::Trap { .. } | runtime::Error::InvalidResult(_) => {
+            ("RUNTIME_ERROR", json!({}))
         }
-        runtime::Error::Trap { .. } | runtime::Error::InvalidResult(_) => ("RUNTIME_ERROR", json!({})),
         runtime::Error::InvalidComponent(_) => ("INVALID_REQUEST", json!({})),
         runtime::Error::Internal(_) => ("INTERNAL_ERROR", json!({})),
     };

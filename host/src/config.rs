@@ -38,7 +38,11 @@ impl Settings {
     pub fn validate(&mut self) -> anyhow::Result<()> {
         self.runtime.validate()?;
         self.toolchain.validate()?;
-        for dir in [&self.data_dir, &self.toolchain.artifacts_dir, &self.toolchain.work_dir] {
+        for dir in [
+            &self.data_dir,
+            &self.toolchain.artifacts_dir,
+            &self.toolchain.work_dir,
+        ] {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create directory {}", dir.display()))?;
         }
@@ -117,7 +121,10 @@ impl RuntimeConfig {
             "memory_limit_bytes must be at most 4 GiB, the size of a 32-bit memory (got {})",
             self.memory_limit_bytes
         );
-        ensure!(!self.default_timeout.is_zero(), "default_timeout must be positive");
+        ensure!(
+            !self.default_timeout.is_zero(),
+            "default_timeout must be positive"
+        );
         ensure!(
             self.default_timeout <= self.max_timeout,
             "default_timeout ({:?}) exceeds max_timeout ({:?})",
@@ -125,7 +132,8 @@ impl RuntimeConfig {
             self.max_timeout
         );
         ensure!(
-            self.epoch_tick >= Duration::from_millis(1) && self.epoch_tick <= Duration::from_secs(1),
+            self.epoch_tick >= Duration::from_millis(1)
+                && self.epoch_tick <= Duration::from_secs(1),
             "epoch_tick must be between 1 ms and 1 s (got {:?})",
             self.epoch_tick
         );
@@ -161,8 +169,14 @@ impl ToolchainConfig {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        ensure!(!self.build_timeout.is_zero(), "build_timeout must be positive");
-        ensure!(self.max_source_bytes > 0, "max_source_bytes must be positive");
+        ensure!(
+            !self.build_timeout.is_zero(),
+            "build_timeout must be positive"
+        );
+        ensure!(
+            self.max_source_bytes > 0,
+            "max_source_bytes must be positive"
+        );
         Ok(())
     }
 }

@@ -50,7 +50,9 @@ impl fmt::Display for Language {
 pub enum ParseError {
     #[error("unknown language `{0}`; supported languages: {list}", list = Language::supported_list())]
     UnknownLanguage(String),
-    #[error("a Language-Title has the form <language>-<title>, e.g. `nodejs-calculator`; got `{0}`")]
+    #[error(
+        "a Language-Title has the form <language>-<title>, e.g. `nodejs-calculator`; got `{0}`"
+    )]
     Malformed(String),
     #[error("a title is 1 to 64 characters of a-z, 0-9, `_` and `-`; got `{0}`")]
     InvalidTitle(String),
@@ -141,17 +143,25 @@ mod tests {
     #[test]
     fn parses_each_language_and_the_js_alias() {
         let lt = LanguageTitle::parse("nodejs-calculator").unwrap();
-        assert_eq!((lt.language(), lt.title()), (Language::Nodejs, "calculator"));
+        assert_eq!(
+            (lt.language(), lt.title()),
+            (Language::Nodejs, "calculator")
+        );
         assert_eq!(
             LanguageTitle::parse("js-calculator").unwrap().to_string(),
             "nodejs-calculator"
         );
         assert_eq!(
-            LanguageTitle::parse("python-text_processor").unwrap().language(),
+            LanguageTitle::parse("python-text_processor")
+                .unwrap()
+                .language(),
             Language::Python
         );
         let lt = LanguageTitle::parse("rust-data-validator-2").unwrap();
-        assert_eq!((lt.language(), lt.title()), (Language::Rust, "data-validator-2"));
+        assert_eq!(
+            (lt.language(), lt.title()),
+            (Language::Rust, "data-validator-2")
+        );
     }
 
     #[test]
@@ -163,7 +173,15 @@ mod tests {
 
     #[test]
     fn refuses_malformed_titles() {
-        for bad in ["", "nodejs", "-calc", "nodejs-", "nodejs-Calc", "rust-a b", "rust-é"] {
+        for bad in [
+            "",
+            "nodejs",
+            "-calc",
+            "nodejs-",
+            "nodejs-Calc",
+            "rust-a b",
+            "rust-é",
+        ] {
             assert!(LanguageTitle::parse(bad).is_err(), "{bad:?} was accepted");
         }
         let long = format!("rust-{}", "a".repeat(65));

@@ -7,5 +7,5 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use lambda::function::host::Level;
 pub use Invocation as WitInvocation;
+pub use lambda::function::host::Level;

@@ -126,8 +126,8 @@ impl ComponentCache {
             {
                 return Ok((component, false));
             }
-            let component = Component::new(&engine, &bytes)
-                .map_err(|e| Error::InvalidComponent(e.into()))?;
+            let component =
+                Component::new(&engine, &bytes).map_err(|e| Error::InvalidComponent(e.into()))?;
             if let Some(path) = &aot_path
                 && let Err(e) = store(&component, path)
             {
@@ -137,7 +137,11 @@ impl ComponentCache {
         })
         .await
         .map_err(|e| Error::Internal(e.into()))??;
-        let counter = if compiled { &self.compiles } else { &self.aot_hits };
+        let counter = if compiled {
+            &self.compiles
+        } else {
+            &self.aot_hits
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(digest = %digest.short(), compiled, "component loaded");
         Ok(component)

@@ -150,7 +150,8 @@ pub async fn run(
         }
     });
 
-    let params = serde_json::to_string(&invocation.params).map_err(|e| Error::Internal(e.into()))?;
+    let params =
+        serde_json::to_string(&invocation.params).map_err(|e| Error::Internal(e.into()))?;
     let context =
         serde_json::to_string(&invocation.context).map_err(|e| Error::Internal(e.into()))?;
     let wit_invocation = WitInvocation {
@@ -174,13 +175,20 @@ pub async fn run(
     let returned = match outcome {
         Err(_elapsed) => return Err(Error::Timeout(timeout)),
         Ok(Err(trap)) => {
-            return Err(classify_trap(trap, &state.limiter, config, timeout, &stderr));
+            return Err(classify_trap(
+                trap,
+                &state.limiter,
+                config,
+                timeout,
+                &stderr,
+            ));
         }
         Ok(Ok(returned)) => returned,
     };
     match returned {
         Ok(json) => {
-            let result = serde_json::from_str(&json).map_err(|e| Error::InvalidResult(e.to_string()))?;
+            let result =
+                serde_json::from_str(&json).map_err(|e| Error::InvalidResult(e.to_string()))?;
             Ok(Execution {
                 result,
                 logs: state.logs,
@@ -224,7 +232,10 @@ fn classify_trap(
     if trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         return Error::Timeout(timeout);
     }
-    if trap.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+    if trap
+        .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
         return Error::Internal(anyhow::Error::from(trap));
     }
     // A Rust panic prints its message to stderr, then aborts: the message

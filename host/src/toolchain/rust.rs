@@ -25,14 +25,26 @@ use crate::language::Language;
 /// The template crate, compiled into the host so the host needs nothing
 /// from the repository at run time to build a Rust function.
 const TEMPLATE: &[(&str, &str)] = &[
-    ("Cargo.toml", include_str!("../../../toolchains/rust/template/Cargo.toml")),
-    ("Cargo.lock", include_str!("../../../toolchains/rust/template/Cargo.lock")),
-    ("src/lib.rs", include_str!("../../../toolchains/rust/template/src/lib.rs")),
+    (
+        "Cargo.toml",
+        include_str!("../../../toolchains/rust/template/Cargo.toml"),
+    ),
+    (
+        "Cargo.lock",
+        include_str!("../../../toolchains/rust/template/Cargo.lock"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("../../../toolchains/rust/template/src/lib.rs"),
+    ),
     ("wit/world.wit", include_str!("../../../wit/world.wit")),
 ];
 /// Where the user's source goes in the template.
 const HANDLER_PATH: &str = "src/handler.rs";
-/// The template's package name: the name of the built `.wasm`.
+/// The template's package name. Each build renames it to a name of its own
+/// (see [`write_crate`]): builds share one target directory, and cargo
+/// writes the finished `.wasm` under the package's name, so two builds of
+/// the same name (from two processes) would overwrite each other's output.
 const CRATE_NAME: &str = "lambda_function";
 const TARGET: &str = "wasm32-wasip2";
 
@@ -54,7 +66,11 @@ impl RustToolchain {
         if !target_lib.exists() {
             bail!("the {TARGET} target is not installed (rustup target add {TARGET})");
         }
-        let template = Digest::of_fields(TEMPLATE.iter().flat_map(|(p, c)| [p.as_bytes(), c.as_bytes()]));
+        let template = Digest::of_fields(
+            TEMPLATE
+                .iter()
+                .flat_map(|(p, c)| [p.as_bytes(), c.as_bytes()]),
+        );
         Ok(Self {
             target_dir: config.rust_target_dir.clone(),
             env,
@@ -87,7 +103,8 @@ impl Toolchain for RustToolchain {
         workdir: &Path,
     ) -> Result<Vec<u8>, BuildError> {
         guard::check(source)?;
-        write_crate(workdir, source).context("writing the build directory")?;
+        let crate_name = format!("{CRATE_NAME}_{}", uuid::Uuid::new_v4().simple());
+        write_crate(workdir, &crate_name, source).context("writing the build directory")?;
 
         let profile = match options.optimization_level {
             OptimizationLevel::Release => "release",
@@ -95,7 +112,13 @@ impl Toolchain for RustToolchain {
         };
         let mut cargo = tokio::process::Command::new("cargo");
         cargo
-            .args(["build", "--locked", "--message-format=json", "--target", TARGET])
+            .args([
+                "build",
+                "--locked",
+                "--message-format=json",
+                "--target",
+                TARGET,
+            ])
             .current_dir(workdir)
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -107,19 +130,21 @@ impl Toolchain for RustToolchain {
         if profile == "release" {
             cargo.arg("--release");
         }
-        let output = cargo.output().await.context("running cargo")?;
-        if !output.status.success() {
-            return Err(compile_error(&output.stdout, &output.stderr, workdir).into());
-        }
-        let wasm = self
-            .target_dir
-            .join(TARGET)
-            .join(profile)
-            .join(format!("{CRATE_NAME}.wasm"));
-        let component = tokio::fs::read(&wasm)
-            .await
-            .with_context(|| format!("reading the built component {}", wasm.display()))?;
-        Ok(component)
+        let output = cargo.output().await;
+        let profile_dir = self.target_dir.join(TARGET).join(profile);
+        let component = match output {
+            Ok(output) if output.status.success() => {
+                let wasm = profile_dir.join(format!("{crate_name}.wasm"));
+                tokio::fs::read(&wasm)
+                    .await
+                    .with_context(|| format!("reading the built component {}", wasm.display()))
+                    .map_err(BuildError::from)
+            }
+            Ok(output) => Err(compile_error(&output.stdout, &output.stderr, workdir).into()),
+            Err(e) => Err(anyhow::Error::from(e).context("running cargo").into()),
+        };
+        remove_outputs(&profile_dir, &crate_name);
+        component
     }
 }
 
@@ -138,7 +163,10 @@ fn build_environment(target_dir: &Path) -> Vec<(String, String)> {
             "RUSTUP_HOME".to_owned(),
             std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{home}/.rustup")),
         ),
-        ("CARGO_TARGET_DIR".to_owned(), target_dir.display().to_string()),
+        (
+            "CARGO_TARGET_DIR".to_owned(),
+            target_dir.display().to_string(),
+        ),
         ("CARGO_TERM_COLOR".to_owned(), "never".to_owned()),
     ];
     if let Ok(toolchain) = std::env::var("RUSTUP_TOOLCHAIN") {
@@ -147,7 +175,11 @@ fn build_environment(target_dir: &Path) -> Vec<(String, String)> {
     env
 }
 
-async fn run_with(env: &[(String, String)], program: &str, args: &[&str]) -> anyhow::Result<String> {
+async fn run_with(
+    env: &[(String, String)],
+    program: &str,
+    args: &[&str],
+) -> anyhow::Result<String> {
     let output = tokio::process::Command::new(program)
         .args(args)
         .env_clear()
@@ -166,8 +198,17 @@ async fn run_with(env: &[(String, String)], program: &str, args: &[&str]) -> any
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn write_crate(dir: &Path, source: &str) -> std::io::Result<()> {
+/// Writes the template, renamed to `crate_name`, with the user's source.
+fn write_crate(dir: &Path, crate_name: &str, source: &str) -> std::io::Result<()> {
+    let package_name = format!("name = \"{CRATE_NAME}\"");
+    let renamed = format!("name = \"{crate_name}\"");
     for (path, contents) in TEMPLATE.iter().copied().chain([(HANDLER_PATH, source)]) {
+        let contents = match path {
+            // The manifest and the lockfile's root entry must agree, or
+            // `--locked` refuses the build.
+            "Cargo.toml" | "Cargo.lock" => contents.replace(&package_name, &renamed),
+            _ => contents.to_owned(),
+        };
         let path = dir.join(path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
@@ -175,6 +216,32 @@ fn write_crate(dir: &Path, source: &str) -> std::io::Result<()> {
         std::fs::write(path, contents)?;
     }
     Ok(())
+}
+
+/// Removes what one build left in the shared target directory, so the
+/// directory holds the shared dependencies and not one copy per function.
+fn remove_outputs(profile_dir: &Path, crate_name: &str) {
+    let prefixes = [format!("{crate_name}-"), format!("{crate_name}.")];
+    for file in [format!("{crate_name}.wasm"), format!("{crate_name}.d")] {
+        let _ = std::fs::remove_file(profile_dir.join(file));
+    }
+    for dir in ["deps", ".fingerprint"] {
+        let Ok(entries) = std::fs::read_dir(profile_dir.join(dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+    }
 }
 
 /// One line of cargo's `--message-format=json` output (the parts we read).

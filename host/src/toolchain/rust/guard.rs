@@ -104,8 +104,8 @@ fn check_tokens(tokens: &[TokenTree], in_attribute: bool) -> Result<(), CompileE
                 let inner: Vec<TokenTree> = group.stream().into_iter().collect();
                 // `#[...]` and `#![...]`: the bracket group after a `#`
                 // (and an optional `!`).
-                let is_attribute = group.delimiter() == Delimiter::Bracket
-                    && is_attribute_start(&tokens[..i]);
+                let is_attribute =
+                    group.delimiter() == Delimiter::Bracket && is_attribute_start(&tokens[..i]);
                 check_tokens(&inner, in_attribute || is_attribute)?;
             }
             TokenTree::Punct(_) | TokenTree::Literal(_) => {}
@@ -224,6 +224,10 @@ mod tests {
     #[test]
     fn a_source_that_does_not_tokenize_is_refused() {
         let err = refused("pub fn handler( {");
-        assert!(err.message.contains("cannot be tokenized"), "{}", err.message);
+        assert!(
+            err.message.contains("cannot be tokenized"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -1,0 +1,116 @@
+//! The `lambda-host` binary, run as a user runs it.
+
+use std::process::Command;
+
+use crate::helpers::repo_root;
+
+fn lambda_host(data_dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lambda-host"));
+    command
+        .current_dir(repo_root())
+        .env("LAMBDA_DATA_DIR", data_dir)
+        .env(
+            "LAMBDA_RUST_TARGET_DIR",
+            repo_root().join("target/guest-rust"),
+        );
+    command
+}
+
+#[test]
+fn invoke_prints_the_result_of_a_predefined_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = lambda_host(dir.path())
+        .args(["invoke", "rust-data_validator", "--params"])
+        .arg(r#"{"data":{"age":25},"rules":["required","numeric"]}"#)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "{\"valid\":true,\"errors\":[]}\n"
+    );
+}
+
+#[test]
+fn invoke_reports_a_failure_as_a_structured_error_and_a_non_zero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = lambda_host(dir.path())
+        .args(["invoke", "rust-data_validator", "--params", r#"{"data":1}"#])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let error: serde_json::Value = serde_json::from_str(stderr.trim()).unwrap();
+    assert_eq!(error["error"]["code"], "RUNTIME_ERROR");
+    assert_eq!(error["error"]["message"], "params.data must be an object");
+}
+
+#[test]
+fn build_writes_a_component_that_invoke_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("double.rs");
+    std::fs::write(
+        &source,
+        "use serde_json::{json, Value};\n\
+         pub fn handler(event: Value) -> Result<Value, String> {\n\
+         \x20   let n = event[\"params\"][\"n\"].as_i64().ok_or(\"n must be an integer\")?;\n\
+         \x20   Ok(json!({ \"doubled\": n * 2 }))\n}\n",
+    )
+    .unwrap();
+    let wasm = dir.path().join("double.wasm");
+    let build = lambda_host(dir.path())
+        .args(["build", "--language", "rust"])
+        .arg(&source)
+        .arg("-o")
+        .arg(&wasm)
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let invoke = lambda_host(dir.path())
+        .arg("invoke")
+        .arg(&wasm)
+        .args(["--params", r#"{"n":21}"#])
+        .output()
+        .unwrap();
+    assert!(
+        invoke.status.success(),
+        "{}",
+        String::from_utf8_lossy(&invoke.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&invoke.stdout),
+        "{\"doubled\":42}\n"
+    );
+}
+
+#[test]
+fn a_refused_source_fails_the_build_with_the_compile_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("steal.rs");
+    std::fs::write(
+        &source,
+        "pub const P: &str = include_str!(\"/etc/passwd\");\n",
+    )
+    .unwrap();
+    let build = lambda_host(dir.path())
+        .args(["build", "--language", "rust"])
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert!(!build.status.success());
+    let stderr = String::from_utf8_lossy(&build.stderr);
+    assert!(
+        stderr.contains("COMPILE_ERROR") && stderr.contains("include_str"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("steal.wasm").exists());
+}

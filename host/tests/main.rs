@@ -1,0 +1,9 @@
+//! Integration tests: one binary, a module per area. Every guest is built
+//! from source by the real toolchains, exactly as a user's function is.
+
+mod helpers;
+
+mod cli;
+mod predefined;
+mod runtime;
+mod toolchain_rust;

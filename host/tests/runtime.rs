@@ -1,0 +1,309 @@
+//! The runtime core: isolation, deadlines, memory caps, output bounds, the
+//! AOT cache and back-pressure, each shown with a real guest.
+
+use std::time::Duration;
+
+use lambda_host::runtime::Error;
+use serde_json::json;
+
+use crate::helpers::{invocation, runtime, rust_fixture};
+
+/// Fails a test that hangs instead of letting the suite stall.
+const TEST_GUARD: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_handler_receives_the_event_of_api_md_and_its_logs_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path(), |_| {});
+    let function = runtime.load(rust_fixture("echo").await).await.unwrap();
+    let mut call = invocation(
+        "rust-echo",
+        json!({ "text": "héllo ✓", "n": [1, 2.5, null] }),
+    );
+    call.context = json!({ "user_id": "u1" });
+    let execution = runtime.invoke(&function, &call, None).await.unwrap();
+    assert_eq!(
+        execution.result,
+        json!({
+            "params": { "text": "héllo ✓", "n": [1, 2.5, null] },
+            "context": { "user_id": "u1" },
+            "request_id": call.request_id,
+            "language_title": "rust-echo",
+        })
+    );
+    assert_eq!(execution.logs.len(), 1);
+    assert_eq!(
+        (execution.logs[0].level, execution.logs[0].message.as_str()),
+        ("info", "echo called")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_loop_is_stopped_by_the_deadline_and_reported_as_a_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path(), |_| {});
+    let function = runtime
+        .load(rust_fixture("endless_loop").await)
+        .await
+        .unwrap();
+    let call = invocation("rust-endless_loop", json!({}));
+    let outcome = tokio::time::timeout(
+        TEST_GUARD,
+        runtime.invoke(&function, &call, Some(Duration::from_millis(300))),
+    )
+    .await
+    .expect("the deadline did not stop the guest");
+    assert!(
+        matches!(outcome, Err(Error::Timeout(t)) if t == Duration::from_millis(300)),
+        "{outcome:?}"
+    );
+
+    // The interrupted instance is gone; the next execution starts fresh.
+    let echo = runtime.load(rust_fixture("echo").await).await.unwrap();
+    runtime
+        .invoke(&echo, &invocation("rust-echo", json!({})), None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_blocked_in_a_host_call_is_stopped_by_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path(), |_| {});
+    let function = runtime.load(rust_fixture("sleeper").await).await.unwrap();
+    let call = invocation("rust-sleeper", json!({}));
+    let outcome = tokio::time::timeout(
+        TEST_GUARD,
+        runtime.invoke(&function, &call, Some(Duration::from_millis(300))),
+    )
+    .await
+    .expect("the deadline did not stop the guest");
+    assert!(matches!(outcome, Err(Error::Timeout(_))), "{outcome:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_growing_its_memory_past_the_cap_is_reported_as_out_of_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path(), |s| s.runtime.memory_limit_bytes = 32 << 20);
+    let function = runtime
+        .load(rust_fixture("memory_hog").await)
+        .await
+        .unwrap();
+
+    // Under the cap: fine.
+    let small = invocation("rust-memory_hog", json!({ "megabytes": 8 }));
+    let execution = runtime.invoke(&function, &small, None).await.unwrap();
+    assert_eq!(execution.result, json!({ "held_mb": 8 }));
+
+    // Past it: a distinct error, not a crash.
+    let greedy = invocation("rust-memory_hog", json!({}));
+    let outcome = runtime.invoke(&function, &greedy, None).await;
+    assert!(
+        matches!(outcome, Err(Error::OutOfMemory { limit_bytes }) if limit_bytes == 32 << 20),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_memory_cap_holds_without_the_pooling_allocator_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path(), |s| {
+        s.runtime.pooling = false;
+        s.runtime.memory_limit_bytes = 32 << 20;
+    });
+    let function = runtime
+        .load(rust_fixture("memory_hog").await)
+        .await
+        .unwrap();
+    let outcome = runtime
+        .invoke(&function, &invocation("rust-memory_hog", json!({})), None)
+        .await;
+    assert!(
+        matches!(outcome, Err(Error::OutOfMemory { .. })),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_gets_no_files_no_environment_no_arguments_and_no_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path(), |_| {});
+    let function = runtime
+        .load(rust_fixture("sandbox_probe").await)
+        .await
+        .unwrap();
+    let execution = runtime
+        .invoke(
+            &function,
+            &invocation("rust-sandbox_probe", json!({})),
+            None,
+        )
+        .await
+        .unwrap();
+    let seen = execution.result;
+    assert!(
+        seen["file"]["error"].is_string(),
+        "read a host file: {seen}"
+    );
+    assert!(
+        seen["cwd_listing"]["error"].is_string(),
+        "listed a directory: {seen}"
+    );
+    assert_eq!(
+        seen["env_vars"],
+        json!([]),
+        "saw environment variables: {seen}"
+    );
+    assert_eq!(seen["home"], json!(null));
+    assert_eq!(seen["args"], json!([]));
+    assert!(
+        seen["connect"]["error"].is_string(),
+        "opened a socket: {seen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_beyond_the_limit_is_cut_without_failing_the_execution() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path(), |s| s.runtime.output_limit_bytes = 4096);
+    let function = runtime.load(rust_fixture("chatty").await).await.unwrap();
+    let execution = runtime
+        .invoke(&function, &invocation("rust-chatty", json!({})), None)
+        .await
+        .unwrap();
+    assert_eq!(execution.result, json!("still answered"));
+    assert!(execution.stdout.starts_with("stdout line 0\n"));
+    assert!(execution.stdout.ends_with("[output truncated]"));
+    assert!(execution.stdout.len() < 4096 + 64);
+    assert!(execution.stderr.starts_with("stderr line 0\n"));
+    let logged: usize = execution.logs.iter().map(|l| l.message.len()).sum();
+    assert!(logged <= 4096 + 64, "kept {logged} bytes of logs");
+    assert!(
+        execution
+            .logs
+            .last()
+            .unwrap()
+            .message
+            .ends_with("[log truncated]")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_returned_err_is_a_guest_error_and_a_panic_a_trap_with_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path(), |_| {});
+    let function = runtime
+        .load(rust_fixture("returns_err").await)
+        .await
+        .unwrap();
+    match runtime
+        .invoke(&function, &invocation("rust-returns_err", json!({})), None)
+        .await
+    {
+        Err(Error::Guest(e)) => assert_eq!(e.message, "the input was rejected"),
+        other => panic!("expected a guest error, got {other:?}"),
+    }
+
+    let function = runtime.load(rust_fixture("panics").await).await.unwrap();
+    match runtime
+        .invoke(
+            &function,
+            &invocation("rust-panics", json!({ "n": 0 })),
+            None,
+        )
+        .await
+    {
+        Err(Error::Trap { message }) => {
+            assert!(message.contains("boom: n must not be zero"), "{message}")
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    // The same function still serves the next call.
+    let execution = runtime
+        .invoke(
+            &function,
+            &invocation("rust-panics", json!({ "n": 4 })),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(execution.result, json!(25));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_start_loads_the_component_from_the_aot_cache_without_compiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = rust_fixture("echo").await;
+    {
+        let first = runtime(dir.path(), |_| {});
+        first.load(component.clone()).await.unwrap();
+        first.load(component.clone()).await.unwrap();
+        let stats = first.cache_stats();
+        assert_eq!(
+            (stats.compiles, stats.aot_hits, stats.memory_hits),
+            (1, 0, 1)
+        );
+    }
+    let second = runtime(dir.path(), |_| {});
+    let function = second.load(component).await.unwrap();
+    let stats = second.cache_stats();
+    assert_eq!((stats.compiles, stats.aot_hits), (0, 1));
+    second
+        .invoke(
+            &function,
+            &crate::helpers::invocation("rust-echo", json!({})),
+            None,
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_aot_artifact_is_discarded_and_recompiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = rust_fixture("echo").await;
+    runtime(dir.path(), |_| {})
+        .load(component.clone())
+        .await
+        .unwrap();
+    for entry in std::fs::read_dir(dir.path().join("aot")).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"not a cwasm").unwrap();
+    }
+    let second = runtime(dir.path(), |_| {});
+    let function = second.load(component).await.unwrap();
+    assert_eq!(second.cache_stats().compiles, 1);
+    second
+        .invoke(&function, &invocation("rust-echo", json!({})), None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_that_are_not_a_component_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path(), |_| {});
+    let outcome = runtime.load(b"\0asm not really".to_vec().into()).await;
+    assert!(matches!(outcome, Err(Error::InvalidComponent(_))));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn more_concurrent_executions_than_pool_slots_wait_for_a_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = std::sync::Arc::new(runtime(dir.path(), |s| s.runtime.max_instances = 2));
+    let function = runtime.load(rust_fixture("echo").await).await.unwrap();
+    let calls: Vec<_> = (0..16)
+        .map(|i| {
+            let runtime = runtime.clone();
+            let function = function.clone();
+            tokio::spawn(async move {
+                runtime
+                    .invoke(&function, &invocation("rust-echo", json!({ "i": i })), None)
+                    .await
+                    .map(|e| e.result["params"]["i"].clone())
+            })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        assert_eq!(call.await.unwrap().unwrap(), json!(i));
+    }
+}

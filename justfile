@@ -1,0 +1,54 @@
+# lambda-microservice: `just --list` explains every recipe.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Pinned tool versions, installed by `setup` when missing.
+wasm_tools_version := "1.263.0"
+# Where builds of the predefined functions land, for `inspect`.
+components_out := "target/components"
+host := "target/release/lambda-host"
+
+# List the recipes.
+default:
+    @just --list
+
+# Install what this machine lacks: the wasm32-wasip2 target, wasm-tools.
+setup:
+    rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+    command -v wasm-tools >/dev/null && wasm-tools --version | grep -q "{{wasm_tools_version}}" \
+        || cargo install wasm-tools --locked --version {{wasm_tools_version}}
+
+# Build the host in release mode.
+build: setup
+    cargo build --release --locked
+
+# Build every function under components/ into target/components/<language-title>.wasm.
+build-components: build
+    {{host}} build-components --out-dir {{components_out}}
+
+# Print the WIT world of a component: a path, or a predefined function's name.
+inspect component: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    path="{{component}}"
+    if [[ "$path" != *.wasm ]]; then
+        path="{{components_out}}/$path.wasm"
+        [[ -f "$path" ]] || just build-components
+    fi
+    wasm-tools component wit "$path"
+
+# Run the tests: unit, integration (real guests, real toolchains), formatting, lints.
+test: setup
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+    cargo test --workspace --locked
+
+# Build the host and the predefined functions, then show how to call one (the REST API comes next).
+run: build-components
+    @echo
+    @echo "The host is built: {{host}}. Try:"
+    @echo "  {{host}} invoke rust-data_validator --params '{\"data\":{\"age\":25},\"rules\":[\"required\",\"numeric\"]}'"
+
+# Run one function once: just invoke rust-data_validator '{"data":{},"rules":["required"]}'.
+invoke function params="{}": build
+    {{host}} invoke {{function}} --params '{{params}}'
