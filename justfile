@@ -12,11 +12,41 @@ host := "target/release/lambda-host"
 default:
     @just --list
 
-# Install what this machine lacks: the wasm32-wasip2 target, wasm-tools.
-setup:
-    rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+# Install what this machine lacks: the wasm32-wasip2 target, wasm-tools, componentize-js, componentize-py.
+setup: setup-rust setup-js setup-python
     command -v wasm-tools >/dev/null && wasm-tools --version | grep -q "{{wasm_tools_version}}" \
         || cargo install wasm-tools --locked --version {{wasm_tools_version}}
+
+# The Rust toolchain's target for functions.
+setup-rust:
+    rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+# componentize-js and its pinned dependencies, from the lockfile (again only when it changed).
+setup-js:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd toolchains/js
+    command -v node >/dev/null || { echo "node is required: apt-get install nodejs npm" >&2; exit 1; }
+    stamp=node_modules/.lockfile-sha256
+    want=$(sha256sum package-lock.json | cut -d' ' -f1)
+    if [[ ! -f $stamp || $(cat $stamp) != "$want" ]]; then
+        npm ci --no-audit --no-fund
+        echo "$want" > $stamp
+    fi
+
+# componentize-py in toolchains/python/.venv, pinned by requirements.txt (again only when it changed).
+setup-python:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd toolchains/python
+    stamp=.venv/.requirements-sha256
+    want=$(sha256sum requirements.txt | cut -d' ' -f1)
+    if [[ ! -f $stamp || $(cat $stamp) != "$want" ]]; then
+        rm -rf .venv
+        python3 -m venv .venv
+        .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+        echo "$want" > $stamp
+    fi
 
 # Build the host in release mode.
 build: setup

@@ -41,6 +41,14 @@ pub struct Args {
     /// The cargo target directory shared by Rust builds [default: <data-dir>/rust-target].
     #[arg(long, global = true, env = "LAMBDA_RUST_TARGET_DIR")]
     rust_target_dir: Option<PathBuf>,
+    /// The build drivers and their pinned tools (js/node_modules, python/.venv).
+    #[arg(
+        long,
+        global = true,
+        env = "LAMBDA_TOOLCHAINS_DIR",
+        default_value = "toolchains"
+    )]
+    toolchains_dir: PathBuf,
     /// Turn the pooling instance allocator off.
     #[arg(long, global = true, env = "LAMBDA_NO_POOLING")]
     no_pooling: bool,
@@ -184,6 +192,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     if let Some(dir) = &args.rust_target_dir {
         settings.toolchain.rust_target_dir = dir.clone();
     }
+    settings.toolchain.toolchains_dir = args.toolchains_dir.clone();
     settings.runtime.pooling = !args.no_pooling;
     if let Some(mb) = args.memory_limit_mb {
         settings.runtime.memory_limit_bytes = mb << 20;

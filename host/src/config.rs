@@ -56,6 +56,7 @@ impl Settings {
             &mut self.toolchain.artifacts_dir,
             &mut self.toolchain.work_dir,
             &mut self.toolchain.rust_target_dir,
+            &mut self.toolchain.toolchains_dir,
         ]
         .into_iter()
         .chain(self.runtime.aot_cache_dir.as_mut())
@@ -151,6 +152,9 @@ pub struct ToolchainConfig {
     /// The cargo target directory shared by every Rust build, so the
     /// dependencies (serde, serde_json, wit-bindgen) are built once.
     pub rust_target_dir: PathBuf,
+    /// Our build drivers and their pinned tools: `js/` (node_modules),
+    /// `python/` (.venv).
+    pub toolchains_dir: PathBuf,
     /// The longest a single build may take before it is killed.
     pub build_timeout: Duration,
     /// The largest source accepted, in bytes.
@@ -163,6 +167,7 @@ impl ToolchainConfig {
             artifacts_dir: data_dir.join("artifacts"),
             work_dir: data_dir.join("builds"),
             rust_target_dir: data_dir.join("rust-target"),
+            toolchains_dir: PathBuf::from("toolchains"),
             build_timeout: Duration::from_secs(300),
             max_source_bytes: 1 << 20,
         }

@@ -10,6 +10,9 @@
 //! and in an empty working directory of its own.
 
 mod artifacts;
+mod driver;
+mod js;
+mod python;
 pub mod rust;
 
 use std::collections::HashMap;
@@ -156,26 +159,25 @@ impl Toolchains {
     /// Detects every toolchain. A missing one is not fatal: its language
     /// answers builds with [`BuildError::Unavailable`] and the reason.
     pub async fn detect(config: &ToolchainConfig) -> anyhow::Result<Self> {
-        let mut found: Vec<anyhow::Result<Arc<dyn Toolchain>>> = Vec::new();
-        found.push(
-            rust::RustToolchain::detect(config)
-                .await
-                .map(|t| Arc::new(t) as Arc<dyn Toolchain>),
+        let (nodejs, python, rust) = tokio::join!(
+            js::detect(&config.toolchains_dir),
+            python::detect(&config.toolchains_dir),
+            rust::RustToolchain::detect(config),
         );
-        let mut unavailable = HashMap::new();
+        let found: [(Language, anyhow::Result<Arc<dyn Toolchain>>); 3] = [
+            (Language::Nodejs, nodejs.map(|t| Arc::new(t) as _)),
+            (Language::Python, python.map(|t| Arc::new(t) as _)),
+            (Language::Rust, rust.map(|t| Arc::new(t) as _)),
+        ];
         let mut toolchains = Vec::new();
-        for (language, result) in [Language::Rust].into_iter().zip(found) {
+        let mut unavailable = HashMap::new();
+        for (language, result) in found {
             match result {
                 Ok(toolchain) => toolchains.push(toolchain),
                 Err(e) => {
                     tracing::warn!(%language, "toolchain unavailable: {e:#}");
                     unavailable.insert(language, format!("{e:#}"));
                 }
-            }
-        }
-        for language in Language::ALL {
-            if language != Language::Rust {
-                unavailable.insert(language, "not implemented yet".to_owned());
             }
         }
         let mut this = Self::with_toolchains(config, toolchains)?;

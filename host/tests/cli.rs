@@ -114,3 +114,88 @@ fn a_refused_source_fails_the_build_with_the_compile_error() {
     );
     assert!(!dir.path().join("steal.wasm").exists());
 }
+
+/// A data directory shared by the CLI tests of interpreter components, so
+/// their 10-second AOT compilation happens once, not per test run.
+fn shared_data_dir() -> std::path::PathBuf {
+    repo_root().join("target/test-cli-data")
+}
+
+#[test]
+fn invoke_runs_the_predefined_javascript_and_python_functions() {
+    for (function, params, expected) in [
+        (
+            "nodejs-calculator",
+            r#"{"operation":"add","a":5,"b":3}"#,
+            "{\"result\":8}\n",
+        ),
+        (
+            "python-text_processor",
+            r#"{"action":"count_words","text":"Hello world"}"#,
+            "{\"result\":2}\n",
+        ),
+    ] {
+        let output = lambda_host(&shared_data_dir())
+            .args(["invoke", function, "--params", params])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{function}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            expected,
+            "{function}"
+        );
+    }
+}
+
+#[test]
+fn build_and_invoke_work_for_javascript_and_python_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    for (language, file, source) in [
+        (
+            "nodejs",
+            "greet.js",
+            "export default (event) => ({ hello: event.params.name });\n",
+        ),
+        (
+            "python",
+            "greet.py",
+            "def handler(event):\n    return {\"hello\": event[\"params\"][\"name\"]}\n",
+        ),
+    ] {
+        let source_path = dir.path().join(file);
+        std::fs::write(&source_path, source).unwrap();
+        let wasm = dir.path().join(format!("{language}-greet.wasm"));
+        let build = lambda_host(&shared_data_dir())
+            .args(["build", "--language", language])
+            .arg(&source_path)
+            .arg("-o")
+            .arg(&wasm)
+            .output()
+            .unwrap();
+        assert!(
+            build.status.success(),
+            "{}",
+            String::from_utf8_lossy(&build.stderr)
+        );
+        let invoke = lambda_host(&shared_data_dir())
+            .arg("invoke")
+            .arg(&wasm)
+            .args(["--params", r#"{"name":"wörld"}"#])
+            .output()
+            .unwrap();
+        assert!(
+            invoke.status.success(),
+            "{}",
+            String::from_utf8_lossy(&invoke.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&invoke.stdout),
+            "{\"hello\":\"wörld\"}\n"
+        );
+    }
+}

@@ -19,13 +19,24 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Settings over a fresh data directory, sharing the expensive caches of
-/// every test: the Rust target directory (dependencies built once) and the
-/// artifact store (fixtures built once per change of their source).
+/// every test: the Rust target directory (dependencies built once), the
+/// artifact store (fixtures built once per change of their source) and the
+/// AOT cache (a 12-20 MB interpreter component compiled once, not per test).
 pub fn settings(data_dir: &Path) -> Settings {
     let mut settings = Settings::new(data_dir, repo_root().join("components"));
     settings.toolchain.rust_target_dir = repo_root().join("target/guest-rust");
     settings.toolchain.artifacts_dir = repo_root().join("target/test-artifacts");
+    settings.toolchain.toolchains_dir = repo_root().join("toolchains");
+    settings.runtime.aot_cache_dir = Some(repo_root().join("target/test-aot"));
     settings.validate().unwrap();
+    settings
+}
+
+/// Settings whose AOT cache is the fresh data directory's own, for tests
+/// that count compilations.
+pub fn private_aot_settings(data_dir: &Path) -> Settings {
+    let mut settings = settings(data_dir);
+    settings.runtime.aot_cache_dir = Some(data_dir.join("aot"));
     settings
 }
 
@@ -53,17 +64,29 @@ pub async fn shared_toolchains() -> &'static Toolchains {
 
 /// Builds `tests/fixtures/rust/<name>.rs` with the real Rust toolchain.
 pub async fn rust_fixture(name: &str) -> Arc<[u8]> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/rust/{name}.rs"));
+    fixture(Language::Rust, name).await
+}
+
+/// Builds `tests/fixtures/<js|python|rust>/<name>.<ext>` with the real
+/// toolchain of its language.
+pub async fn fixture(language: Language, name: &str) -> Arc<[u8]> {
+    let (folder, extension) = match language {
+        Language::Nodejs => ("js", "js"),
+        Language::Python => ("python", "py"),
+        Language::Rust => ("rust", "rs"),
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/fixtures/{folder}/{name}.{extension}"));
     let source = std::fs::read_to_string(&path).unwrap();
     shared_toolchains()
         .await
-        .build(Language::Rust, &source, &BuildOptions::default())
+        .build(language, &source, &BuildOptions::default())
         .await
-        .unwrap_or_else(|e| panic!("building fixture {name}: {e}"))
+        .unwrap_or_else(|e| panic!("building fixture {}: {e}", path.display()))
         .component
 }
 
-/// A runtime over a fresh data directory (its own AOT cache).
+/// A runtime over a fresh data directory and the shared AOT cache.
 pub fn runtime(data_dir: &Path, configure: impl FnOnce(&mut Settings)) -> Runtime {
     let mut settings = settings(data_dir);
     configure(&mut settings);

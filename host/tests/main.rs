@@ -4,6 +4,8 @@
 mod helpers;
 
 mod cli;
+mod conformance;
 mod predefined;
 mod runtime;
 mod toolchain_rust;
+mod toolchain_scripts;

@@ -6,7 +6,14 @@ use std::time::Duration;
 use lambda_host::runtime::Error;
 use serde_json::json;
 
-use crate::helpers::{invocation, runtime, rust_fixture};
+use lambda_host::runtime::Runtime;
+
+use crate::helpers::{invocation, private_aot_settings, runtime, rust_fixture};
+
+/// A runtime whose AOT cache is the directory's own, for counting compiles.
+fn private_aot_runtime(dir: &std::path::Path) -> Runtime {
+    Runtime::new(&private_aot_settings(dir).runtime).unwrap()
+}
 
 /// Fails a test that hangs instead of letting the suite stall.
 const TEST_GUARD: Duration = Duration::from_secs(60);
@@ -235,7 +242,7 @@ async fn a_second_start_loads_the_component_from_the_aot_cache_without_compiling
     let dir = tempfile::tempdir().unwrap();
     let component = rust_fixture("echo").await;
     {
-        let first = runtime(dir.path(), |_| {});
+        let first = private_aot_runtime(dir.path());
         first.load(component.clone()).await.unwrap();
         first.load(component.clone()).await.unwrap();
         let stats = first.cache_stats();
@@ -244,7 +251,7 @@ async fn a_second_start_loads_the_component_from_the_aot_cache_without_compiling
             (1, 0, 1)
         );
     }
-    let second = runtime(dir.path(), |_| {});
+    let second = private_aot_runtime(dir.path());
     let function = second.load(component).await.unwrap();
     let stats = second.cache_stats();
     assert_eq!((stats.compiles, stats.aot_hits), (0, 1));
@@ -262,14 +269,14 @@ async fn a_second_start_loads_the_component_from_the_aot_cache_without_compiling
 async fn a_corrupt_aot_artifact_is_discarded_and_recompiled() {
     let dir = tempfile::tempdir().unwrap();
     let component = rust_fixture("echo").await;
-    runtime(dir.path(), |_| {})
+    private_aot_runtime(dir.path())
         .load(component.clone())
         .await
         .unwrap();
     for entry in std::fs::read_dir(dir.path().join("aot")).unwrap() {
         std::fs::write(entry.unwrap().path(), b"not a cwasm").unwrap();
     }
-    let second = runtime(dir.path(), |_| {});
+    let second = private_aot_runtime(dir.path());
     let function = second.load(component).await.unwrap();
     assert_eq!(second.cache_stats().compiles, 1);
     second

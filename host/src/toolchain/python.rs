@@ -1,0 +1,42 @@
+//! The Python toolchain: componentize-py, pinned in
+//! `toolchains/python/requirements.txt` and installed into
+//! `toolchains/python/.venv` by `just setup`, driven by
+//! `toolchains/python/build.py`. It accepts a module defining
+//! `handler(event)`.
+
+use std::path::Path;
+
+use anyhow::{Context as _, ensure};
+
+use super::driver::{DriverToolchain, version_of};
+use crate::language::Language;
+
+pub async fn detect(toolchains_dir: &Path) -> anyhow::Result<DriverToolchain> {
+    let dir = toolchains_dir.join("python");
+    let python = dir.join(".venv/bin/python");
+    ensure!(
+        python.exists(),
+        "the Python toolchain is not installed in {} (run `just setup`)",
+        dir.display()
+    );
+    let componentize = version_of(&dir.join(".venv/bin/componentize-py"), &["--version"])
+        .await
+        .context("componentize-py is not installed (run `just setup`)")?;
+    let fingerprint = DriverToolchain::fingerprint_of(
+        &[&componentize],
+        &[
+            dir.join("requirements.txt"),
+            dir.join("build.py"),
+            dir.join("glue.py"),
+        ],
+    )?;
+    Ok(DriverToolchain {
+        language: Language::Python,
+        program: python,
+        script: dir.join("build.py"),
+        source_name: "source.py",
+        fingerprint,
+        // A build pre-initialises CPython and takes a core for ~10 s.
+        max_parallel_builds: 1,
+    })
+}

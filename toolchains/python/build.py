@@ -1,0 +1,67 @@
+"""Builds a Python function into a `lambda:function` component.
+
+    python build.py <workdir>
+
+Reads <workdir>/source.py and the WIT in <workdir>/wit, writes
+<workdir>/component.wasm. A source that does not compile, or whose
+top-level code fails while componentize-py pre-initialises it, exits with
+code 2 and prints {"message", "diagnostics": [{message, line, column}]} on
+stdout: the user's mistake. Any other failure exits with code 1.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def user_error(message, line=None, column=None):
+    diagnostic = {"message": message}
+    if line is not None:
+        diagnostic.update(line=line, column=column)
+    sys.stdout.write(json.dumps({"message": message, "diagnostics": [diagnostic]}))
+    sys.exit(2)
+
+
+def main():
+    workdir = Path(sys.argv[1])
+    source = (workdir / "source.py").read_text(encoding="utf-8")
+    try:
+        compile(source, "handler.py", "exec")
+    except SyntaxError as error:
+        user_error(f"SyntaxError: {error.msg}", error.lineno, error.offset)
+
+    shutil.copyfile(workdir / "source.py", workdir / "handler.py")
+    shutil.copyfile(HERE / "glue.py", workdir / "app.py")
+    componentize_py = Path(sys.executable).parent / "componentize-py"
+    result = subprocess.run(
+        [
+            str(componentize_py),
+            "--wit-path", str(workdir / "wit"),
+            "--world", "function",
+            "componentize", "app",
+            "--python-path", str(workdir),
+            "--output", str(workdir / "component.wasm"),
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        # Top-level code of the user's module runs during pre-initialisation;
+        # its traceback names handler.py.
+        text = (result.stderr or result.stdout).strip()
+        lines = re.findall(r'File "[^"]*handler\.py", line (\d+)', text)
+        if lines or "Traceback" in text:
+            user_error(text, int(lines[-1]) if lines else None, None)
+        sys.stderr.write(text)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
