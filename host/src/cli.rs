@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -74,6 +74,9 @@ enum Command {
         /// The deadline, in milliseconds [default: 30000].
         #[arg(long)]
         timeout_ms: Option<u64>,
+        /// Run it this many times, each in a fresh instance, and print timings to stderr.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        repeat: u32,
     },
     /// Builds a source file into a component with its language's toolchain.
     Build {
@@ -114,6 +117,7 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             params,
             context,
             timeout_ms,
+            repeat,
         } => {
             let params: Value =
                 serde_json::from_str(&params).context("--params is not valid JSON")?;
@@ -128,6 +132,7 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
                 params,
                 context,
                 timeout_ms.map(Duration::from_millis),
+                repeat,
             )
             .await
         }
@@ -207,6 +212,7 @@ async fn invoke(
     params: Value,
     context: Value,
     timeout: Option<Duration>,
+    repeat: u32,
 ) -> anyhow::Result<ExitCode> {
     let (language_title, component) = if target.ends_with(".wasm") {
         let bytes = std::fs::read(target).with_context(|| format!("cannot read {target}"))?;
@@ -239,18 +245,37 @@ async fn invoke(
     };
 
     let runtime = Runtime::new(&settings.runtime)?;
-    let outcome = match runtime.load(component).await {
-        Ok(function) => {
-            let invocation = Invocation {
-                request_id: uuid::Uuid::new_v4().to_string(),
-                language_title,
-                params,
-                context,
-            };
-            runtime.invoke(&function, &invocation, timeout).await
+    let load_started = Instant::now();
+    let function = match runtime.load(component).await {
+        Ok(function) => function,
+        Err(e) => {
+            eprintln!("{}", runtime_error_body(&e));
+            return Ok(ExitCode::FAILURE);
         }
-        Err(e) => Err(e),
     };
+    let load_time = load_started.elapsed();
+    let invocation = Invocation {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        language_title,
+        params,
+        context,
+    };
+    let mut timings = Vec::with_capacity(repeat as usize);
+    let mut outcome = None;
+    for _ in 0..repeat {
+        let started = Instant::now();
+        let result = runtime.invoke(&function, &invocation, timeout).await;
+        timings.push(started.elapsed());
+        let failed = result.is_err();
+        outcome = Some(result);
+        if failed {
+            break;
+        }
+    }
+    let outcome = outcome.expect("repeat is at least 1");
+    if repeat > 1 {
+        report_timings(load_time, &runtime, &mut timings);
+    }
     match outcome {
         Ok(execution) => {
             for line in &execution.logs {
@@ -269,6 +294,28 @@ async fn invoke(
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Prints how long loading and each execution (instantiate + call) took.
+fn report_timings(load_time: Duration, runtime: &Runtime, timings: &mut [Duration]) {
+    let first = timings[0];
+    timings.sort_unstable();
+    let percentile = |p: f64| timings[((timings.len() - 1) as f64 * p).round() as usize];
+    let stats = runtime.cache_stats();
+    eprintln!(
+        "load {:.1} ms ({}), {} executions: first {:.0} us, median {:.0} us, p99 {:.0} us, max {:.0} us",
+        load_time.as_secs_f64() * 1e3,
+        if stats.compiles > 0 {
+            "compiled"
+        } else {
+            "from the AOT cache"
+        },
+        timings.len(),
+        first.as_secs_f64() * 1e6,
+        percentile(0.5).as_secs_f64() * 1e6,
+        percentile(0.99).as_secs_f64() * 1e6,
+        timings[timings.len() - 1].as_secs_f64() * 1e6,
+    );
 }
 
 /// Builds, printing a compile error as the API's error body on failure.

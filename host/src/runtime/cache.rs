@@ -120,6 +120,7 @@ impl ComponentCache {
     ) -> Result<Component, Error> {
         let engine = engine.clone();
         let aot_path = self.aot_path(digest);
+        let started = std::time::Instant::now();
         let (component, compiled) = tokio::task::spawn_blocking(move || {
             if let Some(path) = &aot_path
                 && let Some(component) = deserialize(&engine, path)
@@ -143,7 +144,12 @@ impl ComponentCache {
             &self.aot_hits
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(digest = %digest.short(), compiled, "component loaded");
+        tracing::info!(
+            digest = %digest.short(),
+            compiled,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "component loaded"
+        );
         Ok(component)
     }
 }
