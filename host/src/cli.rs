@@ -9,10 +9,12 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
+use lambda_host::auth::JwtKeys;
 use lambda_host::catalog;
-use lambda_host::config::Settings;
+use lambda_host::config::{Secret, Settings};
 use lambda_host::language::{Language, LanguageTitle};
 use lambda_host::runtime::{self, Invocation, Runtime};
+use lambda_host::server::{Application, shutdown_signal};
 use lambda_host::toolchain::{BuildError, BuildOptions, OptimizationLevel, Toolchains};
 
 #[derive(Parser, Debug)]
@@ -92,11 +94,73 @@ enum Command {
         #[arg(long)]
         debug: bool,
     },
+    /// Serves the REST API (embedded stores: in-process sessions, SQLite in the data directory).
+    Serve {
+        /// The address to listen on.
+        #[arg(long, env = "LAMBDA_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Allowed CORS origins, comma-separated; `*` allows any.
+        #[arg(
+            long,
+            env = "LAMBDA_CORS_ORIGINS",
+            default_value = "*",
+            value_delimiter = ','
+        )]
+        cors_origins: Vec<String>,
+        /// Execute requests per minute per token subject.
+        #[arg(long, env = "LAMBDA_RATE_LIMIT_EXECUTE", default_value_t = 100)]
+        rate_limit_execute: u32,
+        /// Execute requests per minute per client IP without a valid token.
+        #[arg(
+            long,
+            env = "LAMBDA_RATE_LIMIT_EXECUTE_ANONYMOUS",
+            default_value_t = 10
+        )]
+        rate_limit_execute_anonymous: u32,
+        /// Function listing requests per minute per token subject.
+        #[arg(long, env = "LAMBDA_RATE_LIMIT_FUNCTIONS", default_value_t = 60)]
+        rate_limit_functions: u32,
+        /// The largest request body, in bytes.
+        #[arg(long, env = "LAMBDA_BODY_LIMIT_BYTES", default_value_t = 2 << 20)]
+        body_limit_bytes: usize,
+        /// How long a session lives, e.g. `1h`.
+        #[arg(long, env = "LAMBDA_SESSION_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+        session_ttl: Duration,
+        /// How long a result stays cached unless X-Cache-Control says, e.g. `1h`.
+        #[arg(long, env = "LAMBDA_CACHE_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+        cache_ttl: Duration,
+        /// The longest deadline a session may ask for, in milliseconds.
+        #[arg(long, env = "LAMBDA_MAX_TIMEOUT_MS", default_value_t = 300_000)]
+        max_timeout_ms: u64,
+    },
+    /// Prints a token signed with the host's secret (LAMBDA_JWT_SECRET or <data-dir>/jwt-secret).
+    Token {
+        /// The subject (user id).
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes: execute:all, execute:<language>, read:functions.
+        #[arg(long, default_value = "execute:all read:functions")]
+        scope: String,
+        /// How long the token is valid, e.g. `1h`, `30d`.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
     /// Builds every predefined function and writes <out-dir>/<language-title>.wasm.
     BuildComponents {
         #[arg(long, default_value = "target/components")]
         out_dir: PathBuf,
     },
+}
+
+impl Args {
+    /// The log level when LAMBDA_LOG does not say: the server reports what
+    /// it does; one-shot commands keep stderr for results and errors.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Serve { .. } => "info",
+            _ => "warn",
+        }
+    }
 }
 
 pub async fn run(args: Args) -> ExitCode {
@@ -110,8 +174,46 @@ pub async fn run(args: Args) -> ExitCode {
 }
 
 async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
-    let settings = settings(&args)?;
+    let mut settings = settings(&args)?;
     match args.command {
+        Command::Serve {
+            listen,
+            cors_origins,
+            rate_limit_execute,
+            rate_limit_execute_anonymous,
+            rate_limit_functions,
+            body_limit_bytes,
+            session_ttl,
+            cache_ttl,
+            max_timeout_ms,
+        } => {
+            let server = &mut settings.server;
+            server.listen = listen;
+            server.jwt_secret = std::env::var("LAMBDA_JWT_SECRET").ok().map(Secret::new);
+            server.cors_origins = cors_origins;
+            server.rate_limits.execute_per_subject = rate_limit_execute;
+            server.rate_limits.execute_per_anonymous_ip = rate_limit_execute_anonymous;
+            server.rate_limits.functions_per_subject = rate_limit_functions;
+            server.body_limit_bytes = body_limit_bytes;
+            server.session_ttl = session_ttl;
+            server.cache_ttl = cache_ttl;
+            settings.runtime.max_timeout = Duration::from_millis(max_timeout_ms);
+            let application = Application::build(settings).await?;
+            tracing::info!(address = %application.local_addr(), "listening");
+            eprintln!(
+                "lambda-host listening on http://{}",
+                application.local_addr()
+            );
+            application.run_until_stopped(shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { sub, scope, ttl } => {
+            let secret = std::env::var("LAMBDA_JWT_SECRET").ok();
+            let keys = JwtKeys::load(secret.as_deref(), &settings.data_dir)?;
+            let scopes: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
+            println!("{}", keys.mint(&sub, &scopes, ttl)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Invoke {
             target,
             params,

@@ -17,6 +17,7 @@ pub struct Settings {
     pub components_dir: PathBuf,
     pub runtime: RuntimeConfig,
     pub toolchain: ToolchainConfig,
+    pub server: ServerConfig,
 }
 
 impl Settings {
@@ -27,6 +28,7 @@ impl Settings {
         Self {
             runtime: RuntimeConfig::defaults_in(&data_dir),
             toolchain: ToolchainConfig::defaults_in(&data_dir),
+            server: ServerConfig::default(),
             components_dir: components_dir.into(),
             data_dir,
         }
@@ -38,6 +40,7 @@ impl Settings {
     pub fn validate(&mut self) -> anyhow::Result<()> {
         self.runtime.validate()?;
         self.toolchain.validate()?;
+        self.server.validate()?;
         for dir in [
             &self.data_dir,
             &self.toolchain.artifacts_dir,
@@ -138,6 +141,120 @@ impl RuntimeConfig {
             "epoch_tick must be between 1 ms and 1 s (got {:?})",
             self.epoch_tick
         );
+        Ok(())
+    }
+}
+
+/// A secret string: shown as `[redacted]` by `Debug`, so it cannot reach a
+/// log through a settings dump.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Settings of the REST API.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where `serve` listens.
+    pub listen: std::net::SocketAddr,
+    /// The HS256 secret; `None` uses (and on first start creates)
+    /// `<data-dir>/jwt-secret`.
+    pub jwt_secret: Option<Secret>,
+    /// Origins allowed by CORS; `*` allows any.
+    pub cors_origins: Vec<String>,
+    /// The largest request body accepted; larger ones get 413.
+    pub body_limit_bytes: usize,
+    /// How long an initialized session lives.
+    pub session_ttl: Duration,
+    /// How long a result stays cached unless `X-Cache-Control: max-age` says.
+    pub cache_ttl: Duration,
+    /// At most this many live sessions are kept in process.
+    pub max_sessions: u64,
+    /// At most this many bytes of results are cached in process.
+    pub cache_max_bytes: u64,
+    pub rate_limits: RateLimits,
+    /// Log records waiting for the database, at most.
+    pub log_queue_capacity: usize,
+}
+
+/// Requests per minute.
+#[derive(Clone, Debug)]
+pub struct RateLimits {
+    /// `/api/v1/execute` per token subject.
+    pub execute_per_subject: u32,
+    /// `/api/v1/execute` per client IP, without a valid token.
+    pub execute_per_anonymous_ip: u32,
+    /// `/api/v1/functions` per token subject.
+    pub functions_per_subject: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            jwt_secret: None,
+            cors_origins: vec!["*".to_owned()],
+            body_limit_bytes: 2 << 20,
+            session_ttl: Duration::from_secs(3600),
+            cache_ttl: Duration::from_secs(3600),
+            max_sessions: 100_000,
+            cache_max_bytes: 64 << 20,
+            rate_limits: RateLimits {
+                execute_per_subject: 100,
+                execute_per_anonymous_ip: 10,
+                functions_per_subject: 60,
+            },
+            log_queue_capacity: 10_000,
+        }
+    }
+}
+
+impl ServerConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        ensure!(
+            self.body_limit_bytes >= 1024,
+            "body_limit_bytes must be at least 1024"
+        );
+        ensure!(!self.session_ttl.is_zero(), "session_ttl must be positive");
+        ensure!(!self.cache_ttl.is_zero(), "cache_ttl must be positive");
+        ensure!(self.max_sessions > 0, "max_sessions must be positive");
+        ensure!(
+            self.log_queue_capacity > 0,
+            "log_queue_capacity must be positive"
+        );
+        let limits = &self.rate_limits;
+        ensure!(
+            limits.execute_per_subject > 0
+                && limits.execute_per_anonymous_ip > 0
+                && limits.functions_per_subject > 0,
+            "rate limits must be positive"
+        );
+        if let Some(secret) = &self.jwt_secret {
+            ensure!(
+                secret.expose().len() >= 32,
+                "the JWT secret (LAMBDA_JWT_SECRET) must be at least 32 bytes"
+            );
+        }
+        for origin in &self.cors_origins {
+            ensure!(
+                origin == "*" || origin.starts_with("http://") || origin.starts_with("https://"),
+                "a CORS origin is `*` or an http(s) origin, got `{origin}`"
+            );
+        }
         Ok(())
     }
 }

@@ -11,12 +11,22 @@
 //!   addressed so identical source is never built twice.
 //! - [`catalog`]: the predefined functions shipped in `components/`.
 //!
-//! [`language`] parses `Language-Title`s, [`digest`] names content, and
-//! [`config`] holds the typed settings every part is built from.
+//! Around them: [`api`] (the REST API of `shared/API.md`, axum), [`server`]
+//! (wiring and serving), [`functions`] (the registry with its builds and
+//! loads), [`store`] (sessions, cache, rate limits, registry, logs behind
+//! traits), [`auth`] (JWT), [`telemetry`] (Prometheus). [`language`] parses
+//! `Language-Title`s, [`digest`] names content, and [`config`] holds the
+//! typed settings every part is built from.
 
+pub mod api;
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod digest;
+pub mod functions;
 pub mod language;
 pub mod runtime;
+pub mod server;
+pub mod store;
+pub mod telemetry;
 pub mod toolchain;

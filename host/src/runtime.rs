@@ -121,6 +121,16 @@ impl Runtime {
         self.cache.load(&self.engine, &self.linker, component).await
     }
 
+    /// The function of this component digest, if it is loaded already.
+    pub fn loaded(&self, digest: Digest) -> Option<Arc<LoadedFunction>> {
+        self.cache.loaded(digest)
+    }
+
+    /// How many executions hold an instance right now.
+    pub fn instances_in_use(&self) -> usize {
+        self.config.max_instances as usize - self.permits.available_permits()
+    }
+
     /// Runs one execution in a fresh instance. `timeout` is capped by the
     /// configured maximum; `None` takes the default.
     pub async fn invoke(

@@ -224,6 +224,11 @@ impl Toolchains {
         }
     }
 
+    /// The store of built components.
+    pub fn artifacts(&self) -> &ArtifactStore {
+        &self.artifacts
+    }
+
     pub fn stats(&self) -> BuildStats {
         BuildStats {
             built: self.built.load(Ordering::Relaxed),

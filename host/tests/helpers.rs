@@ -102,3 +102,117 @@ pub fn invocation(language_title: &str, params: Value) -> Invocation {
         context: json!({}),
     }
 }
+
+/// A server on a free port over a fresh data directory, as `serve` runs it.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub keys: lambda_host::auth::JwtKeys,
+    /// Kept so the directory lives as long as the server.
+    pub data_dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The secret every test server signs with.
+pub const TEST_SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(data_dir.path());
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    settings.server.jwt_secret = Some(lambda_host::config::Secret::new(TEST_SECRET));
+    configure(&mut settings);
+    let application = lambda_host::server::Application::build(settings)
+        .await
+        .unwrap();
+    let address = format!("http://{}", application.local_addr());
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        keys: lambda_host::auth::JwtKeys::from_secret(TEST_SECRET.as_bytes()).unwrap(),
+        data_dir,
+        shutdown: Some(shutdown),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    /// A token for `sub` with these space-separated scopes.
+    pub fn token(&self, sub: &str, scopes: &str) -> String {
+        let scopes: Vec<String> = scopes.split_whitespace().map(str::to_owned).collect();
+        self.keys
+            .mint(sub, &scopes, std::time::Duration::from_secs(600))
+            .unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// POST /api/v1/initialize.
+    pub async fn initialize(
+        &self,
+        token: &str,
+        language_title: &str,
+        body: Value,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/v1/initialize"))
+            .bearer_auth(token)
+            .header("Language-Title", language_title)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Initializes and returns the session id, failing the test otherwise.
+    pub async fn session(&self, token: &str, language_title: &str, body: Value) -> String {
+        let response = self.initialize(token, language_title, body).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        body["request_id"].as_str().unwrap().to_owned()
+    }
+
+    /// POST /api/v1/execute/{id} with these params.
+    pub async fn execute(&self, token: &str, id: &str, params: Value) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/api/v1/execute/{id}")))
+            .bearer_auth(token)
+            .json(&json!({ "params": params }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Stops the server and waits for its logs to be written; returns the
+    /// data directory for tests that read what the server left in it.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+        self.data_dir
+    }
+}
+
+/// Reads a response as (status, JSON body).
+pub async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+    (status, body)
+}

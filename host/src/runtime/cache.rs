@@ -105,6 +105,11 @@ impl ComponentCache {
         .cloned()
     }
 
+    pub fn loaded(&self, digest: Digest) -> Option<Arc<LoadedFunction>> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.get(&digest).and_then(|slot| slot.get().cloned())
+    }
+
     fn aot_path(&self, digest: Digest) -> Option<PathBuf> {
         let dir = self.aot_dir.as_ref()?;
         Some(dir.join(format!("{digest}-{}.cwasm", self.engine_fingerprint)))

@@ -1,0 +1,122 @@
+//! The REST API of `shared/API.md`: [`router`] builds it over an
+//! [`AppState`], so tests can drive it with or without a socket.
+
+mod error;
+mod execute;
+mod extract;
+mod functions;
+mod health;
+mod initialize;
+mod middleware;
+mod sessions;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use error::{ApiError, Code};
+
+use crate::auth::JwtKeys;
+use crate::config::ServerConfig;
+use crate::functions::Functions;
+use crate::store::{LogWriter, RateLimiter, ResultCache, SessionStore};
+use crate::telemetry::Metrics;
+
+/// Everything a handler needs; cheap to clone (all `Arc`s).
+#[derive(Clone)]
+pub struct AppState {
+    pub functions: Arc<Functions>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub cache: Arc<dyn ResultCache>,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub logs: LogWriter,
+    pub keys: Arc<JwtKeys>,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<ServerConfig>,
+    /// The longest deadline a session may ask for.
+    pub max_timeout: Duration,
+}
+
+/// The request id a response belongs to, for logs and metrics.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// The function a response is about, for logs.
+#[derive(Clone, Debug)]
+pub struct FunctionName(pub String);
+
+/// Whether an execute response came from the result cache, for logs.
+#[derive(Clone, Copy, Debug)]
+pub struct Cached(pub bool);
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let execute = Router::new()
+        .route("/api/v1/execute/{request_id}", post(execute::execute))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::rate_limit_execute,
+        ));
+    let functions = Router::new()
+        .route("/api/v1/functions", get(functions::list))
+        .route("/api/v1/functions/{language_title}", get(functions::detail))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::rate_limit_functions,
+        ));
+    let api = Router::new()
+        .route("/api/v1/initialize", post(initialize::initialize))
+        .route("/api/v1/sessions/{request_id}", get(sessions::get))
+        .merge(execute)
+        .merge(functions)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::authenticate,
+        ));
+
+    Router::new()
+        .merge(api)
+        .route("/health", get(health::health))
+        .route("/metrics", get(health::metrics))
+        .fallback(middleware::not_found)
+        .method_not_allowed_fallback(middleware::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        // Inside the observer, so a panic is logged as the 500 it becomes.
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::observe,
+        ))
+        .layer(cors(&state.config))
+        .with_state(state)
+}
+
+fn cors(config: &ServerConfig) -> CorsLayer {
+    let origins = if config.cors_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            config
+                .cors_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("language-title"),
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("x-cache-control"),
+        ])
+        .max_age(Duration::from_secs(86400))
+}

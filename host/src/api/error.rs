@@ -1,0 +1,268 @@
+//! The API's one error type: each code of API.md with its status and the
+//! JSON body `{"request_id", "error": {"code", "message", "details"}}`.
+//!
+//! An internal error's cause never reaches the body: it travels in a
+//! response extension to the logging middleware, which logs it.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::functions::FunctionError;
+use crate::runtime;
+use crate::store::StoreError;
+use crate::toolchain::BuildError;
+
+/// The error codes of API.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    InvalidRequest,
+    PayloadTooLarge,
+    InvalidParams,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    CompileError,
+    RateLimited,
+    RuntimeError,
+    Internal,
+    Timeout,
+}
+
+impl Code {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::InvalidRequest | Code::InvalidParams => StatusCode::BAD_REQUEST,
+            Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Forbidden => StatusCode::FORBIDDEN,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::CompileError => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::RuntimeError | Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            // A body over the limit is an invalid request, answered with 413.
+            Code::InvalidRequest | Code::PayloadTooLarge => "INVALID_REQUEST",
+            Code::InvalidParams => "INVALID_PARAMS",
+            Code::Unauthorized => "UNAUTHORIZED",
+            Code::Forbidden => "FORBIDDEN",
+            Code::NotFound => "NOT_FOUND",
+            Code::CompileError => "COMPILE_ERROR",
+            Code::RateLimited => "RATE_LIMITED",
+            Code::RuntimeError => "RUNTIME_ERROR",
+            Code::Internal => "INTERNAL_ERROR",
+            Code::Timeout => "TIMEOUT",
+        }
+    }
+}
+
+/// An error answered to a client. Boxed: errors are rare and `Result`s
+/// of a small `Err` keep the success path lean.
+#[derive(Debug)]
+pub struct ApiError(Box<Detail>);
+
+#[derive(Debug)]
+pub struct Detail {
+    pub code: Code,
+    pub message: String,
+    pub details: Value,
+    pub request_id: Option<String>,
+    /// Seconds for `Retry-After` (429).
+    pub retry_after_secs: Option<u64>,
+    /// The cause of an internal error: logged, never sent.
+    cause: Option<String>,
+}
+
+/// What the logging middleware learns of an error response.
+#[derive(Clone, Debug)]
+pub struct ErrorRecord {
+    pub code: &'static str,
+    pub message: String,
+    pub details: Value,
+    /// The internal cause, for the host's log only.
+    pub cause: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self(Box::new(Detail {
+            code,
+            message: message.into(),
+            details: json!({}),
+            request_id: None,
+            retry_after_secs: None,
+            cause: None,
+        }))
+    }
+
+    pub fn code(&self) -> Code {
+        self.0.code
+    }
+
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidRequest, message)
+    }
+
+    pub fn invalid_params(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidParams, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(Code::Unauthorized, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(Code::Forbidden, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(Code::NotFound, message)
+    }
+
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        let mut error = Self::new(Code::RateLimited, "too many requests; retry later");
+        error.0.retry_after_secs = Some(retry_after_secs);
+        error
+    }
+
+    /// A failure of the host: the body says only that.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        let mut error = Self::new(Code::Internal, "internal error");
+        error.0.cause = Some(format!("{cause:#}"));
+        error
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.0.details = details;
+        self
+    }
+
+    pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
+        self.0.request_id.get_or_insert(request_id.into());
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let error = *self.0;
+        let mut body = json!({
+            "error": { "code": error.code.as_str(), "message": error.message, "details": error.details },
+        });
+        if let Some(request_id) = &error.request_id {
+            body["request_id"] = json!(request_id);
+        }
+        let mut response = (error.code.status(), axum::Json(body)).into_response();
+        if let Some(secs) = error.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(request_id) = error.request_id {
+            response
+                .extensions_mut()
+                .insert(super::RequestId(request_id));
+        }
+        response.extensions_mut().insert(ErrorRecord {
+            code: error.code.as_str(),
+            message: error.message,
+            details: error.details,
+            cause: error.cause,
+        });
+        response
+    }
+}
+
+impl From<runtime::Error> for ApiError {
+    fn from(error: runtime::Error) -> Self {
+        use runtime::Error as E;
+        match error {
+            E::Timeout(_) => ApiError::new(Code::Timeout, error.to_string()),
+            E::OutOfMemory { limit_bytes } => ApiError::new(Code::RuntimeError, error.to_string())
+                .with_details(json!({ "reason": "out_of_memory", "limit_bytes": limit_bytes })),
+            E::Guest(guest) => {
+                let details = json!(guest);
+                ApiError::new(Code::RuntimeError, guest.message).with_details(details)
+            }
+            E::Trap { .. } | E::InvalidResult(_) => {
+                let message = error.to_string();
+                ApiError::new(Code::RuntimeError, message.clone())
+                    .with_details(json!({ "message": message }))
+            }
+            E::InvalidComponent(_) | E::Internal(_) => ApiError::internal(error),
+        }
+    }
+}
+
+impl From<BuildError> for ApiError {
+    fn from(error: BuildError) -> Self {
+        match error {
+            BuildError::Compile(e) => ApiError::new(Code::CompileError, e.message)
+                .with_details(json!({ "diagnostics": e.diagnostics })),
+            BuildError::Unavailable { language, .. } => ApiError::invalid_request(format!(
+                "the {language} toolchain is not available on this host"
+            )),
+            BuildError::Timeout(limit) => ApiError::new(
+                Code::CompileError,
+                format!("the build did not finish within {limit:?}"),
+            ),
+            BuildError::Internal(e) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        ApiError::internal(error)
+    }
+}
+
+impl From<FunctionError> for ApiError {
+    fn from(error: FunctionError) -> Self {
+        match error {
+            FunctionError::Forbidden(message) => ApiError::forbidden(message),
+            FunctionError::Build(e) => e.into(),
+            FunctionError::Runtime(e) => e.into(),
+            FunctionError::Store(e) => e.into(),
+            FunctionError::MissingArtifact(_) => ApiError::internal(error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_maps_to_the_status_of_api_md() {
+        let expected = [
+            (Code::InvalidRequest, 400, "INVALID_REQUEST"),
+            (Code::PayloadTooLarge, 413, "INVALID_REQUEST"),
+            (Code::InvalidParams, 400, "INVALID_PARAMS"),
+            (Code::Unauthorized, 401, "UNAUTHORIZED"),
+            (Code::Forbidden, 403, "FORBIDDEN"),
+            (Code::NotFound, 404, "NOT_FOUND"),
+            (Code::CompileError, 422, "COMPILE_ERROR"),
+            (Code::RateLimited, 429, "RATE_LIMITED"),
+            (Code::RuntimeError, 500, "RUNTIME_ERROR"),
+            (Code::Internal, 500, "INTERNAL_ERROR"),
+            (Code::Timeout, 504, "TIMEOUT"),
+        ];
+        for (code, status, name) in expected {
+            assert_eq!((code.status().as_u16(), code.as_str()), (status, name));
+        }
+    }
+
+    #[test]
+    fn an_internal_error_keeps_its_cause_out_of_the_body() {
+        let response = ApiError::internal("password=hunter2 at db:5432").into_response();
+        let record = response.extensions().get::<ErrorRecord>().unwrap();
+        assert_eq!(record.message, "internal error");
+        assert!(record.cause.as_deref().unwrap().contains("hunter2"));
+    }
+}

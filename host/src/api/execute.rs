@@ -1,0 +1,252 @@
+//! `POST /api/v1/execute/{request_id}`: run a session's function once, or
+//! answer from the result cache.
+
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::extract::{Authenticated, JsonBody};
+use super::initialize::cache_key;
+use super::{AppState, Cached, FunctionName, RequestId};
+use crate::language::{Language, LanguageTitle};
+use crate::runtime::{self, Invocation};
+use crate::store::{LogRecord, Session};
+
+#[derive(Default, Deserialize)]
+pub struct ExecuteRequest {
+    #[serde(default)]
+    params: Option<Value>,
+}
+
+/// What `X-Cache-Control` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CachePolicy {
+    Default,
+    NoCache,
+    MaxAge(Duration),
+}
+
+fn cache_policy(headers: &HeaderMap) -> Result<CachePolicy, ApiError> {
+    let Some(value) = headers.get("x-cache-control") else {
+        return Ok(CachePolicy::Default);
+    };
+    let value = value
+        .to_str()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if value == "no-cache" {
+        return Ok(CachePolicy::NoCache);
+    }
+    if let Some(seconds) = value.strip_prefix("max-age=")
+        && let Ok(seconds) = seconds.parse::<u64>()
+        && seconds > 0
+    {
+        return Ok(CachePolicy::MaxAge(Duration::from_secs(seconds)));
+    }
+    Err(ApiError::invalid_request(
+        "X-Cache-Control is `no-cache` or `max-age=<seconds>` (seconds > 0)",
+    ))
+}
+
+pub async fn execute(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    Path(request_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<JsonBody<ExecuteRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let fail = |e: ApiError| e.with_request_id(request_id.clone());
+    let JsonBody(body) = body.map_err(fail)?;
+    let started = Instant::now();
+
+    // Another user's session is as unknown as a missing one.
+    let session = state
+        .sessions
+        .get(&request_id)
+        .await
+        .map_err(|e| fail(e.into()))?
+        .filter(|s| s.owner == principal.subject)
+        .ok_or_else(|| fail(ApiError::not_found("no such session, or it has expired")))?;
+    let language = LanguageTitle::parse(&session.language_title)
+        .map(|lt| lt.language())
+        .map_err(|e| fail(ApiError::internal(e)))?;
+    if !principal.may_execute(language) {
+        return Err(fail(ApiError::forbidden(format!(
+            "the token does not grant execute:{language} or execute:all"
+        ))));
+    }
+    let params = match body.params {
+        Some(params @ Value::Object(_)) => params,
+        Some(_) => {
+            return Err(fail(ApiError::invalid_params(
+                "params must be a JSON object",
+            )));
+        }
+        None => {
+            return Err(fail(ApiError::invalid_params(
+                "params is required: a JSON object",
+            )));
+        }
+    };
+    let policy = cache_policy(&headers).map_err(fail)?;
+    let key = cache_key(&session.component_digest, &params);
+
+    let cached = if policy == CachePolicy::NoCache {
+        None
+    } else {
+        lookup(&state, &key).await
+    };
+    let (result, from_cache) = match cached {
+        Some(result) => (result, true),
+        None => {
+            let outcome = run(&state, &session, language, &params).await;
+            end_or_extend(&state, &session).await;
+            let result = outcome.map_err(fail)?;
+            let ttl = match policy {
+                CachePolicy::MaxAge(ttl) => ttl,
+                _ => state.config.cache_ttl,
+            };
+            if let Err(e) = state.cache.put(&key, &result, ttl).await {
+                tracing::warn!("result cache unavailable, result not stored: {e}");
+            }
+            (result, false)
+        }
+    };
+    if from_cache {
+        end_or_extend(&state, &session).await;
+    }
+
+    let mut response = Json(json!({
+        "request_id": session.request_id,
+        "language_title": session.language_title,
+        "execution_time": started.elapsed().as_millis() as u64,
+        "cached": from_cache,
+        "result": result,
+    }))
+    .into_response();
+    response
+        .extensions_mut()
+        .insert(RequestId(session.request_id));
+    response
+        .extensions_mut()
+        .insert(FunctionName(session.language_title));
+    response.extensions_mut().insert(Cached(from_cache));
+    Ok(response)
+}
+
+/// A cached result; a cache that cannot be reached is a miss, not an error.
+async fn lookup(state: &AppState, key: &str) -> Option<Value> {
+    match state.cache.get(key).await {
+        Ok(Some(result)) => {
+            state.metrics.cache_hits.inc();
+            Some(result)
+        }
+        Ok(None) => {
+            state.metrics.cache_misses.inc();
+            None
+        }
+        Err(e) => {
+            tracing::warn!("result cache unavailable, executing: {e}");
+            state.metrics.cache_misses.inc();
+            None
+        }
+    }
+}
+
+async fn run(
+    state: &AppState,
+    session: &Session,
+    language: Language,
+    params: &Value,
+) -> Result<Value, ApiError> {
+    let function = state
+        .functions
+        .load(&session.build_digest, &session.component_digest)
+        .await?;
+    let invocation = Invocation {
+        request_id: session.request_id.clone(),
+        language_title: session.language_title.clone(),
+        params: params.clone(),
+        context: session.context.clone(),
+    };
+    let timeout = Duration::from_millis(session.timeout_ms);
+    let started = Instant::now();
+    let outcome = state
+        .functions
+        .runtime()
+        .invoke(&function, &invocation, Some(timeout))
+        .await;
+    let label = match &outcome {
+        Ok(_) => "ok",
+        Err(runtime::Error::Timeout(_)) => "timeout",
+        Err(runtime::Error::OutOfMemory { .. }) => "out_of_memory",
+        Err(runtime::Error::Internal(_) | runtime::Error::InvalidComponent(_)) => "error",
+        Err(_) => "runtime_error",
+    };
+    state
+        .metrics
+        .executions
+        .with_label_values(&[language.as_str(), label])
+        .inc();
+    state
+        .metrics
+        .execution_duration
+        .with_label_values(&[language.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(execution) => {
+            for line in &execution.logs {
+                tracing::debug!(request_id = %session.request_id, level = line.level, "guest: {}", line.message);
+            }
+            Ok(execution.result)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Counts the execution on the session, and ends a session that asked not
+/// to be retained.
+async fn end_or_extend(state: &AppState, session: &Session) {
+    let mut updated = session.clone();
+    updated.execution_count += 1;
+    updated.last_executed_at = Some(Utc::now());
+    let stored = if session.retain_session {
+        state.sessions.update(&updated).await
+    } else {
+        state.sessions.remove(&session.request_id).await
+    };
+    if let Err(e) = stored {
+        tracing::warn!(request_id = %session.request_id, "cannot update the session: {e}");
+    }
+    state.logs.record(LogRecord::Session(updated));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn x_cache_control_is_parsed_strictly() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(cache_policy(&headers).unwrap(), CachePolicy::Default);
+        headers.insert("x-cache-control", "no-cache".parse().unwrap());
+        assert_eq!(cache_policy(&headers).unwrap(), CachePolicy::NoCache);
+        headers.insert("x-cache-control", "max-age=60".parse().unwrap());
+        assert_eq!(
+            cache_policy(&headers).unwrap(),
+            CachePolicy::MaxAge(Duration::from_secs(60))
+        );
+        for bad in ["max-age=0", "max-age=-1", "max-age=soon", "forever"] {
+            headers.insert("x-cache-control", bad.parse().unwrap());
+            assert!(cache_policy(&headers).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! `GET /health` and `GET /metrics`: no token, never rate limited.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde_json::{Map, Value, json};
+
+use super::AppState;
+use crate::language::Language;
+
+/// 200 when the host can serve (`ok`, or `degraded` when a part is
+/// missing but executions work), 503 when it cannot.
+pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let sessions = match state.sessions.health().await {
+        Ok(status) => status.to_owned(),
+        Err(e) => {
+            tracing::warn!("health: session store: {e}");
+            "unavailable".to_owned()
+        }
+    };
+    let registry = match state.functions.registry().health().await {
+        Ok(status) => status.to_owned(),
+        Err(e) => {
+            tracing::warn!("health: registry: {e}");
+            "unavailable".to_owned()
+        }
+    };
+    let mut runtimes = Map::new();
+    for language in Language::ALL {
+        let status = match state.functions.toolchains().status(language) {
+            Ok(()) => "ok",
+            Err(_) => "unavailable",
+        };
+        runtimes.insert(language.as_str().to_owned(), json!(status));
+    }
+    let (code, status) = if registry == "unavailable" {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    } else if sessions == "unavailable" || runtimes.values().any(|s| s != "ok") {
+        (StatusCode::OK, "degraded")
+    } else {
+        (StatusCode::OK, "ok")
+    };
+    let body = json!({
+        "status": status,
+        "version": env!("CARGO_PKG_VERSION"),
+        "components": {
+            "controller": "ok",
+            "redis": sessions,
+            "postgres": registry,
+            "runtimes": Value::Object(runtimes),
+        },
+    });
+    (code, Json(body))
+}
+
+/// The Prometheus text exposition.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let metrics = &state.metrics;
+    if let Ok(active) = state.sessions.active_count().await {
+        metrics.sessions_active.set(active as i64);
+    }
+    let runtime = state.functions.runtime();
+    metrics
+        .instances_in_use
+        .set(runtime.instances_in_use() as i64);
+    metrics
+        .pool_size
+        .set(i64::from(runtime.config().max_instances));
+    // The runtime counts its own compilations; the counter mirrors it.
+    let compiles = runtime.cache_stats().compiles;
+    let seen = metrics.compiles.get();
+    if compiles > seen {
+        metrics.compiles.inc_by(compiles - seen);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+}

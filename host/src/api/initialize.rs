@@ -1,0 +1,256 @@
+//! `POST /api/v1/initialize`: resolve or build a function, start a session.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::extract::{Authenticated, JsonBody};
+use super::{AppState, FunctionName, RequestId};
+use crate::digest::Digest;
+use crate::language::LanguageTitle;
+use crate::store::{LogRecord, Session};
+use crate::toolchain::BuildOptions;
+
+const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+
+#[derive(Default, Deserialize)]
+pub struct InitializeRequest {
+    #[serde(default)]
+    context: Option<Value>,
+    #[serde(default)]
+    script_content: Option<String>,
+}
+
+/// What initialize reads from `context`; the rest is kept for the handler.
+#[derive(Default, Deserialize)]
+struct SessionOptions {
+    timeout_ms: Option<u64>,
+    retain_session: Option<bool>,
+    compile_options: Option<BuildOptions>,
+}
+
+pub async fn initialize(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<InitializeRequest>,
+) -> Result<Response, ApiError> {
+    let requested_id = client_request_id(&headers)?;
+    let fail = |e: ApiError| match &requested_id {
+        Some(id) => e.with_request_id(id.clone()),
+        None => e,
+    };
+
+    let language_title = headers
+        .get("language-title")
+        .ok_or_else(|| {
+            fail(ApiError::invalid_request(
+                "the Language-Title header is required",
+            ))
+        })?
+        .to_str()
+        .map_err(|_| {
+            fail(ApiError::invalid_request(
+                "the Language-Title header is not text",
+            ))
+        })
+        .and_then(|raw| {
+            LanguageTitle::parse(raw.trim())
+                .map_err(|e| fail(ApiError::invalid_request(e.to_string())))
+        })?;
+    if !principal.may_execute(language_title.language()) {
+        return Err(fail(ApiError::forbidden(format!(
+            "the token does not grant execute:{} or execute:all",
+            language_title.language()
+        ))));
+    }
+
+    let context = body.context.unwrap_or_else(|| json!({}));
+    if !context.is_object() {
+        return Err(fail(ApiError::invalid_request(
+            "context must be a JSON object",
+        )));
+    }
+    let options: SessionOptions = serde_json::from_value(context.clone())
+        .map_err(|e| fail(ApiError::invalid_request(format!("invalid context: {e}"))))?;
+    let max_ms = state.max_timeout.as_millis() as u64;
+    let timeout_ms = match options.timeout_ms {
+        Some(0) => {
+            return Err(fail(ApiError::invalid_request(
+                "context.timeout_ms must be positive",
+            )));
+        }
+        Some(ms) => ms.min(max_ms),
+        None => DEFAULT_TIMEOUT_MS.min(max_ms),
+    };
+
+    let function = match body.script_content {
+        Some(source) => state
+            .functions
+            .register_dynamic(
+                &language_title,
+                &principal.subject,
+                &source,
+                &options.compile_options.unwrap_or_default(),
+            )
+            .await
+            .map_err(|e| fail(e.into()))?,
+        None => state
+            .functions
+            .get(&language_title)
+            .await
+            .map_err(|e| fail(e.into()))?
+            .ok_or_else(|| {
+                fail(ApiError::not_found(format!(
+                    "no function {language_title}: send script_content to create it"
+                )))
+            })?,
+    };
+    // Compile (or load from the AOT cache) now, so the first execution
+    // does not pay for it.
+    state
+        .functions
+        .load(&function.build_digest, &function.component_digest)
+        .await
+        .map_err(|e| fail(e.into()))?;
+
+    let now = Utc::now();
+    let mut session = Session {
+        request_id: requested_id.unwrap_or_else(new_id),
+        language_title: function.language_title.clone(),
+        owner: principal.subject.clone(),
+        build_digest: function.build_digest.clone(),
+        component_digest: function.component_digest.clone(),
+        context,
+        timeout_ms,
+        retain_session: options.retain_session.unwrap_or(true),
+        created_at: now,
+        expires_at: now + state.config.session_ttl,
+        execution_count: 0,
+        last_executed_at: None,
+    };
+    // A client id already in use is not reused: the session gets a fresh one.
+    while !state
+        .sessions
+        .insert_new(&session)
+        .await
+        .map_err(ApiError::from)?
+    {
+        session.request_id = new_id();
+    }
+    state.metrics.sessions_created.inc();
+    state.logs.record(LogRecord::Session(session.clone()));
+
+    let mut response = Json(json!({
+        "request_id": session.request_id,
+        "status": "initialized",
+        "expires_at": session.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    }))
+    .into_response();
+    response
+        .extensions_mut()
+        .insert(RequestId(session.request_id));
+    response
+        .extensions_mut()
+        .insert(FunctionName(session.language_title));
+    Ok(response)
+}
+
+/// A client-chosen id: 1 to 64 characters of letters, digits, `-` and `_`
+/// (a UUID qualifies).
+fn client_request_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("x-request-id") else {
+        return Ok(None);
+    };
+    let id = value.to_str().unwrap_or_default().trim();
+    let valid = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(ApiError::invalid_request(
+            "X-Request-ID must be 1 to 64 characters of letters, digits, `-` and `_`",
+        ));
+    }
+    Ok(Some(id.to_owned()))
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The cache key of a result: the function version and the params, in a
+/// canonical form (object keys sorted) so `{"a":1,"b":2}` and
+/// `{"b":2,"a":1}` share an entry.
+pub fn cache_key(component_digest: &str, params: &Value) -> String {
+    let canonical = canonical_json(params);
+    format!(
+        "result:{}",
+        Digest::of_fields([component_digest.as_bytes(), canonical.as_bytes()])
+    )
+}
+
+fn canonical_json(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            let fields: Vec<String> = entries
+                .into_iter()
+                .map(|(k, v)| format!("{}:{}", Value::String(k.clone()), canonical_json(v)))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(canonical_json)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_key_ignores_key_order_but_not_values_or_versions() {
+        let a = cache_key("v1", &json!({ "a": 1, "b": { "x": [1, 2], "y": null } }));
+        let b = cache_key("v1", &json!({ "b": { "y": null, "x": [1, 2] }, "a": 1 }));
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            cache_key("v1", &json!({ "a": 2, "b": { "x": [1, 2], "y": null } }))
+        );
+        assert_ne!(
+            a,
+            cache_key("v2", &json!({ "a": 1, "b": { "x": [1, 2], "y": null } }))
+        );
+        assert_ne!(
+            cache_key("v1", &json!({ "a": [1, 2] })),
+            cache_key("v1", &json!({ "a": [2, 1] }))
+        );
+    }
+
+    #[test]
+    fn client_request_ids_are_validated() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(client_request_id(&headers).unwrap(), None);
+        headers.insert(
+            "x-request-id",
+            "3f1c2a9e-0b7d-4c55-9d0e-6a1f2b3c4d5e".parse().unwrap(),
+        );
+        assert!(client_request_id(&headers).unwrap().is_some());
+        headers.insert("x-request-id", "no spaces allowed".parse().unwrap());
+        assert!(client_request_id(&headers).is_err());
+    }
+}

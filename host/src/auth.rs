@@ -1,0 +1,257 @@
+//! JWT authentication: HS256 tokens, their claims and scopes.
+//!
+//! The secret comes from `LAMBDA_JWT_SECRET`, or else from
+//! `<data-dir>/jwt-secret`, generated on first start (readable by the owner
+//! only). It never reaches a log or an error body: [`JwtKeys`] has no
+//! `Debug` that shows it.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::language::Language;
+
+/// Shortest secret accepted: HS256 wants at least its 256-bit output size.
+const MIN_SECRET_BYTES: usize = 32;
+const SECRET_FILE: &str = "jwt-secret";
+
+/// The signing and verification keys.
+#[derive(Clone)]
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JwtKeys(..)")
+    }
+}
+
+impl JwtKeys {
+    pub fn from_secret(secret: &[u8]) -> anyhow::Result<Self> {
+        ensure!(
+            secret.len() >= MIN_SECRET_BYTES,
+            "the JWT secret must be at least {MIN_SECRET_BYTES} bytes"
+        );
+        Ok(Self {
+            encoding: EncodingKey::from_secret(secret).context("invalid JWT secret")?,
+            decoding: DecodingKey::from_secret(secret).context("invalid JWT secret")?,
+        })
+    }
+
+    /// The configured secret, or the data directory's, generated on first
+    /// use.
+    pub fn load(configured: Option<&str>, data_dir: &Path) -> anyhow::Result<Self> {
+        if let Some(secret) = configured {
+            return Self::from_secret(secret.as_bytes());
+        }
+        let path = data_dir.join(SECRET_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(secret) => Self::from_secret(secret.trim().as_bytes()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut bytes = [0u8; 32];
+                rand::rng().fill_bytes(&mut bytes);
+                let secret = hex::encode(bytes);
+                write_private(&path, &secret)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                Self::from_secret(secret.as_bytes())
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Signs a token for `sub` with these scopes, valid for `ttl`.
+    pub fn mint(&self, sub: &str, scopes: &[String], ttl: Duration) -> anyhow::Result<String> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: sub.to_owned(),
+            exp: now + ttl.as_secs() as i64,
+            iat: Some(now),
+            scope: ScopeClaim::Text(scopes.join(" ")),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .context("signing the token")
+    }
+
+    /// Verifies a token: signature, algorithm and expiry.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 0;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(
+            |e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid,
+            },
+        )?;
+        let scopes = match data.claims.scope {
+            ScopeClaim::Text(text) => text.split_whitespace().map(str::to_owned).collect(),
+            ScopeClaim::List(list) => list,
+        };
+        Ok(Principal {
+            subject: data.claims.sub,
+            scopes,
+        })
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}
+
+#[derive(Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<i64>,
+    #[serde(default)]
+    scope: ScopeClaim,
+}
+
+/// `scope` is a space-separated string or an array of strings.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum ScopeClaim {
+    Text(String),
+    List(Vec<String>),
+}
+
+impl Default for ScopeClaim {
+    fn default() -> Self {
+        ScopeClaim::Text(String::new())
+    }
+}
+
+/// Why a token was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("invalid token")]
+    Invalid,
+    #[error("expired token")]
+    Expired,
+}
+
+/// Who is calling, and what they may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub subject: String,
+    pub scopes: Vec<String>,
+}
+
+impl Principal {
+    fn has(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+
+    /// `execute:all` or `execute:<language>`.
+    pub fn may_execute(&self, language: Language) -> bool {
+        self.has("execute:all") || self.has(&format!("execute:{}", language.as_str()))
+    }
+
+    /// Any execute scope: enough to read one's own sessions.
+    pub fn may_execute_something(&self) -> bool {
+        Language::ALL.iter().any(|&l| self.may_execute(l))
+    }
+
+    pub fn may_read_functions(&self) -> bool {
+        self.has("read:functions")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> JwtKeys {
+        JwtKeys::from_secret(&[7u8; 32]).unwrap()
+    }
+
+    #[test]
+    fn a_minted_token_verifies_with_its_subject_and_scopes() {
+        let token = keys()
+            .mint(
+                "alice",
+                &["execute:python".into(), "read:functions".into()],
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let principal = keys().verify(&token).unwrap();
+        assert_eq!(principal.subject, "alice");
+        assert!(principal.may_execute(Language::Python));
+        assert!(!principal.may_execute(Language::Rust));
+        assert!(principal.may_read_functions());
+    }
+
+    #[test]
+    fn execute_all_grants_every_language() {
+        let token = keys()
+            .mint("bob", &["execute:all".into()], Duration::from_secs(60))
+            .unwrap();
+        let principal = keys().verify(&token).unwrap();
+        assert!(Language::ALL.iter().all(|&l| principal.may_execute(l)));
+        assert!(!principal.may_read_functions());
+    }
+
+    #[test]
+    fn scopes_may_be_an_array() {
+        let claims = serde_json::json!({ "sub": "c", "exp": chrono::Utc::now().timestamp() + 60,
+                                         "scope": ["execute:rust"] });
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&[7u8; 32]).unwrap(),
+        )
+        .unwrap();
+        assert!(keys().verify(&token).unwrap().may_execute(Language::Rust));
+    }
+
+    #[test]
+    fn expired_forged_and_garbage_tokens_are_refused() {
+        let expired = serde_json::json!({ "sub": "c", "exp": chrono::Utc::now().timestamp() - 10 });
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &expired,
+            &EncodingKey::from_secret(&[7u8; 32]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(keys().verify(&token), Err(AuthError::Expired));
+        let other = JwtKeys::from_secret(&[8u8; 32]).unwrap();
+        let forged = other
+            .mint("eve", &["execute:all".into()], Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(keys().verify(&forged), Err(AuthError::Invalid));
+        assert_eq!(keys().verify("not.a.token"), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn a_generated_secret_is_kept_in_the_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = JwtKeys::load(None, dir.path()).unwrap();
+        let token = first.mint("a", &[], Duration::from_secs(60)).unwrap();
+        let second = JwtKeys::load(None, dir.path()).unwrap();
+        assert_eq!(second.verify(&token).unwrap().subject, "a");
+        assert!(JwtKeys::load(Some("too short"), dir.path()).is_err());
+    }
+}

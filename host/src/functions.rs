@@ -1,0 +1,228 @@
+//! The functions of the platform: the registry, the builds behind it and
+//! the runtime that loads them. The API's handlers call this; it knows
+//! nothing of HTTP.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use serde_json::json;
+
+use crate::catalog;
+use crate::digest::Digest;
+use crate::language::{Language, LanguageTitle};
+use crate::runtime::{self, LoadedFunction, Runtime};
+use crate::store::{FunctionKind, FunctionRecord, Registry, StoreError};
+use crate::telemetry::Metrics;
+use crate::toolchain::{Artifact, BuildError, BuildOptions, Toolchains};
+
+/// Why a function could not be registered or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum FunctionError {
+    /// A predefined function, or another user's, has this name.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Runtime(#[from] runtime::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The registry names an artifact the artifact store does not hold.
+    #[error("the component of {0} is missing from the artifact store")]
+    MissingArtifact(String),
+}
+
+pub struct Functions {
+    runtime: Arc<Runtime>,
+    toolchains: Arc<Toolchains>,
+    registry: Arc<dyn Registry>,
+    metrics: Arc<Metrics>,
+    components_dir: PathBuf,
+}
+
+impl Functions {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        toolchains: Arc<Toolchains>,
+        registry: Arc<dyn Registry>,
+        metrics: Arc<Metrics>,
+        components_dir: PathBuf,
+    ) -> Self {
+        Self {
+            runtime,
+            toolchains,
+            registry,
+            metrics,
+            components_dir,
+        }
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    pub fn toolchains(&self) -> &Toolchains {
+        &self.toolchains
+    }
+
+    pub fn registry(&self) -> &dyn Registry {
+        self.registry.as_ref()
+    }
+
+    /// Builds (or reuses) and registers every predefined function. A
+    /// function whose toolchain is missing is skipped with a warning, so
+    /// the host still serves the others; the names of those skipped are
+    /// returned.
+    pub async fn register_predefined(&self) -> anyhow::Result<Vec<String>> {
+        let mut skipped = Vec::new();
+        for function in catalog::load_all(&self.components_dir)? {
+            let name = function.language_title.to_string();
+            let language = function.language_title.language();
+            let options = BuildOptions::default();
+            let artifact = match self.build(language, &function.source, &options).await {
+                Ok(artifact) => artifact,
+                Err(BuildError::Unavailable { reason, .. }) => {
+                    tracing::warn!(function = %name, "not registered: {reason}");
+                    skipped.push(name);
+                    continue;
+                }
+                Err(e) => anyhow::bail!("the predefined function {name} does not build: {e}"),
+            };
+            let now = Utc::now();
+            let existing = self.registry.get(&name).await?;
+            let record = FunctionRecord {
+                language_title: name.clone(),
+                language: language.as_str().to_owned(),
+                title: function.language_title.title().to_owned(),
+                kind: FunctionKind::Predefined,
+                owner: None,
+                description: function.manifest.description.clone(),
+                script_content: None,
+                build_digest: artifact.digest.to_string(),
+                component_digest: Digest::of(&artifact.component).to_string(),
+                component_size: artifact.component.len() as u64,
+                compile_options: serde_json::to_value(options).unwrap_or(json!({})),
+                schema: serde_json::to_value(&function.manifest.schema).unwrap_or(json!({})),
+                examples: serde_json::to_value(&function.manifest.examples).unwrap_or(json!([])),
+                created_at: existing.as_ref().map_or(now, |e| e.created_at),
+                updated_at: now,
+            };
+            self.registry.upsert(&record).await?;
+        }
+        Ok(skipped)
+    }
+
+    /// A registered function, predefined or dynamic.
+    pub async fn get(
+        &self,
+        language_title: &LanguageTitle,
+    ) -> Result<Option<FunctionRecord>, FunctionError> {
+        Ok(self.registry.get(&language_title.to_string()).await?)
+    }
+
+    /// Builds `source` and registers it as `owner`'s dynamic function.
+    pub async fn register_dynamic(
+        &self,
+        language_title: &LanguageTitle,
+        owner: &str,
+        source: &str,
+        options: &BuildOptions,
+    ) -> Result<FunctionRecord, FunctionError> {
+        let name = language_title.to_string();
+        let existing = self.registry.get(&name).await?;
+        match &existing {
+            Some(f) if f.kind == FunctionKind::Predefined => {
+                return Err(FunctionError::Forbidden(format!(
+                    "{name} is a predefined function and cannot be replaced"
+                )));
+            }
+            Some(f) if f.owner.as_deref() != Some(owner) => {
+                return Err(FunctionError::Forbidden(format!(
+                    "{name} belongs to another user"
+                )));
+            }
+            _ => {}
+        }
+        let artifact = self
+            .build(language_title.language(), source, options)
+            .await?;
+        let now = Utc::now();
+        let record = FunctionRecord {
+            language_title: name,
+            language: language_title.language().as_str().to_owned(),
+            title: language_title.title().to_owned(),
+            kind: FunctionKind::Dynamic,
+            owner: Some(owner.to_owned()),
+            description: String::new(),
+            script_content: Some(source.to_owned()),
+            build_digest: artifact.digest.to_string(),
+            component_digest: Digest::of(&artifact.component).to_string(),
+            component_size: artifact.component.len() as u64,
+            compile_options: serde_json::to_value(options).unwrap_or(json!({})),
+            schema: json!({}),
+            examples: json!([]),
+            created_at: existing.as_ref().map_or(now, |e| e.created_at),
+            updated_at: now,
+        };
+        self.registry.upsert(&record).await?;
+        Ok(record)
+    }
+
+    /// The loaded component of a function version: from memory, or from
+    /// the artifact store (and the AOT cache) on first use.
+    pub async fn load(
+        &self,
+        build_digest: &str,
+        component_digest: &str,
+    ) -> Result<Arc<LoadedFunction>, FunctionError> {
+        if let Ok(digest) = component_digest.parse::<Digest>()
+            && let Some(loaded) = self.runtime.loaded(digest)
+        {
+            return Ok(loaded);
+        }
+        let digest = build_digest
+            .parse::<Digest>()
+            .map_err(|_| FunctionError::MissingArtifact(build_digest.to_owned()))?;
+        let bytes = self
+            .toolchains
+            .artifacts()
+            .get(digest)
+            .await
+            .map_err(BuildError::from)?
+            .ok_or_else(|| FunctionError::MissingArtifact(build_digest.to_owned()))?;
+        Ok(self.runtime.load(bytes).await?)
+    }
+
+    /// Builds with metrics: a build that ran a toolchain is counted with
+    /// its outcome and duration; a reused artifact is not a build.
+    async fn build(
+        &self,
+        language: Language,
+        source: &str,
+        options: &BuildOptions,
+    ) -> Result<Artifact, BuildError> {
+        let started = Instant::now();
+        let result = self.toolchains.build(language, source, options).await;
+        let outcome = match &result {
+            Ok(artifact) if artifact.built => Some("ok"),
+            Ok(_) => None,
+            Err(BuildError::Compile(_)) => Some("compile_error"),
+            Err(BuildError::Timeout(_)) => Some("timeout"),
+            Err(BuildError::Unavailable { .. }) => None,
+            Err(BuildError::Internal(_)) => Some("error"),
+        };
+        if let Some(outcome) = outcome {
+            self.metrics
+                .builds
+                .with_label_values(&[language.as_str(), outcome])
+                .inc();
+            self.metrics
+                .build_duration
+                .with_label_values(&[language.as_str()])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        result
+    }
+}

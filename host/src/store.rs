@@ -1,0 +1,218 @@
+//! Where the host keeps state, behind traits with two kinds of backend:
+//!
+//! | concern | embedded (no setup) | production |
+//! |---|---|---|
+//! | sessions, result cache, rate limits | [`memory`]: in process, TTL-aware, bounded | Redis |
+//! | registry, request/error logs, session records | [`sqlite`]: a file in the data directory | PostgreSQL |
+//!
+//! Build artifacts (component bytes) live in the toolchain's
+//! [`ArtifactStore`](crate::toolchain::ArtifactStore).
+
+mod log_writer;
+pub mod memory;
+pub mod sqlite;
+
+pub use log_writer::LogWriter;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A store failed: the backend is unreachable or answered nonsense.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source:#}")]
+pub struct StoreError {
+    context: &'static str,
+    source: anyhow::Error,
+}
+
+impl StoreError {
+    pub fn new(context: &'static str, source: impl Into<anyhow::Error>) -> Self {
+        Self {
+            context,
+            source: source.into(),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// An initialized function waiting for executions.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Session {
+    /// The session id: the `request_id` of initialize and execute.
+    pub request_id: String,
+    pub language_title: String,
+    /// The token subject that created it; only it may use the session.
+    pub owner: String,
+    /// The build digest of the function version the session runs, so a
+    /// function re-registered later does not change a running session.
+    pub build_digest: String,
+    /// The digest of the component's bytes: the runtime's cache key and
+    /// the version the result cache is keyed by.
+    pub component_digest: String,
+    pub context: Value,
+    pub timeout_ms: u64,
+    pub retain_session: bool,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub execution_count: u64,
+    pub last_executed_at: Option<DateTime<Utc>>,
+}
+
+/// Sessions, in memory or in Redis.
+#[async_trait::async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Inserts a session unless its id is taken; false when it was.
+    async fn insert_new(&self, session: &Session) -> StoreResult<bool>;
+    /// The session, unless it is unknown or expired.
+    async fn get(&self, request_id: &str) -> StoreResult<Option<Session>>;
+    /// Replaces a session (after an execution).
+    async fn update(&self, session: &Session) -> StoreResult<()>;
+    async fn remove(&self, request_id: &str) -> StoreResult<()>;
+    /// How many sessions are live.
+    async fn active_count(&self) -> StoreResult<u64>;
+    /// "embedded" or "ok"; an error when the backend cannot be reached.
+    async fn health(&self) -> StoreResult<&'static str>;
+}
+
+/// Results of executions, keyed by function version and params.
+#[async_trait::async_trait]
+pub trait ResultCache: Send + Sync {
+    async fn get(&self, key: &str) -> StoreResult<Option<Value>>;
+    async fn put(&self, key: &str, result: &Value, ttl: Duration) -> StoreResult<()>;
+}
+
+/// What a rate limiter decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateDecision {
+    Allowed,
+    /// Over the limit; the window ends in this many seconds.
+    Limited {
+        retry_after_secs: u64,
+    },
+}
+
+/// Fixed-window request counters, shared by every replica in production.
+#[async_trait::async_trait]
+pub trait RateLimiter: Send + Sync {
+    /// Counts one request for `key` and says whether it is within `limit`
+    /// per `window`.
+    async fn check(&self, key: &str, limit: u32, window: Duration) -> StoreResult<RateDecision>;
+}
+
+/// Predefined or registered through the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionKind {
+    Predefined,
+    Dynamic,
+}
+
+impl FunctionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FunctionKind::Predefined => "predefined",
+            FunctionKind::Dynamic => "dynamic",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "predefined" => Some(FunctionKind::Predefined),
+            "dynamic" => Some(FunctionKind::Dynamic),
+            _ => None,
+        }
+    }
+}
+
+/// A function of the registry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FunctionRecord {
+    pub language_title: String,
+    pub language: String,
+    pub title: String,
+    pub kind: FunctionKind,
+    /// The subject that registered it (dynamic functions).
+    pub owner: Option<String>,
+    pub description: String,
+    /// The source, for dynamic functions.
+    pub script_content: Option<String>,
+    pub build_digest: String,
+    pub component_digest: String,
+    pub component_size: u64,
+    pub compile_options: Value,
+    /// `{"params": <JSON Schema>, "result": <JSON Schema>}` where known.
+    pub schema: Value,
+    pub examples: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The filters and page of `GET /api/v1/functions`.
+#[derive(Clone, Debug, Default)]
+pub struct FunctionFilter {
+    pub language: Option<String>,
+    pub owner: Option<String>,
+    pub kind: Option<FunctionKind>,
+    /// 1-based.
+    pub page: u32,
+    pub per_page: u32,
+}
+
+/// The function registry: SQLite or PostgreSQL.
+#[async_trait::async_trait]
+pub trait Registry: Send + Sync {
+    /// Inserts or replaces a function, keeping its `created_at`.
+    async fn upsert(&self, function: &FunctionRecord) -> StoreResult<()>;
+    async fn get(&self, language_title: &str) -> StoreResult<Option<FunctionRecord>>;
+    /// The total matching the filter and one page of them, by name.
+    async fn list(&self, filter: &FunctionFilter) -> StoreResult<(u64, Vec<FunctionRecord>)>;
+    async fn health(&self) -> StoreResult<&'static str>;
+}
+
+/// One served request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestLog {
+    pub request_id: Option<String>,
+    pub method: String,
+    /// The route template, e.g. `/api/v1/execute/{request_id}`.
+    pub endpoint: String,
+    pub status: u16,
+    pub duration_ms: f64,
+    pub user_id: Option<String>,
+    pub language_title: Option<String>,
+    pub cached: Option<bool>,
+    pub client_ip: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One error answered to a client.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ErrorLog {
+    pub request_id: Option<String>,
+    pub endpoint: String,
+    pub code: String,
+    pub message: String,
+    pub details: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A record the log writer persists, in batches, off the request path.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LogRecord {
+    Request(RequestLog),
+    Error(ErrorLog),
+    /// The durable copy of a session, written when it is created and after
+    /// each execution.
+    Session(Session),
+}
+
+/// Durable logs: SQLite or PostgreSQL.
+#[async_trait::async_trait]
+pub trait LogStore: Send + Sync {
+    /// Writes a batch in one transaction: all of it or none.
+    async fn write_batch(&self, records: &[LogRecord]) -> StoreResult<()>;
+}

@@ -1,0 +1,142 @@
+//! Writes log records to the durable store in batches, off the request
+//! path.
+//!
+//! Requests hand records to a bounded queue and never wait. One task drains
+//! the queue in batches (one transaction each). When the database is down,
+//! the batch is retried with backoff while new records wait in the queue;
+//! what does not fit in the queue is counted in
+//! `lambda_log_records_dropped_total` and reported in the host's log —
+//! never dropped silently.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{LogRecord, LogStore};
+
+/// Records written per transaction, at most.
+const BATCH: usize = 256;
+/// How long a batch waits to fill up before it is written anyway.
+const LINGER: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+enum Message {
+    Record(Box<LogRecord>),
+    /// Answered once everything queued before it is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The sending side; cheap to clone.
+#[derive(Clone)]
+pub struct LogWriter {
+    sender: mpsc::Sender<Message>,
+    dropped: IntCounter,
+    /// Drops since the last warning, so the host's log says how many
+    /// without one line per record.
+    unreported: Arc<AtomicU64>,
+}
+
+impl LogWriter {
+    /// Starts the writer task; `capacity` bounds the queue.
+    pub fn start(
+        store: Arc<dyn LogStore>,
+        capacity: usize,
+        dropped: IntCounter,
+    ) -> (Self, JoinHandle<()>) {
+        let (sender, receiver) = mpsc::channel(capacity);
+        let task = tokio::spawn(run(store, receiver));
+        (
+            Self {
+                sender,
+                dropped,
+                unreported: Arc::new(AtomicU64::new(0)),
+            },
+            task,
+        )
+    }
+
+    /// Queues a record without waiting.
+    pub fn record(&self, record: LogRecord) {
+        if self
+            .sender
+            .try_send(Message::Record(Box::new(record)))
+            .is_err()
+        {
+            self.dropped.inc();
+            // Warn on the first drop of a burst and every 1000th after it.
+            if self
+                .unreported
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(1000)
+            {
+                tracing::warn!(
+                    dropped_total = self.dropped.get(),
+                    "the log queue is full: log records are being dropped"
+                );
+            }
+        } else {
+            self.unreported.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits until every record queued so far is written.
+    pub async fn flush(&self) {
+        let (done, written) = oneshot::channel();
+        if self.sender.send(Message::Flush(done)).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+}
+
+async fn run(store: Arc<dyn LogStore>, mut receiver: mpsc::Receiver<Message>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut waiting = Vec::new();
+    while let Some(first) = receiver.recv().await {
+        take(first, &mut batch, &mut waiting);
+        // Linger briefly so a burst becomes one transaction.
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while batch.len() < BATCH && waiting.is_empty() {
+            match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                Ok(Some(message)) => take(message, &mut batch, &mut waiting),
+                _ => break,
+            }
+        }
+        write_with_retry(store.as_ref(), &batch).await;
+        batch.clear();
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
+    }
+    // The senders are gone: the host is stopping and everything is written.
+}
+
+fn take(message: Message, batch: &mut Vec<LogRecord>, waiting: &mut Vec<oneshot::Sender<()>>) {
+    match message {
+        Message::Record(record) => batch.push(*record),
+        Message::Flush(done) => waiting.push(done),
+    }
+}
+
+async fn write_with_retry(store: &dyn LogStore, batch: &[LogRecord]) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match store.write_batch(batch).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(
+                    records = batch.len(),
+                    "cannot write logs, retrying in {backoff:?}: {e}"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The embedded in-process backends: sessions, result cache and rate
+//! limits. Each is a moka cache: entries expire on their own TTL, and the
+//! total is bounded, so a flood of sessions or params cannot exhaust memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chrono::Utc;
+use moka::Expiry;
+use moka::future::Cache;
+use serde_json::Value;
+
+use super::{RateDecision, RateLimiter, ResultCache, Session, SessionStore, StoreResult};
+
+/// Expires each entry at its own deadline.
+struct ByDeadline;
+
+impl<K, V> Expiry<K, (V, Instant)> for ByDeadline {
+    fn expire_after_create(
+        &self,
+        _key: &K,
+        value: &(V, Instant),
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.1.saturating_duration_since(created_at))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &K,
+        value: &(V, Instant),
+        updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.1.saturating_duration_since(updated_at))
+    }
+}
+
+/// Sessions in process.
+pub struct MemorySessions {
+    sessions: Cache<String, (Session, Instant)>,
+}
+
+impl MemorySessions {
+    /// At most `capacity` sessions; past it, the least recently used go.
+    pub fn new(capacity: u64) -> Self {
+        Self {
+            sessions: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(ByDeadline)
+                .build(),
+        }
+    }
+}
+
+fn deadline_of(session: &Session) -> Instant {
+    let left = (session.expires_at - Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    Instant::now() + left
+}
+
+#[async_trait::async_trait]
+impl SessionStore for MemorySessions {
+    async fn insert_new(&self, session: &Session) -> StoreResult<bool> {
+        let entry = self
+            .sessions
+            .entry(session.request_id.clone())
+            .or_insert_with(async { (session.clone(), deadline_of(session)) })
+            .await;
+        Ok(entry.is_fresh())
+    }
+
+    async fn get(&self, request_id: &str) -> StoreResult<Option<Session>> {
+        Ok(self.sessions.get(request_id).await.map(|(s, _)| s))
+    }
+
+    async fn update(&self, session: &Session) -> StoreResult<()> {
+        self.sessions
+            .insert(
+                session.request_id.clone(),
+                (session.clone(), deadline_of(session)),
+            )
+            .await;
+        Ok(())
+    }
+
+    async fn remove(&self, request_id: &str) -> StoreResult<()> {
+        self.sessions.invalidate(request_id).await;
+        Ok(())
+    }
+
+    async fn active_count(&self) -> StoreResult<u64> {
+        self.sessions.run_pending_tasks().await;
+        Ok(self.sessions.entry_count())
+    }
+
+    async fn health(&self) -> StoreResult<&'static str> {
+        Ok("embedded")
+    }
+}
+
+/// Results in process, bounded by their total size in bytes.
+pub struct MemoryResultCache {
+    results: Cache<String, (Arc<Value>, Instant)>,
+}
+
+impl MemoryResultCache {
+    pub fn new(max_bytes: u64) -> Self {
+        Self {
+            results: Cache::builder()
+                .max_capacity(max_bytes)
+                // Weigh by the serialized size, so a few huge results
+                // cannot crowd the memory the bound is meant to protect.
+                .weigher(|key: &String, (value, _): &(Arc<Value>, Instant)| {
+                    let size = key.len() + value.to_string().len();
+                    u32::try_from(size).unwrap_or(u32::MAX)
+                })
+                .expire_after(ByDeadline)
+                .build(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ResultCache for MemoryResultCache {
+    async fn get(&self, key: &str) -> StoreResult<Option<Value>> {
+        Ok(self.results.get(key).await.map(|(v, _)| Value::clone(&v)))
+    }
+
+    async fn put(&self, key: &str, result: &Value, ttl: Duration) -> StoreResult<()> {
+        self.results
+            .insert(
+                key.to_owned(),
+                (Arc::new(result.clone()), Instant::now() + ttl),
+            )
+            .await;
+        Ok(())
+    }
+}
+
+/// Fixed-window counters in process.
+pub struct MemoryRateLimiter {
+    windows: Cache<String, (Arc<AtomicU32>, Instant)>,
+}
+
+impl MemoryRateLimiter {
+    pub fn new(capacity: u64) -> Self {
+        Self {
+            windows: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(ByDeadline)
+                .build(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RateLimiter for MemoryRateLimiter {
+    async fn check(&self, key: &str, limit: u32, window: Duration) -> StoreResult<RateDecision> {
+        let (index, retry_after_secs) = current_window(window);
+        let window_end = Instant::now() + Duration::from_secs(retry_after_secs);
+        let counter = self
+            .windows
+            .get_with(format!("{key}:{index}"), async {
+                (Arc::new(AtomicU32::new(0)), window_end)
+            })
+            .await
+            .0;
+        let count = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        Ok(if count <= limit {
+            RateDecision::Allowed
+        } else {
+            RateDecision::Limited { retry_after_secs }
+        })
+    }
+}
+
+/// The index of the current window since the epoch, and the whole seconds
+/// until it ends (at least 1). Windows are aligned to the wall clock, so
+/// every replica counts in the same windows.
+pub fn current_window(window: Duration) -> (u64, u64) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let width = window.as_millis().max(1);
+    let index = now.as_millis() / width;
+    let left_ms = width - now.as_millis() % width;
+    (index as u64, (left_ms as u64).div_ceil(1000).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_limit_plus_one_request_is_refused_with_a_retry_after() {
+        let limiter = MemoryRateLimiter::new(100);
+        let window = Duration::from_secs(60);
+        for _ in 0..3 {
+            assert_eq!(
+                limiter.check("k", 3, window).await.unwrap(),
+                RateDecision::Allowed
+            );
+        }
+        match limiter.check("k", 3, window).await.unwrap() {
+            RateDecision::Limited { retry_after_secs } => {
+                assert!((1..=60).contains(&retry_after_secs))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another key has its own window.
+        assert_eq!(
+            limiter.check("other", 3, window).await.unwrap(),
+            RateDecision::Allowed
+        );
+    }
+
+    #[tokio::test]
+    async fn cached_results_expire_after_their_ttl() {
+        let cache = MemoryResultCache::new(1 << 20);
+        cache
+            .put("k", &serde_json::json!(1), Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert_eq!(cache.get("k").await.unwrap(), Some(serde_json::json!(1)));
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(cache.get("k").await.unwrap(), None);
+    }
+}

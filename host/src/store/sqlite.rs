@@ -1,0 +1,251 @@
+//! The embedded durable backend: the registry, request/error logs and
+//! session records in one SQLite file, migrated at start.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+
+use super::{
+    FunctionFilter, FunctionKind, FunctionRecord, LogRecord, LogStore, Registry, StoreError,
+    StoreResult,
+};
+
+/// The migrations of `migrations/sqlite`, compiled into the host.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// A SQLite database: the registry and the log store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database file.
+    pub async fn open(path: &Path) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .map_err(|e| StoreError::new("parsing the SQLite path", e))?
+            .create_if_missing(true)
+            // WAL: readers never wait for the log writer.
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::new("opening the SQLite database", e))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::new("migrating the SQLite database", e))?;
+        Ok(Self { pool })
+    }
+
+    /// The pool, for tests that read what was written.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| StoreError::new(context, e)
+}
+
+fn timestamp(value: &str) -> StoreResult<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::new("reading a timestamp", e))
+}
+
+fn json_column(value: &str) -> StoreResult<serde_json::Value> {
+    serde_json::from_str(value).map_err(|e| StoreError::new("reading a JSON column", e))
+}
+
+fn function_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<FunctionRecord> {
+    let kind: String = row.get("kind");
+    Ok(FunctionRecord {
+        language_title: row.get("language_title"),
+        language: row.get("language"),
+        title: row.get("title"),
+        kind: FunctionKind::parse(&kind)
+            .ok_or_else(|| StoreError::new("reading a function", anyhow::anyhow!("kind {kind}")))?,
+        owner: row.get("owner"),
+        description: row.get("description"),
+        script_content: row.get("script_content"),
+        build_digest: row.get("build_digest"),
+        component_digest: row.get("component_digest"),
+        component_size: row.get::<i64, _>("component_size") as u64,
+        compile_options: json_column(row.get("compile_options"))?,
+        schema: json_column(row.get("schema"))?,
+        examples: json_column(row.get("examples"))?,
+        created_at: timestamp(row.get("created_at"))?,
+        updated_at: timestamp(row.get("updated_at"))?,
+    })
+}
+
+fn push_filters(query: &mut QueryBuilder<'_, Sqlite>, filter: &FunctionFilter) {
+    query.push(" WHERE 1 = 1");
+    if let Some(language) = &filter.language {
+        query.push(" AND language = ").push_bind(language.clone());
+    }
+    if let Some(owner) = &filter.owner {
+        query.push(" AND owner = ").push_bind(owner.clone());
+    }
+    if let Some(kind) = filter.kind {
+        query.push(" AND kind = ").push_bind(kind.as_str());
+    }
+}
+
+#[async_trait::async_trait]
+impl Registry for SqliteStore {
+    async fn upsert(&self, f: &FunctionRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO functions (language_title, language, title, kind, owner, description,
+                 script_content, build_digest, component_digest, component_size, compile_options,
+                 schema, examples, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (language_title) DO UPDATE SET
+                 kind = excluded.kind, owner = excluded.owner,
+                 description = excluded.description, script_content = excluded.script_content,
+                 build_digest = excluded.build_digest, component_digest = excluded.component_digest,
+                 component_size = excluded.component_size,
+                 compile_options = excluded.compile_options, schema = excluded.schema,
+                 examples = excluded.examples, updated_at = excluded.updated_at",
+        )
+        .bind(&f.language_title)
+        .bind(&f.language)
+        .bind(&f.title)
+        .bind(f.kind.as_str())
+        .bind(&f.owner)
+        .bind(&f.description)
+        .bind(&f.script_content)
+        .bind(&f.build_digest)
+        .bind(&f.component_digest)
+        .bind(f.component_size as i64)
+        .bind(f.compile_options.to_string())
+        .bind(f.schema.to_string())
+        .bind(f.examples.to_string())
+        .bind(f.created_at.to_rfc3339())
+        .bind(f.updated_at.to_rfc3339())
+        .execute(&self.pool)
+        .await
+        .map_err(db("registering a function"))?;
+        Ok(())
+    }
+
+    async fn get(&self, language_title: &str) -> StoreResult<Option<FunctionRecord>> {
+        let row = sqlx::query("SELECT * FROM functions WHERE language_title = ?")
+            .bind(language_title)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading a function"))?;
+        row.as_ref().map(function_from_row).transpose()
+    }
+
+    async fn list(&self, filter: &FunctionFilter) -> StoreResult<(u64, Vec<FunctionRecord>)> {
+        let mut count = QueryBuilder::new("SELECT COUNT(*) FROM functions");
+        push_filters(&mut count, filter);
+        let total: i64 = count
+            .build_query_scalar()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("counting functions"))?;
+
+        let mut page = QueryBuilder::new("SELECT * FROM functions");
+        push_filters(&mut page, filter);
+        page.push(" ORDER BY language_title LIMIT ")
+            .push_bind(i64::from(filter.per_page))
+            .push(" OFFSET ")
+            .push_bind(i64::from(filter.page.saturating_sub(1)) * i64::from(filter.per_page));
+        let rows = page
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing functions"))?;
+        let functions = rows
+            .iter()
+            .map(function_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok((total as u64, functions))
+    }
+
+    async fn health(&self) -> StoreResult<&'static str> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db("pinging SQLite"))?;
+        Ok("embedded")
+    }
+}
+
+#[async_trait::async_trait]
+impl LogStore for SqliteStore {
+    async fn write_batch(&self, records: &[LogRecord]) -> StoreResult<()> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting a log batch"))?;
+        for record in records {
+            let query = match record {
+                LogRecord::Request(r) => sqlx::query(
+                    "INSERT INTO request_logs (request_id, method, endpoint, status, duration_ms,
+                         user_id, language_title, cached, client_ip, created_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&r.request_id)
+                .bind(&r.method)
+                .bind(&r.endpoint)
+                .bind(i64::from(r.status))
+                .bind(r.duration_ms)
+                .bind(&r.user_id)
+                .bind(&r.language_title)
+                .bind(r.cached)
+                .bind(&r.client_ip)
+                .bind(r.created_at.to_rfc3339()),
+                LogRecord::Error(e) => sqlx::query(
+                    "INSERT INTO error_logs (request_id, endpoint, code, message, details, created_at)
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&e.request_id)
+                .bind(&e.endpoint)
+                .bind(&e.code)
+                .bind(&e.message)
+                .bind(e.details.to_string())
+                .bind(e.created_at.to_rfc3339()),
+                LogRecord::Session(s) => sqlx::query(
+                    "INSERT INTO sessions (request_id, language_title, user_id, build_digest,
+                         component_digest, context, timeout_ms, retain_session, created_at,
+                         expires_at, execution_count, last_executed_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                     ON CONFLICT (request_id) DO UPDATE SET
+                         execution_count = excluded.execution_count,
+                         last_executed_at = excluded.last_executed_at,
+                         expires_at = excluded.expires_at",
+                )
+                .bind(&s.request_id)
+                .bind(&s.language_title)
+                .bind(&s.owner)
+                .bind(&s.build_digest)
+                .bind(&s.component_digest)
+                .bind(s.context.to_string())
+                .bind(s.timeout_ms as i64)
+                .bind(s.retain_session)
+                .bind(s.created_at.to_rfc3339())
+                .bind(s.expires_at.to_rfc3339())
+                .bind(s.execution_count as i64)
+                .bind(s.last_executed_at.map(|t| t.to_rfc3339())),
+            };
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(db("writing a log record"))?;
+        }
+        tx.commit().await.map_err(db("committing a log batch"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,146 @@
+//! Prometheus metrics. The names and labels are part of the API contract
+//! (API.md); every label has a bounded set of values — never a request id
+//! or a dynamic function's title.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric of the host, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub executions: IntCounterVec,
+    pub execution_duration: HistogramVec,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub sessions_active: IntGauge,
+    pub sessions_created: IntCounter,
+    pub builds: IntCounterVec,
+    pub build_duration: HistogramVec,
+    pub compiles: IntCounter,
+    /// Log records that could not be queued for the database: counted and
+    /// reported, never dropped silently.
+    pub log_records_dropped: IntCounter,
+    pub instances_in_use: IntGauge,
+    pub pool_size: IntGauge,
+}
+
+/// Buckets from 100 µs to 30 s: executions span four orders of magnitude.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+/// Builds take seconds to minutes.
+const BUILD_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+            r.register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        }
+        let counter = |name: &str, help: &str| {
+            register(
+                &registry,
+                IntCounter::new(name, help).expect("valid metric"),
+            )
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let histogram_vec = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+            register(
+                &registry,
+                HistogramVec::new(opts, labels).expect("valid metric"),
+            )
+        };
+        let gauge = |name: &str, help: &str| {
+            register(&registry, IntGauge::new(name, help).expect("valid metric"))
+        };
+        Self {
+            http_requests: counter_vec(
+                "lambda_http_requests_total",
+                "HTTP requests served, by route and status",
+                &["endpoint", "status"],
+            ),
+            http_duration: histogram_vec(
+                "lambda_http_request_duration_seconds",
+                "Time to answer an HTTP request",
+                &["endpoint"],
+                LATENCY_BUCKETS,
+            ),
+            executions: counter_vec(
+                "lambda_executions_total",
+                "Function executions, by language and outcome",
+                &["language", "outcome"],
+            ),
+            execution_duration: histogram_vec(
+                "lambda_execution_duration_seconds",
+                "Time of one execution: instantiate and call",
+                &["language"],
+                LATENCY_BUCKETS,
+            ),
+            cache_hits: counter(
+                "lambda_cache_hits_total",
+                "Executions answered from the result cache",
+            ),
+            cache_misses: counter(
+                "lambda_cache_misses_total",
+                "Executions the result cache did not hold",
+            ),
+            sessions_active: gauge("lambda_sessions_active", "Live sessions"),
+            sessions_created: counter("lambda_sessions_created_total", "Sessions initialized"),
+            builds: counter_vec(
+                "lambda_component_builds_total",
+                "Source-to-component builds that ran a toolchain, by language and outcome",
+                &["language", "outcome"],
+            ),
+            build_duration: histogram_vec(
+                "lambda_component_build_duration_seconds",
+                "Time of a toolchain build",
+                &["language"],
+                BUILD_BUCKETS,
+            ),
+            compiles: counter(
+                "lambda_component_compiles_total",
+                "Components compiled to native code (an AOT cache hit does not count)",
+            ),
+            log_records_dropped: counter(
+                "lambda_log_records_dropped_total",
+                "Request, error and session log records that could not be queued",
+            ),
+            instances_in_use: gauge("lambda_instances_in_use", "Instances executing now"),
+            pool_size: gauge(
+                "lambda_instance_pool_size",
+                "Instances that may execute at once",
+            ),
+            registry,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("encoding metrics into memory cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

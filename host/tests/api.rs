@@ -1,0 +1,760 @@
+//! The REST API against a real server on a free port, with real
+//! components: every endpoint and every error code of API.md.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{spawn_app, spawn_app_with, status_and_body};
+
+const ALL: &str = "execute:all read:functions";
+
+fn fixture_source(path: &str) -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(path),
+    )
+    .unwrap()
+}
+
+async fn error_of(response: reqwest::Response) -> (u16, String, Value) {
+    let (status, body) = status_and_body(response).await;
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code: {body}"))
+        .to_owned();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    (status, code, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_predefined_functions_initialize_execute_and_report_their_sessions() {
+    let app = spawn_app().await;
+    let token = app.token("alice", ALL);
+    for (name, params, expected) in [
+        (
+            "nodejs-calculator",
+            json!({"operation": "add", "a": 5, "b": 3}),
+            json!({"result": 8}),
+        ),
+        (
+            "python-text_processor",
+            json!({"action": "count_words", "text": "Hello world"}),
+            json!({"result": 2}),
+        ),
+        (
+            "rust-data_validator",
+            json!({"data": {"age": 25}, "rules": ["required", "numeric"]}),
+            json!({"valid": true, "errors": []}),
+        ),
+    ] {
+        let response = app.initialize(&token, name, json!({})).await;
+        let (status, init) = status_and_body(response).await;
+        assert_eq!(status, 200, "{init}");
+        assert_eq!(init["status"], "initialized");
+        assert!(init["expires_at"].as_str().unwrap().ends_with('Z'));
+        let id = init["request_id"].as_str().unwrap();
+
+        let (status, body) = status_and_body(app.execute(&token, id, params).await).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["result"], expected, "{name}");
+        assert_eq!(body["language_title"], name);
+        assert_eq!(body["request_id"], id);
+        assert_eq!(body["cached"], false);
+        assert!(body["execution_time"].is_u64());
+
+        let session = app
+            .client
+            .get(app.url(&format!("/api/v1/sessions/{id}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        let (status, session) = status_and_body(session).await;
+        assert_eq!(status, 200);
+        assert_eq!(session["status"], "active");
+        assert_eq!(session["execution_count"], 1);
+        assert_eq!(session["language_title"], name);
+        assert!(session["last_executed_at"].is_string());
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dynamic_function_in_each_language_is_built_cached_and_listed_with_its_owner() {
+    let app = spawn_app().await;
+    let token = app.token("dana", ALL);
+    let sources = [
+        (
+            "nodejs-shout",
+            "export default (event) => ({ shout: event.params.word.toUpperCase() + '!' });\n",
+        ),
+        (
+            "python-shout",
+            "def handler(event):\n    return {\"shout\": event[\"params\"][\"word\"].upper() + \"!\"}\n",
+        ),
+        (
+            "rust-shout",
+            "use serde_json::{json, Value};\npub fn handler(event: Value) -> Result<Value, String> {\n    let word = event[\"params\"][\"word\"].as_str().ok_or(\"word must be a string\")?;\n    Ok(json!({ \"shout\": format!(\"{}!\", word.to_uppercase()) }))\n}\n",
+        ),
+    ];
+    for (name, source) in sources {
+        let id = app
+            .session(&token, name, json!({ "script_content": source }))
+            .await;
+        let params = json!({ "word": "héllo" });
+        let (_, first) = status_and_body(app.execute(&token, &id, params.clone()).await).await;
+        assert_eq!(
+            first["result"],
+            json!({ "shout": "HÉLLO!" }),
+            "{name}: {first}"
+        );
+        assert_eq!(first["cached"], false);
+        let (_, second) = status_and_body(app.execute(&token, &id, params.clone()).await).await;
+        assert_eq!(second["cached"], true, "{name}");
+        assert_eq!(second["result"], first["result"]);
+        let fresh = app
+            .client
+            .post(app.url(&format!("/api/v1/execute/{id}")))
+            .bearer_auth(&token)
+            .header("X-Cache-Control", "no-cache")
+            .json(&json!({ "params": params }))
+            .send()
+            .await
+            .unwrap();
+        let (_, fresh) = status_and_body(fresh).await;
+        assert_eq!(fresh["cached"], false, "{name}");
+    }
+    let list = app
+        .client
+        .get(app.url("/api/v1/functions?type=dynamic"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let (status, list) = status_and_body(list).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["total"], 3, "{list}");
+    for entry in list["functions"].as_array().unwrap() {
+        assert_eq!(entry["type"], "dynamic");
+        assert_eq!(entry["user_id"], "dana");
+    }
+    let detail = app
+        .client
+        .get(app.url("/api/v1/functions/python-shout"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let (_, detail) = status_and_body(detail).await;
+    assert!(
+        detail["script_content"]
+            .as_str()
+            .unwrap()
+            .contains("def handler")
+    );
+    assert!(detail["component_size"].as_u64().unwrap() > 1_000_000);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn functions_are_filtered_paginated_and_described() {
+    let app = spawn_app().await;
+    let token = app.token("reader", "read:functions");
+    let get = |path: &str| app.client.get(app.url(path)).bearer_auth(&token).send();
+    let (_, all) = status_and_body(get("/api/v1/functions").await.unwrap()).await;
+    assert_eq!(
+        (
+            all["total"].as_u64(),
+            all["page"].as_u64(),
+            all["per_page"].as_u64()
+        ),
+        (Some(3), Some(1), Some(20))
+    );
+    let names: Vec<&str> = all["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["language_title"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "nodejs-calculator",
+            "python-text_processor",
+            "rust-data_validator"
+        ]
+    );
+    assert!(
+        all["functions"][0].get("user_id").is_none(),
+        "predefined functions have no owner"
+    );
+
+    let (_, page) =
+        status_and_body(get("/api/v1/functions?per_page=1&page=2").await.unwrap()).await;
+    assert_eq!(page["functions"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        page["functions"][0]["language_title"],
+        "python-text_processor"
+    );
+    let (_, python) = status_and_body(
+        get("/api/v1/functions?language=python&type=predefined")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(python["total"], 1);
+    let (_, js) = status_and_body(get("/api/v1/functions?language=js").await.unwrap()).await;
+    assert_eq!(js["functions"][0]["language"], "nodejs");
+
+    let (status, detail) =
+        status_and_body(get("/api/v1/functions/nodejs-calculator").await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(detail["type"], "predefined");
+    assert_eq!(
+        detail["schema"]["params"]["required"],
+        json!(["operation", "a", "b"])
+    );
+    assert!(detail["examples"].as_array().unwrap().len() >= 4);
+    assert_eq!(detail["component_digest"].as_str().unwrap().len(), 64);
+
+    for bad in [
+        "/api/v1/functions?per_page=101",
+        "/api/v1/functions?page=0",
+        "/api/v1/functions?type=other",
+        "/api/v1/functions?language=cobol",
+    ] {
+        let (status, code, _) = error_of(get(bad).await.unwrap()).await;
+        assert_eq!((status, code.as_str()), (400, "INVALID_REQUEST"), "{bad}");
+    }
+    let (status, code, _) =
+        error_of(get("/api/v1/functions/rust-nothing_here").await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (404, "NOT_FOUND"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_language_titles_are_invalid_requests_naming_the_supported_languages() {
+    let app = spawn_app().await;
+    let token = app.token("alice", ALL);
+    for (title, mention) in [
+        ("calculator", "<language>-<title>"),
+        ("nodejs-Bad Title", "title"),
+        ("cobol-payroll", "nodejs, python, rust"),
+    ] {
+        let (status, code, body) = error_of(app.initialize(&token, title, json!({})).await).await;
+        assert_eq!((status, code.as_str()), (400, "INVALID_REQUEST"), "{title}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(mention),
+            "{body}"
+        );
+    }
+    let missing = app
+        .client
+        .post(app.url("/api/v1/initialize"))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = error_of(missing).await;
+    assert_eq!((status, code.as_str()), (400, "INVALID_REQUEST"));
+    let (status, code, _) = error_of(
+        app.initialize(&token, "rust-unknown_function", json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (404, "NOT_FOUND"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_invalid_and_expired_tokens_are_unauthorized_and_wrong_scopes_forbidden() {
+    let app = spawn_app().await;
+    let url = app.url("/api/v1/initialize");
+    let send = |token: Option<String>| {
+        let mut request = app
+            .client
+            .post(&url)
+            .header("Language-Title", "nodejs-calculator")
+            .json(&json!({}));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let (status, code, _) = error_of(send(None).await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (401, "UNAUTHORIZED"));
+    let (status, code, _) = error_of(send(Some("not-a-jwt".into())).await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (401, "UNAUTHORIZED"));
+    let expired = app
+        .keys
+        .mint("alice", &["execute:all".into()], Duration::ZERO)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, code, body) = error_of(send(Some(expired)).await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (401, "UNAUTHORIZED"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+    let forged = lambda_host::auth::JwtKeys::from_secret(&[1u8; 32])
+        .unwrap()
+        .mint("eve", &["execute:all".into()], Duration::from_secs(60))
+        .unwrap();
+    let (status, _, _) = error_of(send(Some(forged)).await.unwrap()).await;
+    assert_eq!(status, 401);
+
+    // execute:python does not reach a JavaScript function, nor the listing.
+    let python_only = app.token("alice", "execute:python");
+    let (status, code, _) = error_of(send(Some(python_only.clone())).await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (403, "FORBIDDEN"));
+    assert_eq!(
+        app.initialize(&python_only, "python-text_processor", json!({}))
+            .await
+            .status(),
+        200
+    );
+    let list = app
+        .client
+        .get(app.url("/api/v1/functions"))
+        .bearer_auth(&python_only)
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = error_of(list).await;
+    assert_eq!((status, code.as_str()), (403, "FORBIDDEN"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_are_private_expire_and_end_when_not_retained() {
+    let app = spawn_app_with(|s| s.server.session_ttl = Duration::from_secs(2)).await;
+    let alice = app.token("alice", ALL);
+    let bob = app.token("bob", ALL);
+    let params = json!({"operation": "multiply", "a": 6, "b": 7});
+
+    // Another user's session is as unknown as a missing one.
+    let id = app.session(&alice, "nodejs-calculator", json!({})).await;
+    let (status, code, body) = error_of(app.execute(&bob, &id, params.clone()).await).await;
+    assert_eq!((status, code.as_str()), (404, "NOT_FOUND"));
+    assert_eq!(body["request_id"], id.as_str());
+    let peek = app
+        .client
+        .get(app.url(&format!("/api/v1/sessions/{id}")))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(peek.status(), 404);
+    let (status, code, _) =
+        error_of(app.execute(&alice, "no-such-session", params.clone()).await).await;
+    assert_eq!((status, code.as_str()), (404, "NOT_FOUND"));
+
+    // A client-chosen id is reused.
+    let chosen = format!("client-{}", uuid::Uuid::new_v4().simple());
+    let response = app
+        .client
+        .post(app.url("/api/v1/initialize"))
+        .bearer_auth(&alice)
+        .header("Language-Title", "nodejs-calculator")
+        .header("X-Request-ID", &chosen)
+        .json(&json!({ "context": { "retain_session": false } }))
+        .send()
+        .await
+        .unwrap();
+    let (_, body) = status_and_body(response).await;
+    assert_eq!(body["request_id"], chosen.as_str());
+    // retain_session: false ends the session after its first execution.
+    assert_eq!(
+        app.execute(&alice, &chosen, params.clone()).await.status(),
+        200
+    );
+    assert_eq!(
+        app.execute(&alice, &chosen, params.clone()).await.status(),
+        404
+    );
+
+    // An expired session is gone.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, code, _) = error_of(app.execute(&alice, &id, params).await).await;
+    assert_eq!((status, code.as_str()), (404, "NOT_FOUND"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn params_that_are_not_an_object_and_malformed_bodies_are_refused_in_our_format() {
+    let app = spawn_app().await;
+    let token = app.token("alice", ALL);
+    let id = app.session(&token, "rust-data_validator", json!({})).await;
+    for params in [json!([1, 2]), json!("text"), json!(null)] {
+        let (status, code, _) = error_of(app.execute(&token, &id, params).await).await;
+        assert_eq!((status, code.as_str()), (400, "INVALID_PARAMS"));
+    }
+    let raw = |body: &'static str| {
+        app.client
+            .post(app.url(&format!("/api/v1/execute/{id}")))
+            .bearer_auth(&token)
+            .body(body)
+            .send()
+    };
+    let (status, code, _) = error_of(raw("{}").await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (400, "INVALID_PARAMS"));
+    let (status, code, _) = error_of(raw("{\"params\": {").await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (400, "INVALID_REQUEST"));
+    let bad_context = app
+        .initialize(
+            &token,
+            "rust-data_validator",
+            json!({ "context": { "timeout_ms": "soon" } }),
+        )
+        .await;
+    let (status, code, _) = error_of(bad_context).await;
+    assert_eq!((status, code.as_str()), (400, "INVALID_REQUEST"));
+    let nowhere = app
+        .client
+        .get(app.url("/api/v2/everything"))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = error_of(nowhere).await;
+    assert_eq!((status, code.as_str()), (404, "NOT_FOUND"));
+    let (status, code, _) = error_of(
+        app.client
+            .get(app.url("/api/v1/initialize"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (400, "INVALID_REQUEST"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compile_errors_are_422_with_the_line_and_functions_are_not_overwritten() {
+    let app = spawn_app().await;
+    let alice = app.token("alice", ALL);
+    let broken = "export default function (event) {\n  return {;\n}\n";
+    let (status, code, body) = error_of(
+        app.initialize(&alice, "nodejs-broken", json!({ "script_content": broken }))
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (422, "COMPILE_ERROR"));
+    assert_eq!(
+        body["error"]["details"]["diagnostics"][0]["line"], 2,
+        "{body}"
+    );
+
+    let source = "def handler(event):\n    return 1\n";
+    assert_eq!(
+        app.initialize(&alice, "python-mine", json!({ "script_content": source }))
+            .await
+            .status(),
+        200
+    );
+    let bob = app.token("bob", ALL);
+    let (status, code, _) = error_of(
+        app.initialize(&bob, "python-mine", json!({ "script_content": source }))
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (403, "FORBIDDEN"));
+    let (status, code, _) = error_of(
+        app.initialize(
+            &bob,
+            "python-text_processor",
+            json!({ "script_content": source }),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (403, "FORBIDDEN"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runtime_errors_carry_the_message_and_line() {
+    let app = spawn_app().await;
+    let token = app.token("alice", ALL);
+    let id = app.session(&token, "nodejs-calculator", json!({})).await;
+    let (status, code, body) = error_of(
+        app.execute(&token, &id, json!({"operation": "divide", "a": 1, "b": 0}))
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (500, "RUNTIME_ERROR"));
+    assert_eq!(body["request_id"], id.as_str());
+    let details = &body["error"]["details"];
+    assert_eq!(details["message"], "RangeError: division by zero", "{body}");
+    assert_eq!(details["line"], 10, "{body}");
+    assert!(
+        details["stack_trace"]
+            .as_str()
+            .unwrap()
+            .contains("handler.js")
+    );
+
+    let id = app
+        .session(&token, "python-text_processor", json!({}))
+        .await;
+    let (status, code, body) = error_of(
+        app.execute(&token, &id, json!({"action": "reverse", "text": "x"}))
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (500, "RUNTIME_ERROR"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ValueError: unknown action")
+    );
+    assert_eq!(body["error"]["details"]["line"], 20, "{body}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_past_its_deadline_is_a_504_and_one_past_its_memory_cap_a_runtime_error() {
+    let app = spawn_app_with(|s| s.runtime.memory_limit_bytes = 64 << 20).await;
+    let token = app.token("alice", ALL);
+    let timeout_ms = 400;
+    let id = app
+        .session(&token, "rust-spin", json!({ "script_content": fixture_source("rust/endless_loop.rs"), "context": { "timeout_ms": timeout_ms } }))
+        .await;
+    let started = Instant::now();
+    let (status, code, body) = error_of(app.execute(&token, &id, json!({})).await).await;
+    let elapsed = started.elapsed();
+    assert_eq!((status, code.as_str()), (504, "TIMEOUT"), "{body}");
+    assert_eq!(body["request_id"], id.as_str());
+    // The guest is interrupted at its deadline, not abandoned: the answer
+    // follows the deadline closely (the margin absorbs a loaded CI machine).
+    eprintln!("504 after {elapsed:?} for a {timeout_ms} ms deadline");
+    assert!(
+        elapsed < Duration::from_millis(timeout_ms + 1000),
+        "{elapsed:?}"
+    );
+
+    let id = app
+        .session(
+            &token,
+            "rust-hog",
+            json!({ "script_content": fixture_source("rust/memory_hog.rs") }),
+        )
+        .await;
+    let (status, code, body) = error_of(app.execute(&token, &id, json!({})).await).await;
+    assert_eq!((status, code.as_str()), (500, "RUNTIME_ERROR"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("memory limit"),
+        "{body}"
+    );
+    assert_eq!(body["error"]["details"]["reason"], "out_of_memory");
+    // The next execution of the same function, within its cap, works.
+    let (status, body) =
+        status_and_body(app.execute(&token, &id, json!({ "megabytes": 4 })).await).await;
+    assert_eq!((status, &body["result"]), (200, &json!({ "held_mb": 4 })));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_over_the_limit_is_413_in_our_format() {
+    let app = spawn_app_with(|s| s.server.body_limit_bytes = 4096).await;
+    let token = app.token("alice", ALL);
+    let huge = format!("def handler(event):\n    return {:?}\n", "x".repeat(10_000));
+    let (status, code, _) = error_of(
+        app.initialize(&token, "python-huge", json!({ "script_content": huge }))
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (413, "INVALID_REQUEST"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn executions_past_the_rate_limit_are_429_with_retry_after() {
+    let app = spawn_app_with(|s| {
+        s.server.rate_limits.execute_per_subject = 3;
+        s.server.rate_limits.execute_per_anonymous_ip = 2;
+    })
+    .await;
+    let token = app.token("alice", ALL);
+    let id = app.session(&token, "rust-data_validator", json!({})).await;
+    let params = json!({"data": {"a": 1}, "rules": ["numeric"]});
+    for _ in 0..3 {
+        assert_eq!(app.execute(&token, &id, params.clone()).await.status(), 200);
+    }
+    let limited = app.execute(&token, &id, params.clone()).await;
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after));
+    let (status, code, _) = error_of(limited).await;
+    assert_eq!((status, code.as_str()), (429, "RATE_LIMITED"));
+    // Another subject has its own budget; anonymous callers share their IP's.
+    let other = app.token("bob", ALL);
+    assert_eq!(
+        app.execute(&other, "nobody", params.clone()).await.status(),
+        404
+    );
+    let anonymous = || {
+        app.client
+            .post(app.url("/api/v1/execute/x"))
+            .json(&json!({ "params": {} }))
+            .send()
+    };
+    assert_eq!(anonymous().await.unwrap().status(), 401);
+    assert_eq!(anonymous().await.unwrap().status(), 401);
+    assert_eq!(anonymous().await.unwrap().status(), 429);
+    // Health is never limited.
+    for _ in 0..5 {
+        assert_eq!(
+            app.client
+                .get(app.url("/health"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_preflights_are_answered_for_the_api_headers() {
+    let app = spawn_app_with(|s| s.server.cors_origins = vec!["https://app.example".into()]).await;
+    let preflight = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/api/v1/initialize"))
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization,language-title,x-request-id",
+        )
+        .send()
+        .await
+        .unwrap();
+    let headers = preflight.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(headers["access-control-max-age"], "86400");
+    assert!(
+        headers["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("language-title")
+    );
+    let foreign = app
+        .client
+        .get(app.url("/health"))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        foreign
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_reports_embedded_stores_and_metrics_move_with_requests() {
+    let app = spawn_app().await;
+    let (status, health) =
+        status_and_body(app.client.get(app.url("/health")).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["components"]["redis"], "embedded");
+    assert_eq!(health["components"]["postgres"], "embedded");
+    assert_eq!(
+        health["components"]["runtimes"],
+        json!({ "nodejs": "ok", "python": "ok", "rust": "ok" })
+    );
+
+    let token = app.token("alice", ALL);
+    let id = app.session(&token, "rust-data_validator", json!({})).await;
+    let params = json!({"data": {}, "rules": ["required"]});
+    app.execute(&token, &id, params.clone()).await;
+    app.execute(&token, &id, params).await;
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "lambda_http_requests_total{endpoint=\"/api/v1/execute/{request_id}\",status=\"200\"} 2",
+        "lambda_executions_total{language=\"rust\",outcome=\"ok\"} 1",
+        "lambda_cache_hits_total 1",
+        "lambda_cache_misses_total 1",
+        "lambda_sessions_created_total 1",
+        "lambda_sessions_active 1",
+    ] {
+        assert!(metrics.contains(line), "missing `{line}` in\n{metrics}");
+    }
+    assert!(metrics.contains("lambda_execution_duration_seconds_bucket{language=\"rust\""));
+    assert!(metrics.contains("lambda_component_compiles_total"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_request_leaves_a_request_log_row_and_every_error_an_error_row() {
+    let app = spawn_app().await;
+    let token = app.token("logger", ALL);
+    let id = app.session(&token, "rust-data_validator", json!({})).await;
+    app.execute(&token, &id, json!({"data": {}, "rules": []}))
+        .await;
+    app.execute(&token, &id, json!([1])).await; // INVALID_PARAMS
+    app.execute(&token, "missing", json!({})).await; // NOT_FOUND
+    app.client.get(app.url("/health")).send().await.unwrap(); // not logged
+    let data_dir = app.stop().await;
+    let database = data_dir.path().join(lambda_host::server::SQLITE_FILE);
+
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", database.display()))
+        .await
+        .unwrap();
+    let rows: Vec<(String, i64, Option<String>)> =
+        sqlx::query_as("SELECT endpoint, status, user_id FROM request_logs ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let statuses: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    assert_eq!(statuses, [200, 200, 400, 404], "{rows:?}");
+    assert!(rows.iter().all(|r| r.2.as_deref() == Some("logger")));
+    let errors: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT code, request_id FROM error_logs ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        errors,
+        [
+            ("INVALID_PARAMS".to_owned(), Some(id.clone())),
+            ("NOT_FOUND".to_owned(), Some("missing".to_owned()))
+        ]
+    );
+    let sessions: Vec<(String, i64)> =
+        sqlx::query_as("SELECT request_id, execution_count FROM sessions")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(sessions, [(id, 1)]);
+}
