@@ -73,11 +73,13 @@ test: setup
     cargo clippy --workspace --all-targets --locked -- -D warnings
     cargo test --workspace --locked
 
-# Build the host and the predefined functions, then show how to call one (the REST API comes next).
-run: build-components
-    @echo
-    @echo "The host is built: {{host}}. Try:"
-    @echo "  {{host}} invoke rust-data_validator --params '{\"data\":{\"age\":25},\"rules\":[\"required\",\"numeric\"]}'"
+# Serve the REST API on 127.0.0.1:8080 with the embedded stores (state in .lambda/).
+run: build
+    {{host}} serve
+
+# Print a token for the local host: just token alice "execute:all read:functions".
+token sub="demo" scope="execute:all read:functions":
+    @{{host}} token --sub {{sub}} --scope "{{scope}}"
 
 # Run one function once: just invoke rust-data_validator '{"data":{},"rules":["required"]}'.
 invoke function params="{}": build

@@ -255,17 +255,19 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             let code = std::fs::read_to_string(&source)
                 .with_context(|| format!("cannot read {}", source.display()))?;
             let toolchains = Toolchains::detect(&settings.toolchain).await?;
+            let started = Instant::now();
             let Some(artifact) = build_or_report(&toolchains, language, &code, &options).await?
             else {
                 return Ok(ExitCode::FAILURE);
             };
             write(&output, &artifact.component)?;
             eprintln!(
-                "{} {} ({} bytes, {})",
+                "{} {} ({} bytes, {}) in {:.2} s",
                 if artifact.built { "built" } else { "reused" },
                 output.display(),
                 artifact.component.len(),
-                artifact.digest.short()
+                artifact.digest.short(),
+                started.elapsed().as_secs_f64()
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -144,11 +144,6 @@ pub async fn observe(
         .with_label_values(&[endpoint.as_str()])
         .observe(elapsed.as_secs_f64());
 
-    // Health checks and scrapes arrive every few seconds from every
-    // orchestrator: they are measured, not logged.
-    if endpoint == "/health" || endpoint == "/metrics" {
-        return response;
-    }
     let extensions = response.extensions();
     let request_id = extensions.get::<RequestId>().map(|r| r.0.clone());
     let now = Utc::now();
