@@ -67,10 +67,17 @@ inspect component: setup
     fi
     wasm-tools component wit "$path"
 
-# Run the tests: unit, integration (real guests, real toolchains), formatting, lints.
+# Run the tests: formatting, lints, unit and integration tests (real guests, real toolchains, and throwaway Redis and PostgreSQL servers).
 test: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
     cargo fmt --all --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
+    services=target/test-services
+    scripts/test-services.sh stop "$services"
+    scripts/test-services.sh start "$services"
+    trap 'scripts/test-services.sh stop "$services"' EXIT
+    source "$services/env"
     cargo test --workspace --locked
 
 # Serve the REST API on 127.0.0.1:8080 with the embedded stores (state in .lambda/).

@@ -132,7 +132,12 @@ enum Command {
         /// The longest deadline a session may ask for, in milliseconds.
         #[arg(long, env = "LAMBDA_MAX_TIMEOUT_MS", default_value_t = 300_000)]
         max_timeout_ms: u64,
+        /// Do not apply database migrations at start (run `lambda-host migrate` instead).
+        #[arg(long, env = "LAMBDA_SKIP_MIGRATIONS")]
+        skip_migrations: bool,
     },
+    /// Applies the database migrations (PostgreSQL with LAMBDA_DATABASE_URL, else SQLite in the data directory).
+    Migrate,
     /// Prints a token signed with the host's secret (LAMBDA_JWT_SECRET or <data-dir>/jwt-secret).
     Token {
         /// The subject (user id).
@@ -186,7 +191,9 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             session_ttl,
             cache_ttl,
             max_timeout_ms,
+            skip_migrations,
         } => {
+            settings.stores.skip_migrations = skip_migrations;
             let server = &mut settings.server;
             server.listen = listen;
             server.jwt_secret = std::env::var("LAMBDA_JWT_SECRET").ok().map(Secret::new);
@@ -205,6 +212,11 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
                 application.local_addr()
             );
             application.run_until_stopped(shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let database = lambda_host::server::migrate(&settings).await?;
+            eprintln!("{database} migrations applied");
             Ok(ExitCode::SUCCESS)
         }
         Command::Token { sub, scope, ttl } => {
@@ -302,6 +314,16 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         settings.toolchain.rust_target_dir = dir.clone();
     }
     settings.toolchain.toolchains_dir = args.toolchains_dir.clone();
+    // Secrets (URLs carry passwords) come from the environment only, never
+    // from flags that show in `ps`.
+    settings.stores.redis_url = std::env::var("LAMBDA_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .map(Secret::new);
+    settings.stores.database_url = std::env::var("LAMBDA_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .map(Secret::new);
     settings.runtime.pooling = !args.no_pooling;
     if let Some(mb) = args.memory_limit_mb {
         settings.runtime.memory_limit_bytes = mb << 20;

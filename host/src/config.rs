@@ -18,6 +18,22 @@ pub struct Settings {
     pub runtime: RuntimeConfig,
     pub toolchain: ToolchainConfig,
     pub server: ServerConfig,
+    pub stores: StoreConfig,
+}
+
+/// Which backends hold the host's state. Neither URL set: the embedded
+/// defaults (in process + SQLite in the data directory).
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Sessions, result cache, rate limits: `redis://host:port`.
+    pub redis_url: Option<Secret>,
+    /// Registry, artifacts, session records, logs: `postgres://...`.
+    pub database_url: Option<Secret>,
+    /// Skip applying migrations at start (`lambda-host migrate` does it).
+    pub skip_migrations: bool,
+    /// The prefix of every Redis key, so several deployments (or test
+    /// runs) can share one Redis.
+    pub redis_prefix: String,
 }
 
 impl Settings {
@@ -29,6 +45,7 @@ impl Settings {
             runtime: RuntimeConfig::defaults_in(&data_dir),
             toolchain: ToolchainConfig::defaults_in(&data_dir),
             server: ServerConfig::default(),
+            stores: StoreConfig::default(),
             components_dir: components_dir.into(),
             data_dir,
         }
@@ -163,6 +180,17 @@ impl Secret {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("[redacted]")
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            database_url: None,
+            skip_migrations: false,
+            redis_prefix: "lambda:".to_owned(),
+        }
     }
 }
 

@@ -15,11 +15,13 @@ use crate::auth::JwtKeys;
 use crate::config::Settings;
 use crate::functions::Functions;
 use crate::runtime::Runtime;
-use crate::store::LogWriter;
 use crate::store::memory::{MemoryRateLimiter, MemoryResultCache, MemorySessions};
+use crate::store::postgres::PgStore;
+use crate::store::redis::RedisStore;
 use crate::store::sqlite::SqliteStore;
+use crate::store::{LogStore, LogWriter, RateLimiter, Registry, ResultCache, SessionStore};
 use crate::telemetry::Metrics;
-use crate::toolchain::Toolchains;
+use crate::toolchain::{ArtifactStore, DiskArtifacts, TieredArtifacts, Toolchains};
 
 /// The database file of the embedded registry and logs.
 pub const SQLITE_FILE: &str = "lambda.db";
@@ -40,13 +42,22 @@ impl Application {
             settings.server.jwt_secret.as_ref().map(|s| s.expose()),
             &settings.data_dir,
         )?);
-        let database = SqliteStore::open(&settings.data_dir.join(SQLITE_FILE)).await?;
+        let durable = durable_stores(&settings).await?;
         let runtime = Arc::new(Runtime::new(&settings.runtime)?);
-        let toolchains = Arc::new(Toolchains::detect(&settings.toolchain).await?);
+        let local_artifacts = DiskArtifacts::open(&settings.toolchain.artifacts_dir)?;
+        let artifacts: Arc<dyn ArtifactStore> = match &durable.artifacts {
+            Some(shared) => Arc::new(TieredArtifacts::new(local_artifacts, shared.clone())),
+            None => Arc::new(local_artifacts),
+        };
+        let toolchains = Arc::new(
+            Toolchains::detect(&settings.toolchain)
+                .await?
+                .with_artifacts(artifacts),
+        );
         let functions = Arc::new(Functions::new(
             runtime,
             toolchains,
-            Arc::new(database.clone()),
+            durable.registry.clone(),
             metrics.clone(),
             settings.components_dir.clone(),
         ));
@@ -62,15 +73,16 @@ impl Application {
         }
         let server = &settings.server;
         let (logs, log_task) = LogWriter::start(
-            Arc::new(database),
+            durable.logs.clone(),
             server.log_queue_capacity,
             metrics.log_records_dropped.clone(),
         );
+        let (sessions, cache, limiter) = shared_stores(&settings)?;
         let state = AppState {
             functions,
-            sessions: Arc::new(MemorySessions::new(server.max_sessions)),
-            cache: Arc::new(MemoryResultCache::new(server.cache_max_bytes)),
-            limiter: Arc::new(MemoryRateLimiter::new(100_000)),
+            sessions,
+            cache,
+            limiter,
             logs,
             keys,
             metrics,
@@ -120,6 +132,84 @@ impl Application {
         drop(logs);
         log_task.abort();
         Ok(())
+    }
+}
+
+/// The durable stores: PostgreSQL when a database URL is set, else the
+/// SQLite file of the data directory.
+struct Durable {
+    registry: Arc<dyn Registry>,
+    logs: Arc<dyn LogStore>,
+    /// The store replicas share built components through, if any.
+    artifacts: Option<Arc<dyn ArtifactStore>>,
+}
+
+async fn durable_stores(settings: &Settings) -> anyhow::Result<Durable> {
+    match &settings.stores.database_url {
+        Some(url) => {
+            let postgres = Arc::new(PgStore::connect_lazy(url.expose())?);
+            if !settings.stores.skip_migrations {
+                postgres
+                    .migrate()
+                    .await
+                    .context("PostgreSQL must be reachable at start to apply migrations")?;
+            }
+            Ok(Durable {
+                registry: postgres.clone(),
+                logs: postgres.clone(),
+                artifacts: Some(postgres),
+            })
+        }
+        None => {
+            let sqlite = Arc::new(SqliteStore::open(&settings.data_dir.join(SQLITE_FILE)).await?);
+            Ok(Durable {
+                registry: sqlite.clone(),
+                logs: sqlite,
+                artifacts: None,
+            })
+        }
+    }
+}
+
+type SharedStores = (
+    Arc<dyn SessionStore>,
+    Arc<dyn ResultCache>,
+    Arc<dyn RateLimiter>,
+);
+
+/// Sessions, result cache and rate limits: Redis when a URL is set (shared
+/// by every replica), else in process.
+fn shared_stores(settings: &Settings) -> anyhow::Result<SharedStores> {
+    match &settings.stores.redis_url {
+        Some(url) => {
+            let redis = Arc::new(RedisStore::connect(
+                url.expose(),
+                &settings.stores.redis_prefix,
+            )?);
+            Ok((redis.clone(), redis.clone(), redis))
+        }
+        None => {
+            let server = &settings.server;
+            Ok((
+                Arc::new(MemorySessions::new(server.max_sessions)),
+                Arc::new(MemoryResultCache::new(server.cache_max_bytes)),
+                Arc::new(MemoryRateLimiter::new(100_000)),
+            ))
+        }
+    }
+}
+
+/// Applies the migrations of the configured database (`lambda-host migrate`).
+pub async fn migrate(settings: &Settings) -> anyhow::Result<&'static str> {
+    match &settings.stores.database_url {
+        Some(url) => {
+            PgStore::connect_lazy(url.expose())?.migrate().await?;
+            Ok("PostgreSQL")
+        }
+        None => {
+            SqliteStore::open(&settings.data_dir.join(SQLITE_FILE)).await?;
+            Ok("SQLite")
+        }
     }
 }
 

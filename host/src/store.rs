@@ -10,6 +10,8 @@
 
 mod log_writer;
 pub mod memory;
+pub mod postgres;
+pub mod redis;
 pub mod sqlite;
 
 pub use log_writer::LogWriter;
@@ -176,6 +178,8 @@ pub trait Registry: Send + Sync {
 /// One served request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RequestLog {
+    /// The row's id, which the request's error row refers to.
+    pub id: uuid::Uuid,
     pub request_id: Option<String>,
     pub method: String,
     /// The route template, e.g. `/api/v1/execute/{request_id}`.
@@ -192,6 +196,8 @@ pub struct RequestLog {
 /// One error answered to a client.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ErrorLog {
+    /// The request this error answered.
+    pub request_log_id: uuid::Uuid,
     pub request_id: Option<String>,
     pub endpoint: String,
     pub code: String,

@@ -27,7 +27,7 @@ use crate::config::ToolchainConfig;
 use crate::digest::Digest;
 use crate::language::Language;
 
-pub use artifacts::ArtifactStore;
+pub use artifacts::{ArtifactStore, DiskArtifacts, TieredArtifacts};
 
 /// How to build: the knobs a client may set in `compile_options`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -142,7 +142,7 @@ pub struct Toolchains {
     toolchains: HashMap<Language, Registered>,
     /// Languages whose toolchain could not start, with the reason.
     unavailable: HashMap<Language, String>,
-    artifacts: ArtifactStore,
+    artifacts: Arc<dyn ArtifactStore>,
     work_dir: PathBuf,
     build_timeout: Duration,
     max_source_bytes: usize,
@@ -200,7 +200,7 @@ impl Toolchains {
                 })
                 .collect(),
             unavailable: HashMap::new(),
-            artifacts: ArtifactStore::open(&config.artifacts_dir)?,
+            artifacts: Arc::new(DiskArtifacts::open(&config.artifacts_dir)?),
             work_dir: config.work_dir.clone(),
             build_timeout: config.build_timeout,
             max_source_bytes: config.max_source_bytes,
@@ -225,8 +225,15 @@ impl Toolchains {
     }
 
     /// The store of built components.
-    pub fn artifacts(&self) -> &ArtifactStore {
-        &self.artifacts
+    pub fn artifacts(&self) -> &dyn ArtifactStore {
+        self.artifacts.as_ref()
+    }
+
+    /// Replaces the artifact store (the disk store of the data directory
+    /// by default), e.g. with one shared by every replica.
+    pub fn with_artifacts(mut self, artifacts: Arc<dyn ArtifactStore>) -> Self {
+        self.artifacts = artifacts;
+        self
     }
 
     pub fn stats(&self) -> BuildStats {

@@ -759,3 +759,96 @@ async fn every_request_leaves_a_request_log_row_and_every_error_an_error_row() {
             .unwrap();
     assert_eq!(sessions, [(id, 1)]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_works_the_same_on_redis_and_postgresql() {
+    let app = crate::helpers::spawn_production_app().await;
+    let (_, health) =
+        status_and_body(app.client.get(app.url("/health")).send().await.unwrap()).await;
+    assert_eq!(health["components"]["redis"], "ok", "{health}");
+    assert_eq!(health["components"]["postgres"], "ok", "{health}");
+    let token = app.token("prod", ALL);
+    let id = app.session(&token, "rust-data_validator", json!({})).await;
+    let params = json!({"data": {"age": 25}, "rules": ["required", "numeric"]});
+    let (_, first) = status_and_body(app.execute(&token, &id, params.clone()).await).await;
+    assert_eq!(first["result"], json!({"valid": true, "errors": []}));
+    let (_, second) = status_and_body(app.execute(&token, &id, params).await).await;
+    assert_eq!(second["cached"], true);
+    let source = "def handler(event):\n    return {\"n\": event[\"params\"][\"n\"] + 1}\n";
+    let id = app
+        .session(
+            &token,
+            "python-plus_one",
+            json!({ "script_content": source }),
+        )
+        .await;
+    let (_, body) = status_and_body(app.execute(&token, &id, json!({ "n": 41 })).await).await;
+    assert_eq!(body["result"], json!({ "n": 42 }));
+    let list = app
+        .client
+        .get(app.url("/api/v1/functions?type=dynamic&user_id=prod"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let (_, list) = status_and_body(list).await;
+    assert_eq!(list["total"], 1);
+    assert_eq!(list["functions"][0]["language_title"], "python-plus_one");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_sessions_and_built_components() {
+    use crate::helpers::{spawn_app_with, test_database_url, use_production_stores};
+    let database = test_database_url().await;
+    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    // Each replica has its own data directory: nothing is shared on disk.
+    let replica = |database: String, prefix: String| {
+        spawn_app_with(move |s| {
+            use_production_stores(s, &database, &prefix);
+            s.toolchain.artifacts_dir = s.data_dir.join("artifacts");
+        })
+    };
+    let a = replica(database.clone(), prefix.clone()).await;
+    let b = replica(database, prefix).await;
+    let token = a.token("carol", ALL);
+
+    // Initialize on A, execute on B.
+    let id = a.session(&token, "nodejs-calculator", json!({})).await;
+    let (status, body) = status_and_body(
+        b.execute(
+            &token,
+            &id,
+            json!({"operation": "subtract", "a": 10, "b": 4}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["result"]),
+        (200, &json!({"result": 6})),
+        "{body}"
+    );
+
+    // Built on A, fetched by B: B's toolchain never runs.
+    let source = "export default (event) => ({ twice: event.params.n * 2 });\n";
+    let built_on_b = b.state.functions.toolchains().stats().built;
+    a.session(&token, "nodejs-twice", json!({ "script_content": source }))
+        .await;
+    let id = b
+        .session(&token, "nodejs-twice", json!({ "script_content": source }))
+        .await;
+    assert_eq!(
+        b.state.functions.toolchains().stats().built,
+        built_on_b,
+        "B rebuilt what A built"
+    );
+    let (_, body) = status_and_body(b.execute(&token, &id, json!({ "n": 21 })).await).await;
+    assert_eq!(body["result"], json!({ "twice": 42 }));
+
+    // A stops; B keeps serving A's session.
+    a.stop().await;
+    let (status, _) = status_and_body(b.execute(&token, &id, json!({ "n": 1 })).await).await;
+    assert_eq!(status, 200);
+    b.stop().await;
+}

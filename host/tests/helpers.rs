@@ -106,6 +106,7 @@ pub fn invocation(language_title: &str, params: Value) -> Invocation {
 /// A server on a free port over a fresh data directory, as `serve` runs it.
 pub struct TestApp {
     pub address: String,
+    pub state: lambda_host::api::AppState,
     pub client: reqwest::Client,
     pub keys: lambda_host::auth::JwtKeys,
     /// Kept so the directory lives as long as the server.
@@ -131,12 +132,14 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         .await
         .unwrap();
     let address = format!("http://{}", application.local_addr());
+    let state = application.state().clone();
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(application.run_until_stopped(async {
         let _ = stopped.await;
     }));
     TestApp {
         address,
+        state,
         client: reqwest::Client::new(),
         keys: lambda_host::auth::JwtKeys::from_secret(TEST_SECRET.as_bytes()).unwrap(),
         data_dir,
@@ -215,4 +218,44 @@ pub async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
     let body =
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
     (status, body)
+}
+
+/// The test Redis started by `just test` (scripts/test-services.sh).
+pub fn test_redis_url() -> String {
+    std::env::var("LAMBDA_TEST_REDIS_URL").expect(
+        "LAMBDA_TEST_REDIS_URL is not set: run the tests with `just test`, which starts Redis and \
+         PostgreSQL (scripts/test-services.sh)",
+    )
+}
+
+/// A fresh database in the test PostgreSQL started by `just test`.
+pub async fn test_database_url() -> String {
+    use sqlx::Connection as _;
+    let server = std::env::var("LAMBDA_TEST_DATABASE_URL").expect(
+        "LAMBDA_TEST_DATABASE_URL is not set: run the tests with `just test`, which starts Redis \
+         and PostgreSQL (scripts/test-services.sh)",
+    );
+    let name = format!("lambda_test_{}", uuid::Uuid::new_v4().simple());
+    let mut connection = sqlx::PgConnection::connect(&server).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    let (base, _) = server.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+/// Points settings at the test Redis, under a key prefix of its own, and at
+/// a PostgreSQL database.
+pub fn use_production_stores(settings: &mut Settings, database_url: &str, redis_prefix: &str) {
+    settings.stores.redis_url = Some(lambda_host::config::Secret::new(test_redis_url()));
+    settings.stores.database_url = Some(lambda_host::config::Secret::new(database_url));
+    settings.stores.redis_prefix = redis_prefix.to_owned();
+}
+
+/// A server on Redis and a fresh PostgreSQL database.
+pub async fn spawn_production_app() -> TestApp {
+    let database = test_database_url().await;
+    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    spawn_app_with(|s| use_production_stores(s, &database, &prefix)).await
 }

@@ -8,5 +8,6 @@ mod cli;
 mod conformance;
 mod predefined;
 mod runtime;
+mod stores;
 mod toolchain_rust;
 mod toolchain_scripts;

@@ -147,23 +147,13 @@ pub async fn observe(
     let extensions = response.extensions();
     let request_id = extensions.get::<RequestId>().map(|r| r.0.clone());
     let now = Utc::now();
-    if let Some(error) = extensions.get::<ErrorRecord>() {
-        if let Some(cause) = &error.cause {
-            tracing::error!(request_id = ?request_id, %endpoint, "internal error: {cause}");
-        }
-        state.logs.record(LogRecord::Error(ErrorLog {
-            request_id: request_id.clone(),
-            endpoint: endpoint.clone(),
-            code: error.code.to_owned(),
-            message: error.message.clone(),
-            details: error.details.clone(),
-            created_at: now,
-        }));
-    }
+    let request_log_id = uuid::Uuid::new_v4();
+    // The request row first: the error row refers to it.
     state.logs.record(LogRecord::Request(RequestLog {
-        request_id,
+        id: request_log_id,
+        request_id: request_id.clone(),
         method,
-        endpoint,
+        endpoint: endpoint.clone(),
         status,
         duration_ms: elapsed.as_secs_f64() * 1e3,
         user_id: extensions.get::<Subject>().map(|s| s.0.clone()),
@@ -172,6 +162,20 @@ pub async fn observe(
         client_ip,
         created_at: now,
     }));
+    if let Some(error) = extensions.get::<ErrorRecord>() {
+        if let Some(cause) = &error.cause {
+            tracing::error!(request_id = ?request_id, %endpoint, "internal error: {cause}");
+        }
+        state.logs.record(LogRecord::Error(ErrorLog {
+            request_log_id,
+            request_id,
+            endpoint,
+            code: error.code.to_owned(),
+            message: error.message.clone(),
+            details: error.details.clone(),
+            created_at: now,
+        }));
+    }
     response
 }
 

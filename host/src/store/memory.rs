@@ -76,12 +76,17 @@ impl SessionStore for MemorySessions {
         Ok(self.sessions.get(request_id).await.map(|(s, _)| s))
     }
 
+    /// Replaces a live session; an expired or removed one stays gone.
     async fn update(&self, session: &Session) -> StoreResult<()> {
+        let value = (session.clone(), deadline_of(session));
         self.sessions
-            .insert(
-                session.request_id.clone(),
-                (session.clone(), deadline_of(session)),
-            )
+            .entry(session.request_id.clone())
+            .and_compute_with(|existing| async move {
+                match existing {
+                    Some(_) => moka::ops::compute::Op::Put(value),
+                    None => moka::ops::compute::Op::Nop,
+                }
+            })
             .await;
         Ok(())
     }

@@ -193,10 +193,11 @@ impl LogStore for SqliteStore {
         for record in records {
             let query = match record {
                 LogRecord::Request(r) => sqlx::query(
-                    "INSERT INTO request_logs (request_id, method, endpoint, status, duration_ms,
-                         user_id, language_title, cached, client_ip, created_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO request_logs (log_id, request_id, method, endpoint, status,
+                         duration_ms, user_id, language_title, cached, client_ip, created_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )
+                .bind(r.id.to_string())
                 .bind(&r.request_id)
                 .bind(&r.method)
                 .bind(&r.endpoint)
@@ -208,9 +209,11 @@ impl LogStore for SqliteStore {
                 .bind(&r.client_ip)
                 .bind(r.created_at.to_rfc3339()),
                 LogRecord::Error(e) => sqlx::query(
-                    "INSERT INTO error_logs (request_id, endpoint, code, message, details, created_at)
-                     VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO error_logs (request_log_id, request_id, endpoint, code, message,
+                         details, created_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
                 )
+                .bind(e.request_log_id.to_string())
                 .bind(&e.request_id)
                 .bind(&e.endpoint)
                 .bind(&e.code)

@@ -1,0 +1,319 @@
+//! The production durable backend: the registry (`meta.functions`,
+//! `meta.scripts`), built components (`meta.artifacts`), session records
+//! (`meta.sessions`) and logs (`public.request_logs`, `public.error_logs`)
+//! in PostgreSQL, in the seed's schemas. Every query is parameterised.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+
+use super::{
+    FunctionFilter, FunctionKind, FunctionRecord, LogRecord, LogStore, Registry, StoreError,
+    StoreResult,
+};
+use crate::digest::Digest;
+use crate::toolchain::ArtifactStore;
+
+/// The migrations of `migrations/postgres`, compiled into the host.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// A PostgreSQL pool: the registry, the artifact store and the log store.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| StoreError::new(context, e)
+}
+
+impl PgStore {
+    /// A pool that connects lazily: the host starts while PostgreSQL is
+    /// down and reports it; queries fail fast until it returns.
+    pub fn connect_lazy(url: &str) -> StoreResult<Self> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|e| StoreError::new("parsing the PostgreSQL URL", e))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy_with(options);
+        Ok(Self { pool })
+    }
+
+    /// Applies the migrations that have not run yet.
+    pub async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::new("migrating the PostgreSQL database", e))
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn function_from_row(row: &PgRow) -> StoreResult<FunctionRecord> {
+    let kind: String = row.get("kind");
+    let created_at: DateTime<Utc> = row.get("created_at");
+    Ok(FunctionRecord {
+        language_title: row.get("language_title"),
+        language: row.get("language"),
+        title: row.get("title"),
+        kind: FunctionKind::parse(&kind)
+            .ok_or_else(|| StoreError::new("reading a function", anyhow::anyhow!("kind {kind}")))?,
+        owner: row.get("created_by"),
+        description: row
+            .get::<Option<String>, _>("description")
+            .unwrap_or_default(),
+        script_content: row.get("content"),
+        build_digest: row.get::<String, _>("build_digest").trim().to_owned(),
+        component_digest: row.get::<String, _>("component_digest").trim().to_owned(),
+        component_size: row.get::<i64, _>("component_size") as u64,
+        compile_options: row.get("compile_options"),
+        schema: row
+            .get::<Option<serde_json::Value>, _>("schema_definition")
+            .unwrap_or_default(),
+        examples: row
+            .get::<Option<serde_json::Value>, _>("examples")
+            .unwrap_or_default(),
+        created_at,
+        updated_at: row.get("updated_at"),
+    })
+}
+
+const SELECT_FUNCTIONS: &str = "SELECT f.*, s.content FROM meta.functions f \
+     LEFT JOIN meta.scripts s ON s.function_id = f.id";
+
+fn push_filters(query: &mut QueryBuilder<'_, Postgres>, filter: &FunctionFilter) {
+    query.push(" WHERE f.is_active");
+    if let Some(language) = &filter.language {
+        query.push(" AND f.language = ").push_bind(language.clone());
+    }
+    if let Some(owner) = &filter.owner {
+        query.push(" AND f.created_by = ").push_bind(owner.clone());
+    }
+    if let Some(kind) = filter.kind {
+        query.push(" AND f.kind = ").push_bind(kind.as_str());
+    }
+}
+
+#[async_trait::async_trait]
+impl Registry for PgStore {
+    async fn upsert(&self, f: &FunctionRecord) -> StoreResult<()> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting a registry update"))?;
+        let id: uuid::Uuid = sqlx::query_scalar(
+            "INSERT INTO meta.functions (language, title, language_title, description,
+                 schema_definition, examples, created_at, updated_at, created_by, kind,
+                 build_digest, component_digest, component_size, compile_options)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+             ON CONFLICT (language_title) DO UPDATE SET
+                 description = EXCLUDED.description,
+                 schema_definition = EXCLUDED.schema_definition,
+                 examples = EXCLUDED.examples, updated_at = EXCLUDED.updated_at,
+                 created_by = EXCLUDED.created_by, kind = EXCLUDED.kind,
+                 build_digest = EXCLUDED.build_digest,
+                 component_digest = EXCLUDED.component_digest,
+                 component_size = EXCLUDED.component_size,
+                 compile_options = EXCLUDED.compile_options, is_active = TRUE
+             RETURNING id",
+        )
+        .bind(&f.language)
+        .bind(&f.title)
+        .bind(&f.language_title)
+        .bind(&f.description)
+        .bind(&f.schema)
+        .bind(&f.examples)
+        .bind(f.created_at)
+        .bind(f.updated_at)
+        .bind(&f.owner)
+        .bind(f.kind.as_str())
+        .bind(&f.build_digest)
+        .bind(&f.component_digest)
+        .bind(f.component_size as i64)
+        .bind(&f.compile_options)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("registering a function"))?;
+        match &f.script_content {
+            Some(content) => {
+                sqlx::query(
+                    "INSERT INTO meta.scripts (function_id, content, created_at, updated_at)
+                     VALUES ($1, $2, $3, $3)
+                     ON CONFLICT (function_id) DO UPDATE SET
+                         content = EXCLUDED.content, updated_at = EXCLUDED.updated_at",
+                )
+                .bind(id)
+                .bind(content)
+                .bind(f.updated_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("storing a script"))?;
+            }
+            None => {
+                sqlx::query("DELETE FROM meta.scripts WHERE function_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("removing a script"))?;
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(db("committing a registry update"))?;
+        Ok(())
+    }
+
+    async fn get(&self, language_title: &str) -> StoreResult<Option<FunctionRecord>> {
+        let row = sqlx::query(&format!(
+            "{SELECT_FUNCTIONS} WHERE f.language_title = $1 AND f.is_active"
+        ))
+        .bind(language_title)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a function"))?;
+        row.as_ref().map(function_from_row).transpose()
+    }
+
+    async fn list(&self, filter: &FunctionFilter) -> StoreResult<(u64, Vec<FunctionRecord>)> {
+        let mut count = QueryBuilder::new("SELECT COUNT(*) FROM meta.functions f");
+        push_filters(&mut count, filter);
+        let total: i64 = count
+            .build_query_scalar()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("counting functions"))?;
+        let mut page = QueryBuilder::new(SELECT_FUNCTIONS);
+        push_filters(&mut page, filter);
+        page.push(" ORDER BY f.language_title LIMIT ")
+            .push_bind(i64::from(filter.per_page))
+            .push(" OFFSET ")
+            .push_bind(i64::from(filter.page.saturating_sub(1)) * i64::from(filter.per_page));
+        let rows = page
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing functions"))?;
+        let functions = rows
+            .iter()
+            .map(function_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok((total as u64, functions))
+    }
+
+    async fn health(&self) -> StoreResult<&'static str> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db("pinging PostgreSQL"))?;
+        Ok("ok")
+    }
+}
+
+#[async_trait::async_trait]
+impl LogStore for PgStore {
+    async fn write_batch(&self, records: &[LogRecord]) -> StoreResult<()> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("starting a log batch"))?;
+        for record in records {
+            let query = match record {
+                LogRecord::Request(r) => sqlx::query(
+                    "INSERT INTO public.request_logs (id, request_id, language_title, timestamp,
+                         client_ip, user_id, status_code, duration_ms, cached, endpoint, method)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(r.id)
+                .bind(&r.request_id)
+                .bind(r.language_title.clone().unwrap_or_default())
+                .bind(r.created_at)
+                .bind(&r.client_ip)
+                .bind(&r.user_id)
+                .bind(i32::from(r.status))
+                .bind(r.duration_ms.round() as i32)
+                .bind(r.cached.unwrap_or(false))
+                .bind(&r.endpoint)
+                .bind(&r.method),
+                LogRecord::Error(e) => sqlx::query(
+                    "INSERT INTO public.error_logs (request_log_id, timestamp, error_code,
+                         error_message, stack_trace, context)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(e.request_log_id)
+                .bind(e.created_at)
+                .bind(&e.code)
+                .bind(&e.message)
+                .bind(e.details.get("stack_trace").and_then(|s| s.as_str()))
+                .bind(serde_json::json!({
+                    "request_id": e.request_id,
+                    "endpoint": e.endpoint,
+                    "details": e.details,
+                })),
+                LogRecord::Session(s) => sqlx::query(
+                    "INSERT INTO meta.sessions (request_id, language_title, user_id, created_at,
+                         expires_at, last_executed_at, execution_count, status, context,
+                         build_digest, component_digest, timeout_ms, retain_session)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, $9, $10, $11, $12)
+                     ON CONFLICT (request_id) DO UPDATE SET
+                         execution_count = GREATEST(meta.sessions.execution_count, EXCLUDED.execution_count),
+                         last_executed_at = EXCLUDED.last_executed_at,
+                         expires_at = EXCLUDED.expires_at",
+                )
+                .bind(&s.request_id)
+                .bind(&s.language_title)
+                .bind(&s.owner)
+                .bind(s.created_at)
+                .bind(s.expires_at)
+                .bind(s.last_executed_at)
+                .bind(s.execution_count as i32)
+                .bind(&s.context)
+                .bind(&s.build_digest)
+                .bind(&s.component_digest)
+                .bind(s.timeout_ms as i64)
+                .bind(s.retain_session),
+            };
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(db("writing a log record"))?;
+        }
+        tx.commit().await.map_err(db("committing a log batch"))?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ArtifactStore for PgStore {
+    async fn get(&self, digest: Digest) -> anyhow::Result<Option<Arc<[u8]>>> {
+        let bytes: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT bytes FROM meta.artifacts WHERE digest = $1")
+                .bind(digest.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(bytes.map(Arc::from))
+    }
+
+    async fn put(&self, digest: Digest, component: &[u8]) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO meta.artifacts (digest, bytes, size) VALUES ($1, $2, $3)
+             ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(digest.to_string())
+        .bind(component)
+        .bind(component.len() as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,424 @@
+//! One conformance suite per store trait, run against the embedded and the
+//! production backend alike: memory and Redis, SQLite and PostgreSQL (real
+//! servers, started by `just test`).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use lambda_host::digest::Digest;
+use lambda_host::store::memory::{MemoryRateLimiter, MemoryResultCache, MemorySessions};
+use lambda_host::store::postgres::PgStore;
+use lambda_host::store::redis::RedisStore;
+use lambda_host::store::sqlite::SqliteStore;
+use lambda_host::store::{
+    ErrorLog, FunctionFilter, FunctionKind, FunctionRecord, LogRecord, LogStore, RateDecision,
+    RateLimiter, Registry, RequestLog, ResultCache, Session, SessionStore,
+};
+use lambda_host::toolchain::{ArtifactStore, DiskArtifacts};
+use serde_json::json;
+
+use crate::helpers::{test_database_url, test_redis_url};
+
+fn redis() -> RedisStore {
+    RedisStore::connect(
+        &test_redis_url(),
+        &format!("test-{}:", uuid::Uuid::new_v4().simple()),
+    )
+    .unwrap()
+}
+
+async fn postgres() -> PgStore {
+    let store = PgStore::connect_lazy(&test_database_url().await).unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+async fn sqlite(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("lambda.db"))
+        .await
+        .unwrap()
+}
+
+fn session(id: &str, ttl: Duration) -> Session {
+    let now = Utc::now();
+    Session {
+        request_id: id.to_owned(),
+        language_title: "rust-data_validator".into(),
+        owner: "alice".into(),
+        build_digest: "b".repeat(64),
+        component_digest: "c".repeat(64),
+        context: json!({ "timeout_ms": 1000, "nested": { "ü": [1, 2] } }),
+        timeout_ms: 1000,
+        retain_session: true,
+        created_at: now,
+        expires_at: now + ttl,
+        execution_count: 0,
+        last_executed_at: None,
+    }
+}
+
+async fn session_conformance(store: &dyn SessionStore) {
+    let id = uuid::Uuid::new_v4().to_string();
+    let first = session(&id, Duration::from_secs(60));
+    assert!(store.insert_new(&first).await.unwrap());
+    assert!(
+        !store
+            .insert_new(&session(&id, Duration::from_secs(60)))
+            .await
+            .unwrap(),
+        "an id is used once"
+    );
+    // Timestamps survive at the precision the API shows (milliseconds).
+    let read = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(read.request_id, first.request_id);
+    assert_eq!(read.context, first.context);
+    assert_eq!(
+        read.expires_at.timestamp_millis(),
+        first.expires_at.timestamp_millis()
+    );
+
+    let mut updated = read.clone();
+    updated.execution_count = 3;
+    updated.last_executed_at = Some(Utc::now());
+    store.update(&updated).await.unwrap();
+    assert_eq!(store.get(&id).await.unwrap().unwrap().execution_count, 3);
+    let before = store.active_count().await.unwrap();
+    assert!(before >= 1);
+
+    store.remove(&id).await.unwrap();
+    assert_eq!(store.get(&id).await.unwrap(), None);
+    assert_eq!(store.active_count().await.unwrap(), before - 1);
+    // An update does not bring a removed session back.
+    store.update(&updated).await.unwrap();
+    assert_eq!(store.get(&id).await.unwrap(), None);
+
+    let short = uuid::Uuid::new_v4().to_string();
+    assert!(
+        store
+            .insert_new(&session(&short, Duration::from_millis(300)))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        store.get(&short).await.unwrap(),
+        None,
+        "an expired session is gone"
+    );
+    assert!(store.health().await.is_ok());
+}
+
+async fn cache_conformance(cache: &dyn ResultCache) {
+    let key = format!("result:{}", uuid::Uuid::new_v4());
+    assert_eq!(cache.get(&key).await.unwrap(), None);
+    let value = json!({ "result": [1, "två", null, { "big": 9007199254740991_i64 }] });
+    cache
+        .put(&key, &value, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(cache.get(&key).await.unwrap(), Some(value));
+    let short = format!("result:{}", uuid::Uuid::new_v4());
+    cache
+        .put(&short, &json!(1), Duration::from_millis(200))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cache.get(&short).await.unwrap(), None);
+}
+
+async fn limiter_conformance(limiter: &dyn RateLimiter) {
+    let key = format!("execute:sub:{}", uuid::Uuid::new_v4());
+    let window = Duration::from_secs(60);
+    for _ in 0..5 {
+        assert_eq!(
+            limiter.check(&key, 5, window).await.unwrap(),
+            RateDecision::Allowed
+        );
+    }
+    match limiter.check(&key, 5, window).await.unwrap() {
+        RateDecision::Limited { retry_after_secs } => assert!((1..=60).contains(&retry_after_secs)),
+        RateDecision::Allowed => panic!("the sixth request passed a limit of five"),
+    }
+    assert_eq!(
+        limiter
+            .check(&format!("{key}-other"), 5, window)
+            .await
+            .unwrap(),
+        RateDecision::Allowed
+    );
+}
+
+fn function(
+    name: &str,
+    kind: FunctionKind,
+    owner: Option<&str>,
+    script: Option<&str>,
+) -> FunctionRecord {
+    let (language, title) = name.split_once('-').unwrap();
+    let now = Utc::now();
+    FunctionRecord {
+        language_title: name.to_owned(),
+        language: language.to_owned(),
+        title: title.to_owned(),
+        kind,
+        owner: owner.map(str::to_owned),
+        description: format!("the {title} function"),
+        script_content: script.map(str::to_owned),
+        build_digest: Digest::of(name.as_bytes()).to_string(),
+        component_digest: Digest::of(title.as_bytes()).to_string(),
+        component_size: 1234,
+        compile_options: json!({ "optimization_level": "release" }),
+        schema: json!({ "params": { "type": "object" } }),
+        examples: json!([{ "params": {}, "result": 1 }]),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+async fn registry_conformance(registry: &dyn Registry) {
+    registry
+        .upsert(&function(
+            "nodejs-calculator",
+            FunctionKind::Predefined,
+            None,
+            None,
+        ))
+        .await
+        .unwrap();
+    registry
+        .upsert(&function(
+            "python-a",
+            FunctionKind::Dynamic,
+            Some("alice"),
+            Some("def handler(e): ..."),
+        ))
+        .await
+        .unwrap();
+    registry
+        .upsert(&function(
+            "rust-b",
+            FunctionKind::Dynamic,
+            Some("bob"),
+            Some("pub fn handler() {}"),
+        ))
+        .await
+        .unwrap();
+
+    let read = registry.get("python-a").await.unwrap().unwrap();
+    assert_eq!(read.kind, FunctionKind::Dynamic);
+    assert_eq!(read.owner.as_deref(), Some("alice"));
+    assert_eq!(read.script_content.as_deref(), Some("def handler(e): ..."));
+    assert_eq!(read.build_digest, Digest::of(b"python-a").to_string());
+    assert_eq!(read.schema, json!({ "params": { "type": "object" } }));
+    assert_eq!(read.component_size, 1234);
+    assert_eq!(registry.get("rust-none").await.unwrap(), None);
+
+    // Re-registering keeps the creation time and replaces the rest.
+    let mut newer = function(
+        "python-a",
+        FunctionKind::Dynamic,
+        Some("alice"),
+        Some("def handler(e): 2"),
+    );
+    newer.created_at = Utc::now() + chrono::Duration::days(1);
+    registry.upsert(&newer).await.unwrap();
+    let again = registry.get("python-a").await.unwrap().unwrap();
+    assert_eq!(again.script_content.as_deref(), Some("def handler(e): 2"));
+    assert_eq!(
+        again.created_at.timestamp_millis(),
+        read.created_at.timestamp_millis()
+    );
+
+    let page = |language: Option<&str>, owner: Option<&str>, kind, page, per_page| FunctionFilter {
+        language: language.map(str::to_owned),
+        owner: owner.map(str::to_owned),
+        kind,
+        page,
+        per_page,
+    };
+    let (total, all) = registry.list(&page(None, None, None, 1, 20)).await.unwrap();
+    assert_eq!(total, 3);
+    let names: Vec<_> = all.iter().map(|f| f.language_title.as_str()).collect();
+    assert_eq!(names, ["nodejs-calculator", "python-a", "rust-b"]);
+    let (total, second) = registry.list(&page(None, None, None, 2, 2)).await.unwrap();
+    assert_eq!(
+        (total, second.len(), second[0].language_title.as_str()),
+        (3, 1, "rust-b")
+    );
+    let (total, dynamic) = registry
+        .list(&page(None, None, Some(FunctionKind::Dynamic), 1, 20))
+        .await
+        .unwrap();
+    assert_eq!((total, dynamic.len()), (2, 2));
+    let (total, bobs) = registry
+        .list(&page(None, Some("bob"), None, 1, 20))
+        .await
+        .unwrap();
+    assert_eq!((total, bobs[0].language_title.as_str()), (1, "rust-b"));
+    let (total, _) = registry
+        .list(&page(
+            Some("nodejs"),
+            None,
+            Some(FunctionKind::Predefined),
+            1,
+            20,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(total, 1);
+    // Filters are bound parameters, not SQL.
+    let (total, _) = registry
+        .list(&page(Some("x' OR '1'='1"), None, None, 1, 20))
+        .await
+        .unwrap();
+    assert_eq!(total, 0);
+    assert!(registry.health().await.is_ok());
+}
+
+fn log_batch() -> Vec<LogRecord> {
+    let now = Utc::now();
+    let id = uuid::Uuid::new_v4();
+    vec![
+        LogRecord::Request(RequestLog {
+            id,
+            request_id: Some("r1".into()),
+            method: "POST".into(),
+            endpoint: "/api/v1/execute/{request_id}".into(),
+            status: 500,
+            duration_ms: 12.6,
+            user_id: Some("alice".into()),
+            language_title: Some("rust-b".into()),
+            cached: Some(false),
+            client_ip: Some("127.0.0.1".into()),
+            created_at: now,
+        }),
+        LogRecord::Error(ErrorLog {
+            request_log_id: id,
+            request_id: Some("r1".into()),
+            endpoint: "/api/v1/execute/{request_id}".into(),
+            code: "RUNTIME_ERROR".into(),
+            message: "boom".into(),
+            details: json!({ "message": "boom", "stack_trace": "at line 1" }),
+            created_at: now,
+        }),
+        LogRecord::Session(session("r1", Duration::from_secs(60))),
+    ]
+}
+
+async fn artifact_conformance(store: &dyn ArtifactStore) {
+    let digest = Digest::of(uuid::Uuid::new_v4().as_bytes());
+    assert!(store.get(digest).await.unwrap().is_none());
+    let bytes = vec![0u8, 97, 115, 109, 255];
+    store.put(digest, &bytes).await.unwrap();
+    store.put(digest, &bytes).await.unwrap();
+    assert_eq!(
+        store.get(digest).await.unwrap().as_deref(),
+        Some(bytes.as_slice())
+    );
+}
+
+#[tokio::test]
+async fn memory_sessions_conform() {
+    session_conformance(&MemorySessions::new(1000)).await;
+}
+
+#[tokio::test]
+async fn redis_sessions_conform() {
+    session_conformance(&redis()).await;
+}
+
+#[tokio::test]
+async fn memory_result_cache_conforms() {
+    cache_conformance(&MemoryResultCache::new(1 << 20)).await;
+}
+
+#[tokio::test]
+async fn redis_result_cache_conforms() {
+    cache_conformance(&redis()).await;
+}
+
+#[tokio::test]
+async fn memory_rate_limiter_conforms() {
+    limiter_conformance(&MemoryRateLimiter::new(1000)).await;
+}
+
+#[tokio::test]
+async fn redis_rate_limiter_conforms() {
+    limiter_conformance(&redis()).await;
+}
+
+#[tokio::test]
+async fn sqlite_registry_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    registry_conformance(&sqlite(&dir).await).await;
+}
+
+#[tokio::test]
+async fn postgres_registry_conforms() {
+    registry_conformance(&postgres().await).await;
+}
+
+#[tokio::test]
+async fn disk_artifacts_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    artifact_conformance(&DiskArtifacts::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_artifacts_conform() {
+    artifact_conformance(&postgres().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_logs_are_written_linked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir).await;
+    store.write_batch(&log_batch()).await.unwrap();
+    let (code, linked): (String, i64) = sqlx::query_as(
+        "SELECT e.code, COUNT(r.log_id) FROM error_logs e JOIN request_logs r ON r.log_id = e.request_log_id",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!((code.as_str(), linked), ("RUNTIME_ERROR", 1));
+}
+
+#[tokio::test]
+async fn postgres_logs_fill_the_seed_tables() {
+    let store = postgres().await;
+    store.write_batch(&log_batch()).await.unwrap();
+    // The seed's columns, queried as the seed's users query them.
+    let (status_code, duration_ms, language_title, cached): (i32, i32, String, bool) = sqlx::query_as(
+        "SELECT status_code, duration_ms, language_title, cached FROM public.request_logs WHERE request_id = 'r1'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        (status_code, duration_ms, language_title.as_str(), cached),
+        (500, 13, "rust-b", false)
+    );
+    let (error_code, stack_trace): (String, Option<String>) = sqlx::query_as(
+        "SELECT e.error_code, e.stack_trace FROM public.error_logs e
+         JOIN public.request_logs r ON r.id = e.request_log_id",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        (error_code.as_str(), stack_trace.as_deref()),
+        ("RUNTIME_ERROR", Some("at line 1"))
+    );
+    let (user_id, status): (Option<String>, String) =
+        sqlx::query_as("SELECT user_id, status FROM meta.sessions WHERE request_id = 'r1'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        (user_id.as_deref(), status.as_str()),
+        (Some("alice"), "active")
+    );
+    // Writing the same batch again (a retry after a lost commit) adds no
+    // second request row.
+    store.write_batch(&log_batch()[..1]).await.unwrap();
+}
