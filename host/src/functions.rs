@@ -35,6 +35,10 @@ pub enum FunctionError {
 }
 
 pub struct Functions {
+    /// The last record read or written of each function: initialize keeps
+    /// working from it while the registry's database is unreachable. A std
+    /// mutex, held only to copy a record in or out.
+    known: std::sync::Mutex<std::collections::HashMap<String, FunctionRecord>>,
     runtime: Arc<Runtime>,
     toolchains: Arc<Toolchains>,
     registry: Arc<dyn Registry>,
@@ -51,6 +55,7 @@ impl Functions {
         components_dir: PathBuf,
     ) -> Self {
         Self {
+            known: std::sync::Mutex::new(std::collections::HashMap::new()),
             runtime,
             toolchains,
             registry,
@@ -110,16 +115,47 @@ impl Functions {
                 updated_at: now,
             };
             self.registry.upsert(&record).await?;
+            self.remember(&record);
         }
         Ok(skipped)
     }
 
     /// A registered function, predefined or dynamic.
+    /// While the registry cannot be reached, the last known record answers.
     pub async fn get(
         &self,
         language_title: &LanguageTitle,
     ) -> Result<Option<FunctionRecord>, FunctionError> {
-        Ok(self.registry.get(&language_title.to_string()).await?)
+        let name = language_title.to_string();
+        match self.registry.get(&name).await {
+            Ok(Some(record)) => {
+                self.remember(&record);
+                Ok(Some(record))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                let known = self
+                    .known
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&name)
+                    .cloned();
+                match known {
+                    Some(record) => {
+                        tracing::warn!(function = %name, "registry unavailable, serving the last known record: {e}");
+                        Ok(Some(record))
+                    }
+                    None => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    fn remember(&self, record: &FunctionRecord) {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(record.language_title.clone(), record.clone());
     }
 
     /// Builds `source` and registers it as `owner`'s dynamic function.
@@ -167,6 +203,7 @@ impl Functions {
             updated_at: now,
         };
         self.registry.upsert(&record).await?;
+        self.remember(&record);
         Ok(record)
     }
 

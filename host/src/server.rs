@@ -18,6 +18,7 @@ use crate::runtime::Runtime;
 use crate::store::memory::{MemoryRateLimiter, MemoryResultCache, MemorySessions};
 use crate::store::postgres::PgStore;
 use crate::store::redis::RedisStore;
+use crate::store::resilient::ResilientSessions;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{LogStore, LogWriter, RateLimiter, Registry, ResultCache, SessionStore};
 use crate::telemetry::Metrics;
@@ -186,7 +187,10 @@ fn shared_stores(settings: &Settings) -> anyhow::Result<SharedStores> {
                 url.expose(),
                 &settings.stores.redis_prefix,
             )?);
-            Ok((redis.clone(), redis.clone(), redis))
+            // Sessions fall back to process memory while Redis is down;
+            // the cache and the rate limiter degrade on their own.
+            let sessions = ResilientSessions::new(redis.clone(), settings.server.max_sessions);
+            Ok((Arc::new(sessions), redis.clone(), redis))
         }
         None => {
             let server = &settings.server;

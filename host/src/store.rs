@@ -12,6 +12,7 @@ mod log_writer;
 pub mod memory;
 pub mod postgres;
 pub mod redis;
+pub mod resilient;
 pub mod sqlite;
 
 pub use log_writer::LogWriter;

@@ -6,6 +6,7 @@ mod helpers;
 mod api;
 mod cli;
 mod conformance;
+mod faults;
 mod predefined;
 mod runtime;
 mod stores;

@@ -9,8 +9,10 @@ use serde_json::{Map, Value, json};
 use super::AppState;
 use crate::language::Language;
 
-/// 200 when the host can serve (`ok`, or `degraded` when a part is
-/// missing but executions work), 503 when it cannot.
+/// 200 when the host can serve: `ok`, or `degraded` when a store is
+/// unreachable or a toolchain missing (loaded functions still execute, from
+/// the in-process fallbacks). 503 when it cannot serve at all: no language
+/// has a toolchain.
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let sessions = match state.sessions.health().await {
         Ok(status) => status.to_owned(),
@@ -34,9 +36,12 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         };
         runtimes.insert(language.as_str().to_owned(), json!(status));
     }
-    let (code, status) = if registry == "unavailable" {
+    let (code, status) = if runtimes.values().all(|s| s != "ok") {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-    } else if sessions == "unavailable" || runtimes.values().any(|s| s != "ok") {
+    } else if registry == "unavailable"
+        || sessions == "unavailable"
+        || runtimes.values().any(|s| s != "ok")
+    {
         (StatusCode::OK, "degraded")
     } else {
         (StatusCode::OK, "ok")

@@ -1,0 +1,93 @@
+//! Sessions that survive a Redis outage on the replica that holds them.
+//!
+//! Redis is the shared truth. Every session is also mirrored in process;
+//! while Redis cannot be reached, reads fall back to the mirror and new
+//! sessions live in process only, so executions keep working on this
+//! replica (sessions of other replicas are out of reach until Redis
+//! returns). Health reports the outage through `health()`.
+
+use std::sync::Arc;
+
+use super::memory::MemorySessions;
+use super::{Session, SessionStore, StoreResult};
+
+pub struct ResilientSessions {
+    shared: Arc<dyn SessionStore>,
+    /// A copy of every session this replica wrote, read only while the
+    /// shared store fails.
+    mirror: MemorySessions,
+    /// Sessions created while the shared store was down: they exist
+    /// nowhere else.
+    local_only: MemorySessions,
+}
+
+impl ResilientSessions {
+    pub fn new(shared: Arc<dyn SessionStore>, capacity: u64) -> Self {
+        Self {
+            shared,
+            mirror: MemorySessions::new(capacity),
+            local_only: MemorySessions::new(capacity),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for ResilientSessions {
+    async fn insert_new(&self, session: &Session) -> StoreResult<bool> {
+        let inserted = match self.shared.insert_new(session).await {
+            Ok(inserted) => inserted,
+            Err(e) => {
+                tracing::warn!("session store unavailable, keeping the session in process: {e}");
+                self.local_only.insert_new(session).await?
+            }
+        };
+        if inserted {
+            self.mirror.insert_new(session).await?;
+        }
+        Ok(inserted)
+    }
+
+    async fn get(&self, request_id: &str) -> StoreResult<Option<Session>> {
+        match self.shared.get(request_id).await {
+            Ok(Some(session)) => Ok(Some(session)),
+            Ok(None) => self.local_only.get(request_id).await,
+            Err(e) => {
+                tracing::warn!("session store unavailable, reading the local mirror: {e}");
+                match self.mirror.get(request_id).await? {
+                    Some(session) => Ok(Some(session)),
+                    None => self.local_only.get(request_id).await,
+                }
+            }
+        }
+    }
+
+    async fn update(&self, session: &Session) -> StoreResult<()> {
+        self.mirror.update(session).await?;
+        self.local_only.update(session).await?;
+        if let Err(e) = self.shared.update(session).await {
+            tracing::warn!("session store unavailable, session updated in process only: {e}");
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, request_id: &str) -> StoreResult<()> {
+        self.mirror.remove(request_id).await?;
+        self.local_only.remove(request_id).await?;
+        if let Err(e) = self.shared.remove(request_id).await {
+            tracing::warn!("session store unavailable, session removed in process only: {e}");
+        }
+        Ok(())
+    }
+
+    async fn active_count(&self) -> StoreResult<u64> {
+        let local = self.local_only.active_count().await?;
+        match self.shared.active_count().await {
+            Ok(shared) => Ok(shared + local),
+            Err(_) => Ok(self.mirror.active_count().await?.max(local)),
+        }
+    }
+
+    async fn health(&self) -> StoreResult<&'static str> {
+        self.shared.health().await
+    }
+}
