@@ -55,6 +55,34 @@ pub struct FunctionName(pub String);
 #[derive(Clone, Copy, Debug)]
 pub struct Cached(pub bool);
 
+/// Tags a response with the session and function it is about, for the
+/// request log.
+fn tagged(
+    response: impl axum::response::IntoResponse,
+    request_id: String,
+    function: String,
+) -> axum::response::Response {
+    let mut response = response.into_response();
+    response.extensions_mut().insert(RequestId(request_id));
+    response.extensions_mut().insert(FunctionName(function));
+    response
+}
+
+/// The caller's session. Another user's session is as unknown as a
+/// missing one: its existence is not revealed.
+async fn owned_session(
+    state: &AppState,
+    request_id: &str,
+    subject: &str,
+) -> Result<crate::store::Session, ApiError> {
+    state
+        .sessions
+        .get(request_id)
+        .await?
+        .filter(|s| s.owner == subject)
+        .ok_or_else(|| ApiError::not_found("no such session, or it has expired"))
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let execute = Router::new()

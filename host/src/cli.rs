@@ -132,6 +132,9 @@ enum Command {
         /// The longest deadline a session may ask for, in milliseconds.
         #[arg(long, env = "LAMBDA_MAX_TIMEOUT_MS", default_value_t = 300_000)]
         max_timeout_ms: u64,
+        /// Log records that may wait for the database (while it is down), at most.
+        #[arg(long, env = "LAMBDA_LOG_QUEUE_CAPACITY", default_value_t = 100_000)]
+        log_queue_capacity: usize,
         /// Do not apply database migrations at start (run `lambda-host migrate` instead).
         #[arg(long, env = "LAMBDA_SKIP_MIGRATIONS")]
         skip_migrations: bool,
@@ -192,8 +195,10 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             cache_ttl,
             max_timeout_ms,
             skip_migrations,
+            log_queue_capacity,
         } => {
             settings.stores.skip_migrations = skip_migrations;
+            settings.server.log_queue_capacity = log_queue_capacity;
             let server = &mut settings.server;
             server.listen = listen;
             server.jwt_secret = std::env::var("LAMBDA_JWT_SECRET").ok().map(Secret::new);

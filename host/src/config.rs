@@ -246,7 +246,9 @@ impl Default for ServerConfig {
                 execute_per_anonymous_ip: 10,
                 functions_per_subject: 60,
             },
-            log_queue_capacity: 10_000,
+            // At ~300 bytes a record, 30 MB: a 30-second database outage
+            // at 1500 executions per second (two records each).
+            log_queue_capacity: 100_000,
         }
     }
 }

@@ -20,7 +20,9 @@ use crate::store::postgres::PgStore;
 use crate::store::redis::RedisStore;
 use crate::store::resilient::ResilientSessions;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{LogStore, LogWriter, RateLimiter, Registry, ResultCache, SessionStore};
+use crate::store::{
+    LogStore, LogWriter, RateLimiter, Registry, ResultCache, SessionRecords, SessionStore,
+};
 use crate::telemetry::Metrics;
 use crate::toolchain::{ArtifactStore, DiskArtifacts, TieredArtifacts, Toolchains};
 
@@ -78,7 +80,7 @@ impl Application {
             server.log_queue_capacity,
             metrics.log_records_dropped.clone(),
         );
-        let (sessions, cache, limiter) = shared_stores(&settings)?;
+        let (sessions, cache, limiter) = shared_stores(&settings, durable.session_records.clone())?;
         let state = AppState {
             functions,
             sessions,
@@ -143,6 +145,8 @@ struct Durable {
     logs: Arc<dyn LogStore>,
     /// The store replicas share built components through, if any.
     artifacts: Option<Arc<dyn ArtifactStore>>,
+    /// Durable session records to fall back on while Redis is down.
+    session_records: Option<Arc<dyn SessionRecords>>,
 }
 
 async fn durable_stores(settings: &Settings) -> anyhow::Result<Durable> {
@@ -158,7 +162,8 @@ async fn durable_stores(settings: &Settings) -> anyhow::Result<Durable> {
             Ok(Durable {
                 registry: postgres.clone(),
                 logs: postgres.clone(),
-                artifacts: Some(postgres),
+                artifacts: Some(postgres.clone()),
+                session_records: Some(postgres),
             })
         }
         None => {
@@ -167,6 +172,7 @@ async fn durable_stores(settings: &Settings) -> anyhow::Result<Durable> {
                 registry: sqlite.clone(),
                 logs: sqlite,
                 artifacts: None,
+                session_records: None,
             })
         }
     }
@@ -180,7 +186,10 @@ type SharedStores = (
 
 /// Sessions, result cache and rate limits: Redis when a URL is set (shared
 /// by every replica), else in process.
-fn shared_stores(settings: &Settings) -> anyhow::Result<SharedStores> {
+fn shared_stores(
+    settings: &Settings,
+    session_records: Option<Arc<dyn SessionRecords>>,
+) -> anyhow::Result<SharedStores> {
     match &settings.stores.redis_url {
         Some(url) => {
             let redis = Arc::new(RedisStore::connect(
@@ -189,7 +198,11 @@ fn shared_stores(settings: &Settings) -> anyhow::Result<SharedStores> {
             )?);
             // Sessions fall back to process memory while Redis is down;
             // the cache and the rate limiter degrade on their own.
-            let sessions = ResilientSessions::new(redis.clone(), settings.server.max_sessions);
+            let sessions = ResilientSessions::new(
+                redis.clone(),
+                session_records,
+                settings.server.max_sessions,
+            );
             Ok((Arc::new(sessions), redis.clone(), redis))
         }
         None => {

@@ -217,6 +217,14 @@ pub enum LogRecord {
     Session(Session),
 }
 
+/// The durable copies of sessions (written through the log writer), read
+/// when the live session store cannot be reached.
+#[async_trait::async_trait]
+pub trait SessionRecords: Send + Sync {
+    /// The recorded session, if it exists and has not expired.
+    async fn session_record(&self, request_id: &str) -> StoreResult<Option<Session>>;
+}
+
 /// Durable logs: SQLite or PostgreSQL.
 #[async_trait::async_trait]
 pub trait LogStore: Send + Sync {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::error::ApiError;
 use super::extract::{Authenticated, JsonBody};
 use super::initialize::cache_key;
-use super::{AppState, Cached, FunctionName, RequestId};
+use super::{AppState, Cached, owned_session, tagged};
 use crate::language::{Language, LanguageTitle};
 use crate::runtime::{self, Invocation};
 use crate::store::{LogRecord, Session};
@@ -67,14 +67,9 @@ pub async fn execute(
     let JsonBody(body) = body.map_err(fail)?;
     let started = Instant::now();
 
-    // Another user's session is as unknown as a missing one.
-    let session = state
-        .sessions
-        .get(&request_id)
+    let session = owned_session(&state, &request_id, &principal.subject)
         .await
-        .map_err(|e| fail(e.into()))?
-        .filter(|s| s.owner == principal.subject)
-        .ok_or_else(|| fail(ApiError::not_found("no such session, or it has expired")))?;
+        .map_err(fail)?;
     let language = LanguageTitle::parse(&session.language_title)
         .map(|lt| lt.language())
         .map_err(|e| fail(ApiError::internal(e)))?;
@@ -124,20 +119,14 @@ pub async fn execute(
         end_or_extend(&state, &session).await;
     }
 
-    let mut response = Json(json!({
+    let body = Json(json!({
         "request_id": session.request_id,
         "language_title": session.language_title,
         "execution_time": started.elapsed().as_millis() as u64,
         "cached": from_cache,
         "result": result,
-    }))
-    .into_response();
-    response
-        .extensions_mut()
-        .insert(RequestId(session.request_id));
-    response
-        .extensions_mut()
-        .insert(FunctionName(session.language_title));
+    }));
+    let mut response = tagged(body, session.request_id, session.language_title);
     response.extensions_mut().insert(Cached(from_cache));
     Ok(response)
 }

@@ -3,14 +3,14 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::extract::{Authenticated, JsonBody};
-use super::{AppState, FunctionName, RequestId};
+use super::{AppState, tagged};
 use crate::digest::Digest;
 use crate::language::LanguageTitle;
 use crate::store::{LogRecord, Session};
@@ -146,19 +146,12 @@ pub async fn initialize(
     state.metrics.sessions_created.inc();
     state.logs.record(LogRecord::Session(session.clone()));
 
-    let mut response = Json(json!({
+    let body = Json(json!({
         "request_id": session.request_id,
         "status": "initialized",
         "expires_at": session.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    }))
-    .into_response();
-    response
-        .extensions_mut()
-        .insert(RequestId(session.request_id));
-    response
-        .extensions_mut()
-        .insert(FunctionName(session.language_title));
-    Ok(response)
+    }));
+    Ok(tagged(body, session.request_id, session.language_title))
 }
 
 /// A client-chosen id: 1 to 64 characters of letters, digits, `-` and `_`

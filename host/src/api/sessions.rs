@@ -2,13 +2,13 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::SecondsFormat;
 use serde_json::json;
 
 use super::error::ApiError;
 use super::extract::Authenticated;
-use super::{AppState, FunctionName, RequestId};
+use super::{AppState, owned_session, tagged};
 
 pub async fn get(
     State(state): State<AppState>,
@@ -21,15 +21,11 @@ pub async fn get(
             "the token grants no execute scope",
         )));
     }
-    let session = state
-        .sessions
-        .get(&request_id)
+    let session = owned_session(&state, &request_id, &principal.subject)
         .await
-        .map_err(|e| fail(e.into()))?
-        .filter(|s| s.owner == principal.subject)
-        .ok_or_else(|| fail(ApiError::not_found("no such session, or it has expired")))?;
+        .map_err(fail)?;
     let time = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
-    let mut response = Json(json!({
+    let body = Json(json!({
         "request_id": session.request_id,
         "language_title": session.language_title,
         "status": "active",
@@ -37,13 +33,6 @@ pub async fn get(
         "expires_at": time(session.expires_at),
         "execution_count": session.execution_count,
         "last_executed_at": session.last_executed_at.map(time),
-    }))
-    .into_response();
-    response
-        .extensions_mut()
-        .insert(RequestId(session.request_id));
-    response
-        .extensions_mut()
-        .insert(FunctionName(session.language_title));
-    Ok(response)
+    }));
+    Ok(tagged(body, session.request_id, session.language_title))
 }

@@ -11,8 +11,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 use super::{
-    FunctionFilter, FunctionKind, FunctionRecord, LogRecord, LogStore, Registry, StoreError,
-    StoreResult,
+    FunctionFilter, FunctionKind, FunctionRecord, LogRecord, LogStore, Registry, Session,
+    SessionRecords, StoreError, StoreResult,
 };
 use crate::digest::Digest;
 use crate::toolchain::ArtifactStore;
@@ -315,5 +315,43 @@ impl ArtifactStore for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionRecords for PgStore {
+    async fn session_record(&self, request_id: &str) -> StoreResult<Option<Session>> {
+        let row = sqlx::query(
+            "SELECT * FROM meta.sessions
+             WHERE request_id = $1 AND expires_at > NOW() AND status = 'active'
+               AND build_digest IS NOT NULL",
+        )
+        .bind(request_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a session record"))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(Some(Session {
+            request_id: row.get("request_id"),
+            language_title: row.get("language_title"),
+            owner: row.get::<Option<String>, _>("user_id").unwrap_or_default(),
+            build_digest: row.get::<String, _>("build_digest").trim().to_owned(),
+            component_digest: row
+                .get::<Option<String>, _>("component_digest")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            context: row
+                .get::<Option<serde_json::Value>, _>("context")
+                .unwrap_or_default(),
+            timeout_ms: row.get::<Option<i64>, _>("timeout_ms").unwrap_or(30_000) as u64,
+            retain_session: row.get::<Option<bool>, _>("retain_session").unwrap_or(true),
+            created_at: row.get("created_at"),
+            expires_at: row.get("expires_at"),
+            execution_count: row.get::<i32, _>("execution_count") as u64,
+            last_executed_at: row.get("last_executed_at"),
+        }))
     }
 }
