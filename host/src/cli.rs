@@ -24,6 +24,9 @@ use lambda_host::toolchain::{BuildError, BuildOptions, OptimizationLevel, Toolch
     about = "Runs JavaScript, Python and Rust functions as WASI components"
 )]
 pub struct Args {
+    /// A TOML file of settings (keys as the LAMBDA_* variables, lower case, without the prefix).
+    #[arg(long, global = true, env = "LAMBDA_CONFIG")]
+    config: Option<PathBuf>,
     /// Where the host keeps its state: AOT cache, build artifacts.
     #[arg(
         long,

@@ -362,3 +362,102 @@ mod tests {
         assert!(err.contains("exceeds max_timeout"), "{err}");
     }
 }
+
+/// The keys a config file may set: each is the `LAMBDA_<KEY>` environment
+/// variable (and the flag) of the same name.
+pub const FILE_KEYS: &[&str] = &[
+    "data_dir",
+    "components_dir",
+    "toolchains_dir",
+    "rust_target_dir",
+    "memory_limit_mb",
+    "no_pooling",
+    "listen",
+    "cors_origins",
+    "rate_limit_execute",
+    "rate_limit_execute_anonymous",
+    "rate_limit_functions",
+    "body_limit_bytes",
+    "session_ttl",
+    "cache_ttl",
+    "max_timeout_ms",
+    "skip_migrations",
+    "log_queue_capacity",
+    "redis_url",
+    "database_url",
+    "jwt_secret",
+    "log",
+];
+
+/// Reads a TOML config file (`key = value`, keys from [`FILE_KEYS`]) into
+/// `LAMBDA_*` variables, the ones the environment does not set already:
+/// flags beat the environment, the environment beats the file, the file
+/// beats the defaults. Unknown keys and values that are not scalars (or
+/// lists, joined with commas) are refused.
+pub fn file_settings(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    let mut settings = Vec::new();
+    for (key, value) in table {
+        ensure!(
+            FILE_KEYS.contains(&key.as_str()),
+            "unknown setting `{key}` in {}; the settings are: {}",
+            path.display(),
+            FILE_KEYS.join(", ")
+        );
+        let scalar = |value: &toml::Value| -> anyhow::Result<String> {
+            Ok(match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => anyhow::bail!("`{key}` must be a string, number or boolean, not {other}"),
+            })
+        };
+        let value = match &value {
+            toml::Value::Array(items) => items
+                .iter()
+                .map(scalar)
+                .collect::<anyhow::Result<Vec<_>>>()?
+                .join(","),
+            other => scalar(other)?,
+        };
+        settings.push((format!("LAMBDA_{}", key.to_uppercase()), value));
+    }
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_names_lambda_variables_and_refuses_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lambda.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:9000\"\nrate_limit_execute = 500\ncors_origins = [\"https://a.example\", \"https://b.example\"]\nno_pooling = true\n",
+        )
+        .unwrap();
+        let mut settings = file_settings(&path).unwrap();
+        settings.sort();
+        assert_eq!(
+            settings,
+            [
+                (
+                    "LAMBDA_CORS_ORIGINS".into(),
+                    "https://a.example,https://b.example".into()
+                ),
+                ("LAMBDA_LISTEN".into(), "0.0.0.0:9000".into()),
+                ("LAMBDA_NO_POOLING".into(), "true".into()),
+                ("LAMBDA_RATE_LIMIT_EXECUTE".into(), "500".into()),
+            ]
+        );
+        std::fs::write(&path, "redis = \"redis://x\"\n").unwrap();
+        let error = file_settings(&path).unwrap_err().to_string();
+        assert!(error.contains("unknown setting `redis`"), "{error}");
+    }
+}

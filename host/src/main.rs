@@ -8,6 +8,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    if let Err(e) = load_config_file() {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let args = cli::Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -26,4 +30,31 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(cli::run(args))
+}
+
+/// Applies `--config FILE` (or `LAMBDA_CONFIG`) before the command line is
+/// parsed: its settings become `LAMBDA_*` variables wherever the
+/// environment says nothing, so flags and the environment still win.
+fn load_config_file() -> anyhow::Result<()> {
+    let mut args = std::env::args_os().skip(1);
+    let mut path = std::env::var_os("LAMBDA_CONFIG").map(std::path::PathBuf::from);
+    while let Some(arg) = args.next() {
+        if arg == "--config" {
+            path = args.next().map(Into::into);
+        } else if let Some(value) = arg.to_str().and_then(|a| a.strip_prefix("--config=")) {
+            path = Some(value.into());
+        }
+    }
+    let Some(path) = path else {
+        return Ok(());
+    };
+    for (key, value) in lambda_host::config::file_settings(&path)? {
+        if std::env::var_os(&key).is_none() {
+            // SAFETY: nothing else runs yet: no thread has been started
+            // (the async runtime comes later), so no one reads the
+            // environment concurrently.
+            unsafe { std::env::set_var(key, value) };
+        }
+    }
+    Ok(())
 }
