@@ -84,6 +84,14 @@ test: setup
 run: build
     {{host}} serve
 
+# Benchmarks (about 10 minutes): bench/results.json and docs/benchmarks.md.
+bench: setup
+    python3 bench/run.py
+
+# Benchmarks at 16 connections only, short runs (under 3 minutes).
+bench-quick: setup
+    python3 bench/run.py --quick
+
 # Print a token for the local host: just token alice "execute:all read:functions".
 token sub="demo" scope="execute:all read:functions":
     @{{host}} token --sub {{sub}} --scope "{{scope}}"

