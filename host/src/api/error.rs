@@ -100,10 +100,6 @@ impl ApiError {
         }))
     }
 
-    pub fn code(&self) -> Code {
-        self.0.code
-    }
-
     pub fn invalid_request(message: impl Into<String>) -> Self {
         Self::new(Code::InvalidRequest, message)
     }

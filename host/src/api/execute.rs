@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::extract::{Authenticated, JsonBody};
-use super::initialize::cache_key;
 use super::{AppState, Cached, owned_session, tagged};
+use crate::digest::Digest;
 use crate::language::{Language, LanguageTitle};
 use crate::runtime::{self, Invocation};
 use crate::store::{LogRecord, Session};
@@ -218,9 +218,62 @@ async fn end_or_extend(state: &AppState, session: &Session) {
     state.logs.record(LogRecord::Session(updated));
 }
 
+/// The cache key of a result: the function version and the params, in a
+/// canonical form (object keys sorted) so `{"a":1,"b":2}` and
+/// `{"b":2,"a":1}` share an entry.
+pub fn cache_key(component_digest: &str, params: &Value) -> String {
+    let canonical = canonical_json(params);
+    format!(
+        "result:{}",
+        Digest::of_fields([component_digest.as_bytes(), canonical.as_bytes()])
+    )
+}
+
+fn canonical_json(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            let fields: Vec<String> = entries
+                .into_iter()
+                .map(|(k, v)| format!("{}:{}", Value::String(k.clone()), canonical_json(v)))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(canonical_json)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_key_ignores_key_order_but_not_values_or_versions() {
+        let a = cache_key("v1", &json!({ "a": 1, "b": { "x": [1, 2], "y": null } }));
+        let b = cache_key("v1", &json!({ "b": { "y": null, "x": [1, 2] }, "a": 1 }));
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            cache_key("v1", &json!({ "a": 2, "b": { "x": [1, 2], "y": null } }))
+        );
+        assert_ne!(
+            a,
+            cache_key("v2", &json!({ "a": 1, "b": { "x": [1, 2], "y": null } }))
+        );
+        assert_ne!(
+            cache_key("v1", &json!({ "a": [1, 2] })),
+            cache_key("v1", &json!({ "a": [2, 1] }))
+        );
+    }
 
     #[test]
     fn x_cache_control_is_parsed_strictly() {
