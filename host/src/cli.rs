@@ -57,9 +57,18 @@ pub struct Args {
     /// Turn the pooling instance allocator off.
     #[arg(long, global = true, env = "LAMBDA_NO_POOLING")]
     no_pooling: bool,
-    /// The memory cap of one execution, in MiB.
+    /// The memory cap of one execution, in MiB [default: 256].
     #[arg(long, global = true, env = "LAMBDA_MEMORY_LIMIT_MB")]
     memory_limit_mb: Option<u64>,
+    /// How the log on stderr is written: `text` for people, `json` (one object per line) for collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "LAMBDA_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -156,6 +165,8 @@ enum Command {
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Prints every setting: flag, environment variable, config-file key and default (Markdown).
+    Settings,
     /// Builds every predefined function and writes <out-dir>/<language-title>.wasm.
     BuildComponents {
         #[arg(long, default_value = "target/components")]
@@ -163,7 +174,18 @@ enum Command {
     },
 }
 
+/// The shape of the host's own log lines.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 impl Args {
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+
     /// The log level when LAMBDA_LOG does not say: the server reports what
     /// it does; one-shot commands keep stderr for results and errors.
     pub fn default_log_filter(&self) -> &'static str {
@@ -185,6 +207,11 @@ pub async fn run(args: Args) -> ExitCode {
 }
 
 async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
+    // The only command that needs no settings (and creates no directories).
+    if let Command::Settings = args.command {
+        print!("{}", crate::reference::markdown());
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut settings = settings(&args)?;
     match args.command {
         Command::Serve {
@@ -214,11 +241,7 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             server.cache_ttl = cache_ttl;
             settings.runtime.max_timeout = Duration::from_millis(max_timeout_ms);
             let application = Application::build(settings).await?;
-            tracing::info!(address = %application.local_addr(), "listening");
-            eprintln!(
-                "lambda-host listening on http://{}",
-                application.local_addr()
-            );
+            tracing::info!("listening on http://{}", application.local_addr());
             application.run_until_stopped(shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -291,6 +314,7 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Settings => unreachable!("answered before the settings are read"),
         Command::BuildComponents { out_dir } => {
             let functions = catalog::load_all(&settings.components_dir)?;
             let toolchains = Toolchains::detect(&settings.toolchain).await?;

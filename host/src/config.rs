@@ -387,6 +387,7 @@ pub const FILE_KEYS: &[&str] = &[
     "database_url",
     "jwt_secret",
     "log",
+    "log_format",
 ];
 
 /// Reads a TOML config file (`key = value`, keys from [`FILE_KEYS`]) into

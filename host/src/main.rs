@@ -2,6 +2,7 @@
 //! run it. The work itself lives in the library.
 
 mod cli;
+mod reference;
 
 use std::process::ExitCode;
 
@@ -13,15 +14,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let args = cli::Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: logs piped to a file stay greppable.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LAMBDA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(args.default_log_filter())),
-        )
-        .init();
+    init_logging(&args);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -30,6 +23,31 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(cli::run(args))
+}
+
+/// Logs go to stderr, filtered by `LAMBDA_LOG` (a tracing filter such as
+/// `info` or `lambda_host=debug,sqlx=warn`), as text for people or as one
+/// JSON object per line for log collectors (`--log-format json`).
+fn init_logging(args: &cli::Args) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAMBDA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(args.default_log_filter()));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match args.log_format() {
+        cli::LogFormat::Text => builder
+            // Colours only on a terminal: logs piped to a file stay greppable.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // Fields at the top level of each object (`"status":200`, not
+        // `"fields":{"status":200}`), so collectors index them as they are.
+        cli::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// Applies `--config FILE` (or `LAMBDA_CONFIG`) before the command line is

@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod conformance;
 mod faults;
+mod logs;
 mod predefined;
 mod runtime;
 mod stores;

@@ -20,6 +20,9 @@ use crate::auth::AuthError;
 use crate::store::{ErrorLog, LogRecord, RateDecision, RequestLog};
 
 const MINUTE: Duration = Duration::from_secs(60);
+/// An `X-Request-ID` the API refused is still logged, cut to this length
+/// (the width of `request_logs.request_id`).
+const MAX_LOGGED_REQUEST_ID: usize = 64;
 
 /// Verifies the bearer token, if any, and leaves the outcome for the
 /// `Authenticated` extractor and the rate limiter.
@@ -129,6 +132,12 @@ pub async fn observe(
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let client_ip = client_ip(&request);
+    // The caller's own id, for requests refused before a handler sets one.
+    let claimed_request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(MAX_LOGGED_REQUEST_ID).collect::<String>());
 
     let response = next.run(request).await;
 
@@ -145,7 +154,30 @@ pub async fn observe(
         .observe(elapsed.as_secs_f64());
 
     let extensions = response.extensions();
-    let request_id = extensions.get::<RequestId>().map(|r| r.0.clone());
+    let request_id = extensions
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .or(claimed_request_id);
+    let user_id = extensions.get::<Subject>().map(|s| s.0.clone());
+    let language_title = extensions.get::<FunctionName>().map(|f| f.0.clone());
+    let cached = extensions.get::<Cached>().map(|c| c.0);
+    let error = extensions.get::<ErrorRecord>();
+    let duration_ms = elapsed.as_secs_f64() * 1e3;
+    // The access log: one line per request, built only from what the
+    // handlers chose to expose — never headers, so never a token.
+    tracing::info!(
+        target: "lambda_host::access",
+        request_id = request_id.as_deref(),
+        method = method.as_str(),
+        endpoint = endpoint.as_str(),
+        status,
+        duration_ms = (duration_ms * 1e3).round() / 1e3,
+        language_title = language_title.as_deref(),
+        user_id = user_id.as_deref(),
+        cached,
+        error_code = error.map(|e| e.code),
+        "request"
+    );
     let now = Utc::now();
     let request_log_id = uuid::Uuid::new_v4();
     // The request row first: the error row refers to it.
@@ -155,14 +187,14 @@ pub async fn observe(
         method,
         endpoint: endpoint.clone(),
         status,
-        duration_ms: elapsed.as_secs_f64() * 1e3,
-        user_id: extensions.get::<Subject>().map(|s| s.0.clone()),
-        language_title: extensions.get::<FunctionName>().map(|f| f.0.clone()),
-        cached: extensions.get::<Cached>().map(|c| c.0),
+        duration_ms,
+        user_id,
+        language_title,
+        cached,
         client_ip,
         created_at: now,
     }));
-    if let Some(error) = extensions.get::<ErrorRecord>() {
+    if let Some(error) = error {
         if let Some(cause) = &error.cause {
             tracing::error!(request_id = ?request_id, %endpoint, "internal error: {cause}");
         }
