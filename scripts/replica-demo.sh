@@ -52,7 +52,7 @@ serve b "$port_b"
 A=http://127.0.0.1:$port_a; B=http://127.0.0.1:$port_b
 TOKEN=$(LAMBDA_DATA_DIR=$work/a $host token --sub demo)
 auth=(-H "Authorization: Bearer $TOKEN")
-builds() { curl -s "$1/metrics" | grep '^lambda_component_builds_total' || echo "(no builds)"; }
+builds() { curl -s "$1/metrics" | grep '^lambda_component_builds_total' | grep -v ' 0$' || echo "(no builds)"; }
 
 say "initialize on A, execute on B"
 curl -s -X POST "$A/api/v1/initialize" "${auth[@]}" -H 'Language-Title: nodejs-calculator' -H 'X-Request-ID: demo-calc' -d '{}'; echo

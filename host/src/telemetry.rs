@@ -7,6 +7,8 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::language::Language;
+
 /// Every metric of the host, registered in one registry.
 pub struct Metrics {
     registry: Registry,
@@ -28,11 +30,19 @@ pub struct Metrics {
     pub pool_size: IntGauge,
 }
 
-/// Buckets from 100 µs to 30 s: executions span four orders of magnitude.
+/// Buckets from 100 µs to 5 min (the longest deadline): executions span
+/// four orders of magnitude, and an initialize that builds takes tens of
+/// seconds.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0,
+    5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
+
+/// The `outcome` label of `lambda_executions_total`.
+pub const EXECUTION_OUTCOMES: &[&str] =
+    &["ok", "runtime_error", "timeout", "out_of_memory", "error"];
+/// The `outcome` label of `lambda_component_builds_total`.
+pub const BUILD_OUTCOMES: &[&str] = &["ok", "compile_error", "timeout", "error"];
 /// Builds take seconds to minutes.
 const BUILD_BUCKETS: &[f64] = &[
     0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
@@ -127,6 +137,25 @@ impl Metrics {
             ),
             registry,
         }
+        .with_series_at_zero()
+    }
+
+    /// Creates every language × outcome series at zero. A counter that
+    /// first appears at 1 hides that first event from `rate()` and
+    /// `increase()`: a replica's first build would never show.
+    fn with_series_at_zero(self) -> Self {
+        for language in Language::ALL {
+            let language = language.as_str();
+            for outcome in EXECUTION_OUTCOMES {
+                self.executions.with_label_values(&[language, outcome]);
+            }
+            for outcome in BUILD_OUTCOMES {
+                self.builds.with_label_values(&[language, outcome]);
+            }
+            self.execution_duration.with_label_values(&[language]);
+            self.build_duration.with_label_values(&[language]);
+        }
+        self
     }
 
     /// The text exposition of every metric.
@@ -142,5 +171,29 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_language_and_outcome_is_exported_from_the_start() {
+        let text = Metrics::new().render();
+        for language in ["nodejs", "python", "rust"] {
+            assert!(
+                text.contains(&format!(
+                    "lambda_component_builds_total{{language=\"{language}\",outcome=\"ok\"}} 0"
+                )),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!(
+                    "lambda_executions_total{{language=\"{language}\",outcome=\"runtime_error\"}} 0"
+                )),
+                "{text}"
+            );
+        }
     }
 }
