@@ -67,7 +67,7 @@ inspect component: setup
     fi
     wasm-tools component wit "$path"
 
-# Run the tests: formatting, lints, unit and integration tests (real guests, real toolchains, and throwaway Redis and PostgreSQL servers).
+# Run the tests: formatting, lints, unit and integration tests (real guests, real toolchains, and throwaway Redis and PostgreSQL servers), the deployment files, the dashboard on a native stack.
 test: setup
     #!/usr/bin/env bash
     set -euo pipefail
@@ -79,6 +79,11 @@ test: setup
     trap 'scripts/test-services.sh stop "$services"' EXIT
     source "$services/env"
     cargo test --workspace --locked
+    # The deployment files, then the dashboard against a real stack: two
+    # replicas of the host just built, Redis, PostgreSQL, Caddy, Prometheus.
+    deploy/check-deploy.sh
+    STACK_DIR=target/test-stack LAMBDA_HOST_BIN=target/debug/lambda-host \
+        LAMBDA_RUST_TARGET_DIR=target/guest-rust scripts/stack.sh smoke
 
 # Serve the REST API on 127.0.0.1:8080 with the embedded stores (state in .lambda/).
 run: build
@@ -114,3 +119,19 @@ settings-reference:
     _, tail = rest.split(end, 1)
     open("README.md", "w").write(head + begin + os.environ["TABLE"] + "\n" + end + tail)
     PY
+
+# Validate the deployment files: docker-compose.yml, Dockerfile sources, Caddy, Prometheus, the Grafana dashboard, deploy/kubernetes/.
+check-deploy:
+    deploy/check-deploy.sh
+
+# Start the compose stack natively (Redis, PostgreSQL, two host replicas, Caddy, Prometheus) in target/stack/.
+stack: build
+    scripts/stack.sh up
+
+# A short load on the native stack, then every dashboard query through Prometheus's API.
+stack-check:
+    scripts/stack.sh check
+
+# Stop the native stack.
+stack-down:
+    scripts/stack.sh down
