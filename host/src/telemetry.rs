@@ -3,8 +3,8 @@
 //! or a dynamic function's title.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Counter, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::language::Language;
@@ -23,6 +23,7 @@ pub struct Metrics {
     pub builds: IntCounterVec,
     pub build_duration: HistogramVec,
     pub compiles: IntCounter,
+    pub compile_seconds: Counter,
     /// Log records that could not be queued for the database: counted and
     /// reported, never dropped silently.
     pub log_records_dropped: IntCounter,
@@ -125,6 +126,14 @@ impl Metrics {
             compiles: counter(
                 "lambda_component_compiles_total",
                 "Components compiled to native code (an AOT cache hit does not count)",
+            ),
+            compile_seconds: register(
+                &registry,
+                Counter::new(
+                    "lambda_component_compile_seconds_total",
+                    "Time spent compiling components to native code",
+                )
+                .expect("valid metric"),
             ),
             log_records_dropped: counter(
                 "lambda_log_records_dropped_total",

@@ -73,10 +73,15 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         .pool_size
         .set(i64::from(runtime.config().max_instances));
     // The runtime counts its own compilations; the counter mirrors it.
-    let compiles = runtime.cache_stats().compiles;
+    let stats = runtime.cache_stats();
     let seen = metrics.compiles.get();
-    if compiles > seen {
-        metrics.compiles.inc_by(compiles - seen);
+    if stats.compiles > seen {
+        metrics.compiles.inc_by(stats.compiles - seen);
+    }
+    let seconds = stats.compile_micros as f64 / 1e6;
+    let seen = metrics.compile_seconds.get();
+    if seconds > seen {
+        metrics.compile_seconds.inc_by(seconds - seen);
     }
     (
         [(

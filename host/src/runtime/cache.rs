@@ -33,6 +33,8 @@ pub struct CacheStats {
     pub aot_hits: u64,
     /// Loads answered from memory.
     pub memory_hits: u64,
+    /// Time spent compiling, summed over every compilation, in microseconds.
+    pub compile_micros: u64,
 }
 
 type Slot = Arc<OnceCell<Arc<LoadedFunction>>>;
@@ -48,6 +50,7 @@ pub struct ComponentCache {
     compiles: AtomicU64,
     aot_hits: AtomicU64,
     memory_hits: AtomicU64,
+    compile_micros: AtomicU64,
 }
 
 impl ComponentCache {
@@ -67,6 +70,7 @@ impl ComponentCache {
             compiles: AtomicU64::new(0),
             aot_hits: AtomicU64::new(0),
             memory_hits: AtomicU64::new(0),
+            compile_micros: AtomicU64::new(0),
         })
     }
 
@@ -75,6 +79,7 @@ impl ComponentCache {
             compiles: self.compiles.load(Ordering::Relaxed),
             aot_hits: self.aot_hits.load(Ordering::Relaxed),
             memory_hits: self.memory_hits.load(Ordering::Relaxed),
+            compile_micros: self.compile_micros.load(Ordering::Relaxed),
         }
     }
 
@@ -143,12 +148,13 @@ impl ComponentCache {
         })
         .await
         .map_err(|e| Error::Internal(e.into()))??;
-        let counter = if compiled {
-            &self.compiles
+        if compiled {
+            self.compiles.fetch_add(1, Ordering::Relaxed);
+            self.compile_micros
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         } else {
-            &self.aot_hits
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+            self.aot_hits.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::info!(
             digest = %digest.short(),
             compiled,
