@@ -60,6 +60,9 @@ pub struct Args {
     /// The memory cap of one execution, in MiB [default: 256].
     #[arg(long, global = true, env = "LAMBDA_MEMORY_LIMIT_MB")]
     memory_limit_mb: Option<u64>,
+    /// The loaded functions kept in memory, by the summed size of their components, in MiB [default: 1024].
+    #[arg(long, global = true, env = "LAMBDA_LOADED_COMPONENTS_MB")]
+    loaded_components_mb: Option<u64>,
     /// How the log on stderr is written: `text` for people, `json` (one object per line) for collectors.
     #[arg(
         long,
@@ -358,7 +361,10 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         .map(Secret::new);
     settings.runtime.pooling = !args.no_pooling;
     if let Some(mb) = args.memory_limit_mb {
-        settings.runtime.memory_limit_bytes = mb << 20;
+        settings.runtime.memory_limit_bytes = mb.saturating_mul(1 << 20);
+    }
+    if let Some(mb) = args.loaded_components_mb {
+        settings.runtime.loaded_components_max_bytes = mb.saturating_mul(1 << 20);
     }
     settings.validate()?;
     Ok(settings)

@@ -111,6 +111,10 @@ pub struct RuntimeConfig {
     /// How many bytes of stdout, of stderr and of log lines an execution may
     /// leave; the rest is cut.
     pub output_limit_bytes: usize,
+    /// The loaded functions kept in memory, by the summed size of their
+    /// components; the least recently used beyond it are dropped (and
+    /// loaded again from the AOT cache when asked for).
+    pub loaded_components_max_bytes: u64,
     /// Where compiled components are serialized ahead of time, keyed by
     /// component digest and engine fingerprint. `None` turns the AOT cache off.
     pub aot_cache_dir: Option<PathBuf>,
@@ -126,6 +130,7 @@ impl RuntimeConfig {
             max_timeout: Duration::from_secs(300),
             epoch_tick: Duration::from_millis(10),
             output_limit_bytes: 64 << 10,
+            loaded_components_max_bytes: 1 << 30,
             aot_cache_dir: Some(data_dir.join("aot")),
         }
     }
@@ -141,6 +146,11 @@ impl RuntimeConfig {
             self.memory_limit_bytes <= 4 << 30,
             "memory_limit_bytes must be at most 4 GiB, the size of a 32-bit memory (got {})",
             self.memory_limit_bytes
+        );
+        ensure!(
+            self.loaded_components_max_bytes >= 1 << 20,
+            "loaded_components_max_bytes must be at least 1 MiB (got {})",
+            self.loaded_components_max_bytes
         );
         ensure!(
             !self.default_timeout.is_zero(),
@@ -371,6 +381,7 @@ pub const FILE_KEYS: &[&str] = &[
     "toolchains_dir",
     "rust_target_dir",
     "memory_limit_mb",
+    "loaded_components_mb",
     "no_pooling",
     "listen",
     "cors_origins",

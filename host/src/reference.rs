@@ -227,6 +227,10 @@ mod tests {
             runtime.max_timeout.as_millis().to_string()
         );
         assert_eq!(
+            default_of("LAMBDA_LOADED_COMPONENTS_MB"),
+            (runtime.loaded_components_max_bytes >> 20).to_string()
+        );
+        assert_eq!(
             default_of("LAMBDA_NO_POOLING"),
             if runtime.pooling { "off" } else { "on" }
         );

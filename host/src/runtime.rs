@@ -74,6 +74,9 @@ pub struct LoadedFunction {
     /// Linked once against the runtime's linker; instantiating it only
     /// allocates and initialises, it never resolves imports again.
     pre: bindings::FunctionPre<invoke::GuestState>,
+    /// The size of the component, its weight in the cache of loaded
+    /// functions (its native code grows with it).
+    component_bytes: usize,
 }
 
 impl LoadedFunction {
@@ -102,7 +105,11 @@ impl Runtime {
     pub fn new(config: &RuntimeConfig) -> anyhow::Result<Self> {
         let engine = engine::build(config)?;
         let linker = Arc::new(invoke::linker(&engine)?);
-        let cache = cache::ComponentCache::new(&engine, config.aot_cache_dir.clone())?;
+        let cache = cache::ComponentCache::new(
+            &engine,
+            config.aot_cache_dir.clone(),
+            config.loaded_components_max_bytes,
+        )?;
         let ticker = engine::EpochTicker::start(&engine, config.epoch_tick)?;
         Ok(Self {
             permits: Arc::new(Semaphore::new(config.max_instances as usize)),
@@ -124,6 +131,11 @@ impl Runtime {
     /// The function of this component digest, if it is loaded already.
     pub fn loaded(&self, digest: Digest) -> Option<Arc<LoadedFunction>> {
         self.cache.loaded(digest)
+    }
+
+    /// How many components are loaded, and their summed size in bytes.
+    pub fn loaded_components(&self) -> (u64, u64) {
+        self.cache.loaded_components()
     }
 
     /// How many executions hold an instance right now.

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub log_records_dropped: IntCounter,
     pub instances_in_use: IntGauge,
     pub pool_size: IntGauge,
+    pub loaded_components: IntGauge,
+    pub loaded_component_bytes: IntGauge,
 }
 
 /// Buckets from 100 µs to 5 min (the longest deadline): executions span
@@ -143,6 +145,14 @@ impl Metrics {
             pool_size: gauge(
                 "lambda_instance_pool_size",
                 "Instances that may execute at once",
+            ),
+            loaded_components: gauge(
+                "lambda_loaded_components",
+                "Functions loaded in memory, ready to instantiate",
+            ),
+            loaded_component_bytes: gauge(
+                "lambda_loaded_component_bytes",
+                "Summed size of the loaded functions' components (bounded by --loaded-components-mb)",
             ),
             registry,
         }

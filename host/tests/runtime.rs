@@ -318,3 +318,32 @@ async fn more_concurrent_executions_than_pool_slots_wait_for_a_slot() {
         assert_eq!(call.await.unwrap().unwrap(), json!(i));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loaded_functions_beyond_the_memory_bound_are_dropped_and_reloaded_from_the_aot_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = rust_fixture("echo").await;
+    let chatty = rust_fixture("chatty").await;
+    // Room for the larger of the two, not for both.
+    let bound = echo.len().max(chatty.len()) as u64 + 4096;
+    assert!(bound < (echo.len() + chatty.len()) as u64);
+    let mut settings = private_aot_settings(dir.path());
+    settings.runtime.loaded_components_max_bytes = bound;
+    let runtime = Runtime::new(&settings.runtime).unwrap();
+
+    for component in [&echo, &chatty, &echo, &chatty] {
+        let function = runtime.load(component.clone()).await.unwrap();
+        let outcome = runtime
+            .invoke(&function, &invocation("rust-echo", json!({"n": 1})), None)
+            .await;
+        assert!(outcome.is_ok(), "{outcome:?}");
+        let (count, bytes) = runtime.loaded_components();
+        assert_eq!(count, 1, "one function fits");
+        assert!(bytes <= bound, "{bytes} > {bound}");
+    }
+    let stats = runtime.cache_stats();
+    // Each compiled once; the second round came back from disk, not memory.
+    assert_eq!(stats.compiles, 2);
+    assert!(stats.aot_hits >= 1, "{stats:?}");
+    assert_eq!(stats.compiles + stats.aot_hits + stats.memory_hits, 4);
+}

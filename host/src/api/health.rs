@@ -73,6 +73,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         .pool_size
         .set(i64::from(runtime.config().max_instances));
     // The runtime counts its own compilations; the counter mirrors it.
+    let (loaded, loaded_bytes) = runtime.loaded_components();
+    metrics.loaded_components.set(loaded as i64);
+    metrics.loaded_component_bytes.set(loaded_bytes as i64);
     let stats = runtime.cache_stats();
     let seen = metrics.compiles.get();
     if stats.compiles > seen {

@@ -43,10 +43,17 @@ pub struct ComponentCache {
     aot_dir: Option<PathBuf>,
     /// Hex of a hash of the engine's compatibility fingerprint.
     engine_fingerprint: String,
-    /// One slot per digest: concurrent loads of the same component await
-    /// the same cell, so it is compiled once. A std mutex, because it is
-    /// only held to look up or insert a slot, never across an await.
-    slots: Mutex<HashMap<Digest, Slot>>,
+    /// The loaded functions, least recently used evicted first once their
+    /// components weigh more than the configured bound: a host that has
+    /// served many functions keeps the ones in use, not every one it ever
+    /// saw. An evicted function is loaded again from the AOT cache, in
+    /// milliseconds; executions holding it keep it alive until they end.
+    loaded: moka::sync::Cache<Digest, Arc<LoadedFunction>>,
+    /// Loads in flight, one slot per digest: concurrent loads of the same
+    /// component await the same cell, so it is compiled once. A std mutex,
+    /// because it is only held to look up, insert or remove a slot, never
+    /// across an await.
+    loading: Mutex<HashMap<Digest, Slot>>,
     compiles: AtomicU64,
     aot_hits: AtomicU64,
     memory_hits: AtomicU64,
@@ -54,7 +61,11 @@ pub struct ComponentCache {
 }
 
 impl ComponentCache {
-    pub fn new(engine: &Engine, aot_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+    pub fn new(
+        engine: &Engine,
+        aot_dir: Option<PathBuf>,
+        max_loaded_bytes: u64,
+    ) -> anyhow::Result<Self> {
         if let Some(dir) = &aot_dir {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create the AOT cache at {}", dir.display()))?;
@@ -66,7 +77,14 @@ impl ComponentCache {
         Ok(Self {
             aot_dir,
             engine_fingerprint: format!("{:016x}", hasher.finish()),
-            slots: Mutex::new(HashMap::new()),
+            // Weighed in KiB, so one entry's weight fits the weigher's u32.
+            loaded: moka::sync::Cache::builder()
+                .max_capacity(max_loaded_bytes / 1024)
+                .weigher(|_, function: &Arc<LoadedFunction>| {
+                    u32::try_from(function.component_bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+                })
+                .build(),
+            loading: Mutex::new(HashMap::new()),
             compiles: AtomicU64::new(0),
             aot_hits: AtomicU64::new(0),
             memory_hits: AtomicU64::new(0),
@@ -90,29 +108,56 @@ impl ComponentCache {
         bytes: Arc<[u8]>,
     ) -> Result<Arc<LoadedFunction>, Error> {
         let digest = Digest::of(&bytes);
-        let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            slots.entry(digest).or_default().clone()
-        };
-        if let Some(loaded) = slot.get() {
+        if let Some(loaded) = self.loaded.get(&digest) {
             self.memory_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(loaded.clone());
+            return Ok(loaded);
         }
-        slot.get_or_try_init(|| async {
-            let component = self.compile_or_deserialize(engine, digest, bytes).await?;
-            let pre = linker
-                .instantiate_pre(&component)
-                .map_err(|e| Error::InvalidComponent(e.into()))?;
-            let pre = FunctionPre::new(pre).map_err(|e| Error::InvalidComponent(e.into()))?;
-            Ok(Arc::new(LoadedFunction { digest, pre }))
-        })
-        .await
-        .cloned()
+        let slot = {
+            let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+            loading.entry(digest).or_default().clone()
+        };
+        let component_bytes = bytes.len();
+        let result = slot
+            .get_or_try_init(|| async {
+                let component = self.compile_or_deserialize(engine, digest, bytes).await?;
+                let pre = linker
+                    .instantiate_pre(&component)
+                    .map_err(|e| Error::InvalidComponent(e.into()))?;
+                let pre = FunctionPre::new(pre).map_err(|e| Error::InvalidComponent(e.into()))?;
+                let function = Arc::new(LoadedFunction {
+                    digest,
+                    pre,
+                    component_bytes,
+                });
+                // Into the cache before the slot goes: a load arriving in
+                // between finds one or the other.
+                self.loaded.insert(digest, function.clone());
+                Ok(function)
+            })
+            .await
+            .cloned();
+        // Done, or failed (the next load tries again): the slot's job is over.
+        let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if loading.get(&digest).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+            loading.remove(&digest);
+        }
+        result
     }
 
     pub fn loaded(&self, digest: Digest) -> Option<Arc<LoadedFunction>> {
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.get(&digest).and_then(|slot| slot.get().cloned())
+        self.loaded.get(&digest)
+    }
+
+    /// How many functions are loaded and the summed size of their
+    /// components, in bytes (as the cache weighs them, in whole KiB).
+    pub fn loaded_components(&self) -> (u64, u64) {
+        // Pending inserts and evictions are applied lazily: settle them so
+        // the numbers are current.
+        self.loaded.run_pending_tasks();
+        (
+            self.loaded.entry_count(),
+            self.loaded.weighted_size() * 1024,
+        )
     }
 
     fn aot_path(&self, digest: Digest) -> Option<PathBuf> {
