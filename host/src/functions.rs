@@ -34,11 +34,18 @@ pub enum FunctionError {
     MissingArtifact(String),
 }
 
+/// The last known records kept for registry outages, by the bytes of their
+/// sources: 64 MiB holds thousands of functions of ordinary size.
+const KNOWN_RECORDS_MAX_BYTES: u64 = 64 << 20;
+/// What a record weighs besides its source: digests, schemas, timestamps.
+const RECORD_OVERHEAD_BYTES: usize = 1024;
+
 pub struct Functions {
     /// The last record read or written of each function: initialize keeps
-    /// working from it while the registry's database is unreachable. A std
-    /// mutex, held only to copy a record in or out.
-    known: std::sync::Mutex<std::collections::HashMap<String, FunctionRecord>>,
+    /// working from it while the registry's database is unreachable.
+    /// Bounded by the size of the sources it holds (a record carries its
+    /// script, up to the source limit), least recently used dropped first.
+    known: moka::sync::Cache<String, FunctionRecord>,
     runtime: Arc<Runtime>,
     toolchains: Arc<Toolchains>,
     registry: Arc<dyn Registry>,
@@ -55,7 +62,15 @@ impl Functions {
         components_dir: PathBuf,
     ) -> Self {
         Self {
-            known: std::sync::Mutex::new(std::collections::HashMap::new()),
+            known: moka::sync::Cache::builder()
+                .max_capacity(KNOWN_RECORDS_MAX_BYTES)
+                .weigher(|name: &String, record: &FunctionRecord| {
+                    let bytes = name.len()
+                        + record.script_content.as_ref().map_or(0, String::len)
+                        + RECORD_OVERHEAD_BYTES;
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
+                .build(),
             runtime,
             toolchains,
             registry,
@@ -133,28 +148,18 @@ impl Functions {
                 Ok(Some(record))
             }
             Ok(None) => Ok(None),
-            Err(e) => {
-                let known = self
-                    .known
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&name)
-                    .cloned();
-                match known {
-                    Some(record) => {
-                        tracing::warn!(function = %name, "registry unavailable, serving the last known record: {e}");
-                        Ok(Some(record))
-                    }
-                    None => Err(e.into()),
+            Err(e) => match self.known.get(&name) {
+                Some(record) => {
+                    tracing::warn!(function = %name, "registry unavailable, serving the last known record: {e}");
+                    Ok(Some(record))
                 }
-            }
+                None => Err(e.into()),
+            },
         }
     }
 
     fn remember(&self, record: &FunctionRecord) {
         self.known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .insert(record.language_title.clone(), record.clone());
     }
 
