@@ -72,8 +72,15 @@ pub trait SessionStore: Send + Sync {
     async fn insert_new(&self, session: &Session) -> StoreResult<bool>;
     /// The session, unless it is unknown or expired.
     async fn get(&self, request_id: &str) -> StoreResult<Option<Session>>;
-    /// Replaces a session (after an execution).
-    async fn update(&self, session: &Session) -> StoreResult<()>;
+    /// Counts one execution of a live session, atomically (concurrent
+    /// executions of one session each count), and returns the session as
+    /// stored now; `None` when it expired or was removed, which this does
+    /// not undo.
+    async fn record_execution(
+        &self,
+        session: &Session,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<Session>>;
     async fn remove(&self, request_id: &str) -> StoreResult<()>;
     /// How many sessions are live.
     async fn active_count(&self) -> StoreResult<u64>;

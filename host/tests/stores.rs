@@ -9,6 +9,7 @@ use lambda_host::digest::Digest;
 use lambda_host::store::memory::{MemoryRateLimiter, MemoryResultCache, MemorySessions};
 use lambda_host::store::postgres::PgStore;
 use lambda_host::store::redis::RedisStore;
+use lambda_host::store::resilient::ResilientSessions;
 use lambda_host::store::sqlite::SqliteStore;
 use lambda_host::store::{
     ErrorLog, FunctionFilter, FunctionKind, FunctionRecord, LogRecord, LogStore, RateDecision,
@@ -77,19 +78,39 @@ async fn session_conformance(store: &dyn SessionStore) {
         first.expires_at.timestamp_millis()
     );
 
-    let mut updated = read.clone();
-    updated.execution_count = 3;
-    updated.last_executed_at = Some(Utc::now());
-    store.update(&updated).await.unwrap();
-    assert_eq!(store.get(&id).await.unwrap().unwrap().execution_count, 3);
+    // Concurrent executions of one session each count, exactly once: the
+    // counts handed back are 1..=N, every one of them.
+    const EXECUTIONS: u64 = 40;
+    let at = Utc::now();
+    let counted =
+        futures::future::join_all((0..EXECUTIONS).map(|_| store.record_execution(&read, at))).await;
+    let mut counts: Vec<u64> = counted
+        .into_iter()
+        .map(|c| c.unwrap().expect("a live session").execution_count)
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=EXECUTIONS).collect::<Vec<_>>());
+    let read = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(read.execution_count, EXECUTIONS);
+    assert_eq!(
+        read.last_executed_at.map(|t| t.timestamp_millis()),
+        Some(at.timestamp_millis())
+    );
+    assert_eq!(
+        read.context, first.context,
+        "counting leaves the rest alone"
+    );
     let before = store.active_count().await.unwrap();
     assert!(before >= 1);
 
     store.remove(&id).await.unwrap();
     assert_eq!(store.get(&id).await.unwrap(), None);
     assert_eq!(store.active_count().await.unwrap(), before - 1);
-    // An update does not bring a removed session back.
-    store.update(&updated).await.unwrap();
+    // Counting does not bring a removed session back.
+    assert_eq!(
+        store.record_execution(&read, Utc::now()).await.unwrap(),
+        None
+    );
     assert_eq!(store.get(&id).await.unwrap(), None);
 
     let short = uuid::Uuid::new_v4().to_string();
@@ -325,6 +346,12 @@ async fn memory_sessions_conform() {
 #[tokio::test]
 async fn redis_sessions_conform() {
     session_conformance(&redis()).await;
+}
+
+#[tokio::test]
+async fn resilient_sessions_over_redis_conform() {
+    let shared = std::sync::Arc::new(redis());
+    session_conformance(&ResilientSessions::new(shared, None, 1000)).await;
 }
 
 #[tokio::test]

@@ -204,18 +204,31 @@ async fn run(
 /// Counts the execution on the session, and ends a session that asked not
 /// to be retained.
 async fn end_or_extend(state: &AppState, session: &Session) {
-    let mut updated = session.clone();
-    updated.execution_count += 1;
-    updated.last_executed_at = Some(Utc::now());
+    let at = Utc::now();
     let stored = if session.retain_session {
-        state.sessions.update(&updated).await
+        state.sessions.record_execution(session, at).await
     } else {
-        state.sessions.remove(&session.request_id).await
+        state
+            .sessions
+            .remove(&session.request_id)
+            .await
+            .map(|()| None)
     };
-    if let Err(e) = stored {
-        tracing::warn!(request_id = %session.request_id, "cannot update the session: {e}");
-    }
-    state.logs.record(LogRecord::Session(updated));
+    let counted = match stored {
+        Ok(Some(counted)) => counted,
+        // Removed (not retained, or gone meanwhile), or the store failed:
+        // the durable record still gets this execution.
+        outcome => {
+            if let Err(e) = outcome {
+                tracing::warn!(request_id = %session.request_id, "cannot count the execution on the session: {e}");
+            }
+            let mut counted = session.clone();
+            counted.execution_count += 1;
+            counted.last_executed_at = Some(at);
+            counted
+        }
+    };
+    state.logs.record(LogRecord::Session(counted));
 }
 
 /// The cache key of a result: the function version and the params, in a

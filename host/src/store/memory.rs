@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use moka::Expiry;
 use moka::future::Cache;
 use serde_json::Value;
@@ -76,19 +76,32 @@ impl SessionStore for MemorySessions {
         Ok(self.sessions.get(request_id).await.map(|(s, _)| s))
     }
 
-    /// Replaces a live session; an expired or removed one stays gone.
-    async fn update(&self, session: &Session) -> StoreResult<()> {
-        let value = (session.clone(), deadline_of(session));
-        self.sessions
+    /// The entry is updated under moka's per-key lock: concurrent
+    /// executions each count. An expired or removed session stays gone.
+    async fn record_execution(
+        &self,
+        session: &Session,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<Session>> {
+        let result = self
+            .sessions
             .entry(session.request_id.clone())
             .and_compute_with(|existing| async move {
                 match existing {
-                    Some(_) => moka::ops::compute::Op::Put(value),
+                    Some(entry) => {
+                        let (mut stored, deadline) = entry.into_value();
+                        stored.execution_count += 1;
+                        stored.last_executed_at = Some(at);
+                        moka::ops::compute::Op::Put((stored, deadline))
+                    }
                     None => moka::ops::compute::Op::Nop,
                 }
             })
             .await;
-        Ok(())
+        Ok(match result {
+            moka::ops::compute::CompResult::ReplacedWith(entry) => Some(entry.into_value().0),
+            _ => None,
+        })
     }
 
     async fn remove(&self, request_id: &str) -> StoreResult<()> {

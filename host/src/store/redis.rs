@@ -1,7 +1,7 @@
 //! The production backend of sessions, the result cache and rate limits:
 //! Redis, shared by every host replica.
 //!
-//! Keys are namespaced (`lambda:session:<id>`, `lambda:result:<digest>`,
+//! Keys are namespaced (`lambda:session:<id>` with `lambda:session-stats:<id>`, `lambda:result:<digest>`,
 //! `lambda:rate:<key>:<window>`, under a configurable prefix) and every key carries a TTL, so Redis
 //! never holds what nobody will read again. The connection manager
 //! reconnects on its own: while Redis is down, calls fail fast (the caller
@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Client};
 use serde_json::Value;
@@ -56,6 +56,11 @@ impl RedisStore {
 
     fn session_key(&self, request_id: &str) -> String {
         self.key(&format!("session:{request_id}"))
+    }
+
+    /// A session's execution count and last execution time (a hash).
+    fn session_stats_key(&self, request_id: &str) -> String {
+        self.key(&format!("session-stats:{request_id}"))
     }
 
     /// The sorted set of live session ids, scored by expiry (ms since the
@@ -111,37 +116,72 @@ impl SessionStore for RedisStore {
     }
 
     async fn get(&self, request_id: &str) -> StoreResult<Option<Session>> {
-        let json: Option<String> = self
-            .connection()
+        let (json, (count, last)): (Option<String>, (Option<u64>, Option<i64>)) = redis::pipe()
+            .atomic()
             .get(self.session_key(request_id))
-            .await
-            .map_err(redis_error("reading a session"))?;
-        json.map(|json| {
-            serde_json::from_str(&json).map_err(|e| StoreError::new("decoding a session", e))
-        })
-        .transpose()
-    }
-
-    async fn update(&self, session: &Session) -> StoreResult<()> {
-        let json =
-            serde_json::to_string(session).map_err(|e| StoreError::new("encoding a session", e))?;
-        // XX: an expired or removed session is not brought back.
-        let _: Option<String> = redis::cmd("SET")
-            .arg(self.session_key(&session.request_id))
-            .arg(json)
-            .arg("XX")
-            .arg("PXAT")
-            .arg(session.expires_at.timestamp_millis())
+            .cmd("HMGET")
+            .arg(self.session_stats_key(request_id))
+            .arg("count")
+            .arg("last")
             .query_async(&mut self.connection())
             .await
-            .map_err(redis_error("updating a session"))?;
-        Ok(())
+            .map_err(redis_error("reading a session"))?;
+        let Some(json) = json else {
+            return Ok(None);
+        };
+        let mut session: Session =
+            serde_json::from_str(&json).map_err(|e| StoreError::new("decoding a session", e))?;
+        if let Some(count) = count {
+            session.execution_count = count;
+        }
+        if let Some(last) = last {
+            session.last_executed_at = DateTime::from_timestamp_millis(last);
+        }
+        Ok(Some(session))
+    }
+
+    /// The session itself never changes after it is stored; its counters
+    /// live in a hash beside it, where HINCRBY counts concurrent executions
+    /// exactly (a read-modify-write of the session would lose some).
+    async fn record_execution(
+        &self,
+        session: &Session,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<Session>> {
+        let stats = self.session_stats_key(&session.request_id);
+        let (live, count): (bool, u64) = redis::pipe()
+            .atomic()
+            .exists(self.session_key(&session.request_id))
+            .hincr(&stats, "count", 1)
+            .hset(&stats, "last", at.timestamp_millis())
+            .ignore()
+            .cmd("PEXPIREAT")
+            .arg(&stats)
+            .arg(session.expires_at.timestamp_millis())
+            .ignore()
+            .query_async(&mut self.connection())
+            .await
+            .map_err(redis_error("counting an execution"))?;
+        if !live {
+            // Expired or removed: the counters go too; it is not brought back.
+            let _: () = self
+                .connection()
+                .del(&stats)
+                .await
+                .map_err(redis_error("counting an execution"))?;
+            return Ok(None);
+        }
+        let mut counted = session.clone();
+        counted.execution_count = count;
+        counted.last_executed_at = Some(at);
+        Ok(Some(counted))
     }
 
     async fn remove(&self, request_id: &str) -> StoreResult<()> {
         let _: () = redis::pipe()
             .atomic()
             .del(self.session_key(request_id))
+            .del(self.session_stats_key(request_id))
             .zrem(self.session_index(), request_id)
             .query_async(&mut self.connection())
             .await

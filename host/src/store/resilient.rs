@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+
 use super::memory::MemorySessions;
 use super::{Session, SessionRecords, SessionStore, StoreResult};
 
@@ -79,13 +81,23 @@ impl SessionStore for ResilientSessions {
         }
     }
 
-    async fn update(&self, session: &Session) -> StoreResult<()> {
-        self.mirror.update(session).await?;
-        self.local_only.update(session).await?;
-        if let Err(e) = self.shared.update(session).await {
-            tracing::warn!("session store unavailable, session updated in process only: {e}");
+    /// The shared store's count is the truth; the mirror counts this
+    /// replica's executions only, good enough for an outage.
+    async fn record_execution(
+        &self,
+        session: &Session,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<Session>> {
+        let mirrored = self.mirror.record_execution(session, at).await?;
+        let local = self.local_only.record_execution(session, at).await?;
+        match self.shared.record_execution(session, at).await {
+            Ok(Some(counted)) => Ok(Some(counted)),
+            Ok(None) => Ok(local),
+            Err(e) => {
+                tracing::warn!("session store unavailable, execution counted in process only: {e}");
+                Ok(local.or(mirrored))
+            }
         }
-        Ok(())
     }
 
     async fn remove(&self, request_id: &str) -> StoreResult<()> {
