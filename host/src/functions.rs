@@ -91,7 +91,7 @@ impl Functions {
         self.registry.as_ref()
     }
 
-    /// Builds (or reuses) and registers every predefined function. A
+    /// Builds (or reuses), registers and loads every predefined function. A
     /// function whose toolchain is missing is skipped with a warning, so
     /// the host still serves the others; the names of those skipped are
     /// returned.
@@ -131,6 +131,13 @@ impl Functions {
             };
             self.registry.upsert(&record).await?;
             self.remember(&record);
+            // Compiled (or read from the AOT cache) now, before the host
+            // answers: the first user of a predefined function should not
+            // wait seconds for Cranelift.
+            self.runtime
+                .load(artifact.component.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("loading the predefined function {name}: {e}"))?;
         }
         Ok(skipped)
     }
