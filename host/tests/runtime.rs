@@ -347,3 +347,19 @@ async fn loaded_functions_beyond_the_memory_bound_are_dropped_and_reloaded_from_
     assert!(stats.aot_hits >= 1, "{stats:?}");
     assert_eq!(stats.compiles + stats.aot_hits + stats.memory_hits, 4);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runtimes_sharing_an_aot_cache_compile_a_component_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = rust_fixture("chatty").await;
+    // Two replicas on one data directory, loading the same new component
+    // at the same moment.
+    let first = private_aot_runtime(dir.path());
+    let second = private_aot_runtime(dir.path());
+    let (a, b) = tokio::join!(first.load(component.clone()), second.load(component));
+    a.unwrap();
+    b.unwrap();
+    let (one, two) = (first.cache_stats(), second.cache_stats());
+    assert_eq!(one.compiles + two.compiles, 1, "{one:?} {two:?}");
+    assert_eq!(one.aot_hits + two.aot_hits, 1, "{one:?} {two:?}");
+}

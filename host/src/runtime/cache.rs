@@ -182,6 +182,15 @@ impl ComponentCache {
             {
                 return Ok((component, false));
             }
+            // Replicas sharing this AOT cache (one volume, one data
+            // directory) may be compiling this very component: the first
+            // compiles, the others wait and read its result.
+            let _compiling = aot_path.as_deref().and_then(lock_for_compiling);
+            if let Some(path) = &aot_path
+                && let Some(component) = deserialize(&engine, path)
+            {
+                return Ok((component, false));
+            }
             let component =
                 Component::new(&engine, &bytes).map_err(|e| Error::InvalidComponent(e.into()))?;
             if let Some(path) = &aot_path
@@ -207,6 +216,27 @@ impl ComponentCache {
             "component loaded"
         );
         Ok(component)
+    }
+}
+
+/// An exclusive lock on `<cwasm>.lock`, held while compiling; the kernel
+/// drops it when the file closes, also when a process dies. `None` (compile
+/// without it) when the lock cannot be taken: a duplicate compilation is
+/// only wasted time.
+fn lock_for_compiling(cwasm: &Path) -> Option<std::fs::File> {
+    let path = cwasm.with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .and_then(|file| file.lock().map(|()| file));
+    match file {
+        Ok(file) => Some(file),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "cannot lock the AOT cache entry: {e}");
+            None
+        }
     }
 }
 
