@@ -10,8 +10,8 @@ stops there.
 
 Then every target's query is sent to Prometheus as an instant query, with
 Grafana's macros replaced: `$__rate_interval` and `$__interval` by
---rate-interval, `$__range` by --range, and the `instance` template variable
-by `.*` (its "All" value). A target passes when Prometheus answers
+--rate-interval, `$__range` by --range, and the template variables by their
+saved defaults (`job`: lambda-host; `instance`: its "All" value, `.*`). A target passes when Prometheus answers
 `success` with at least one sample that is not NaN and, unless it only reads
 metrics that are rightly zero (ZERO_ALLOWED), one that is not zero: the
 host exports its counters at zero from the start, so "some series" alone
@@ -286,10 +286,18 @@ def main():
     if args.static_only:
         return 0
 
+    # Each template variable takes its default: the current value saved in
+    # the dashboard (the scrape job `lambda-host`), or "All" as a regex.
     variables = {}
     for var in (dashboard.get("templating") or {}).get("list", []) or []:
-        if var.get("name"):
-            variables[var["name"]] = ".*"
+        if not var.get("name"):
+            continue
+        current = (var.get("current") or {}).get("value")
+        if isinstance(current, list):
+            current = current[0] if len(current) == 1 else None
+        if not current or current == "$__all":
+            current = var.get("allValue") or ".*"
+        variables[var["name"]] = current
 
     checks = []
     for panel in all_panels(dashboard["panels"]):
