@@ -12,19 +12,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-install_missing() {
-    local packages=()
-    command -v docker-compose >/dev/null || packages+=(docker-compose)
-    command -v caddy >/dev/null || packages+=(caddy)
-    command -v promtool >/dev/null || packages+=(prometheus)
-    if ((${#packages[@]})); then
-        echo "installing ${packages[*]}" >&2
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >&2
-        apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2
-    fi
-}
-
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -39,7 +26,7 @@ must_fail() {
     echo "guard: rejected as it must be: $what"
 }
 
-install_missing
+scripts/install-missing.sh docker-compose=docker-compose caddy=caddy promtool=prometheus
 
 echo "==> docker-compose.yml ($(docker-compose version --short))"
 mkdir -p "$tmp/compose"

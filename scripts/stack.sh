@@ -22,18 +22,6 @@ proxy_port=${STACK_PROXY_PORT:-8080}
 read -r -a host_ports <<<"${STACK_HOST_PORTS:-8081 8082}"
 prometheus_port=${STACK_PROMETHEUS_PORT:-9090}
 
-install_missing() {
-    local packages=()
-    command -v prometheus >/dev/null || packages+=(prometheus)
-    command -v caddy >/dev/null || packages+=(caddy)
-    if ((${#packages[@]})); then
-        echo "installing ${packages[*]}" >&2
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >&2
-        apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2
-    fi
-}
-
 port_free() {
     python3 -c 'import socket, sys; s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
 }
@@ -65,7 +53,7 @@ up() {
     for port in "$proxy_port" "${host_ports[@]}" "$prometheus_port"; do
         port_free "$port" || { echo "port $port is taken" >&2; exit 1; }
     done
-    install_missing
+    scripts/install-missing.sh prometheus=prometheus caddy=caddy
     mkdir -p "$dir"
 
     # Redis and PostgreSQL: the throwaway servers of the tests, and a
