@@ -70,6 +70,11 @@ def exported_metrics():
         return set(re.findall(r'"(lambda_[a-z_]+)"', f.read()))
 
 
+def metric_names(expr):
+    """The host's metric names a PromQL expression reads."""
+    return set(re.findall(r"\b(lambda_[a-z_]+)", expr))
+
+
 def unknown_metrics(dashboard):
     """Metric names in the dashboard's queries that the host does not export:
     a renamed metric would leave a panel silently empty."""
@@ -77,7 +82,7 @@ def unknown_metrics(dashboard):
     problems = []
     for panel in all_panels(dashboard.get("panels") or []):
         for target in panel.get("targets", []) or []:
-            for name in re.findall(r"\b(lambda_[a-z_]+)", target.get("expr", "")):
+            for name in sorted(metric_names(target.get("expr", ""))):
                 base = re.sub(r"_(bucket|sum|count)$", "", name)
                 if name not in known and base not in known:
                     problems.append(f"panel {panel.get('title')!r}: {name} is not a metric of the host")
@@ -244,7 +249,7 @@ ZERO_ALLOWED = {"lambda_log_records_dropped_total", "lambda_instances_in_use"}
 
 
 def zero_allowed(expr):
-    names = set(re.findall(r"\b(lambda_[a-z_]+)", expr))
+    names = metric_names(expr)
     return bool(names) and names <= ZERO_ALLOWED
 
 

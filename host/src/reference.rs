@@ -118,15 +118,15 @@ fn rows() -> Vec<Row> {
 /// The default of an argument: clap's own, or the `[default: ...]` its help
 /// states where the value is computed (relative to the data directory, say).
 fn split_default(help: &str, arg: &clap::Arg) -> (String, String) {
+    if let Some(start) = help.find(" [default: ") {
+        let stated = help[start + " [default: ".len()..].trim_end_matches(']');
+        return (help[..start].to_owned(), format!("`{stated}`"));
+    }
     let defaults: Vec<String> = arg
         .get_default_values()
         .iter()
         .map(|v| v.to_string_lossy().into_owned())
         .collect();
-    if let Some(start) = help.find(" [default: ") {
-        let stated = help[start + " [default: ".len()..].trim_end_matches(']');
-        return (help[..start].to_owned(), format!("`{stated}`"));
-    }
     let default = match defaults.as_slice() {
         [] if matches!(arg.get_action(), clap::ArgAction::SetTrue) => "off".to_owned(),
         [] => "unset".to_owned(),

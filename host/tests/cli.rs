@@ -1,20 +1,6 @@
 //! The `lambda-host` binary, run as a user runs it.
 
-use std::process::Command;
-
-use crate::helpers::repo_root;
-
-fn lambda_host(data_dir: &std::path::Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lambda-host"));
-    command
-        .current_dir(repo_root())
-        .env("LAMBDA_DATA_DIR", data_dir)
-        .env(
-            "LAMBDA_RUST_TARGET_DIR",
-            repo_root().join("target/guest-rust"),
-        );
-    command
-}
+use crate::helpers::{lambda_host, shared_cli_data_dir};
 
 #[test]
 fn invoke_prints_the_result_of_a_predefined_function() {
@@ -115,12 +101,6 @@ fn a_refused_source_fails_the_build_with_the_compile_error() {
     assert!(!dir.path().join("steal.wasm").exists());
 }
 
-/// A data directory shared by the CLI tests of interpreter components, so
-/// their 10-second AOT compilation happens once, not per test run.
-fn shared_data_dir() -> std::path::PathBuf {
-    repo_root().join("target/test-cli-data")
-}
-
 #[test]
 fn invoke_runs_the_predefined_javascript_and_python_functions() {
     for (function, params, expected) in [
@@ -135,7 +115,7 @@ fn invoke_runs_the_predefined_javascript_and_python_functions() {
             "{\"result\":2}\n",
         ),
     ] {
-        let output = lambda_host(&shared_data_dir())
+        let output = lambda_host(&shared_cli_data_dir())
             .args(["invoke", function, "--params", params])
             .output()
             .unwrap();
@@ -170,7 +150,7 @@ fn build_and_invoke_work_for_javascript_and_python_sources() {
         let source_path = dir.path().join(file);
         std::fs::write(&source_path, source).unwrap();
         let wasm = dir.path().join(format!("{language}-greet.wasm"));
-        let build = lambda_host(&shared_data_dir())
+        let build = lambda_host(&shared_cli_data_dir())
             .args(["build", "--language", language])
             .arg(&source_path)
             .arg("-o")
@@ -182,7 +162,7 @@ fn build_and_invoke_work_for_javascript_and_python_sources() {
             "{}",
             String::from_utf8_lossy(&build.stderr)
         );
-        let invoke = lambda_host(&shared_data_dir())
+        let invoke = lambda_host(&shared_cli_data_dir())
             .arg("invoke")
             .arg(&wasm)
             .args(["--params", r#"{"name":"wörld"}"#])

@@ -18,6 +18,27 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
+/// The `lambda-host` binary, run from the repository root over a data
+/// directory, sharing the Rust target directory of every test.
+pub fn lambda_host(data_dir: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lambda-host"));
+    command
+        .current_dir(repo_root())
+        .env("LAMBDA_DATA_DIR", data_dir)
+        .env(
+            "LAMBDA_RUST_TARGET_DIR",
+            repo_root().join("target/guest-rust"),
+        );
+    command
+}
+
+/// A data directory shared by the tests that run the binary on the
+/// interpreter components, so their 10-second AOT compilation happens once,
+/// not per test run.
+pub fn shared_cli_data_dir() -> PathBuf {
+    repo_root().join("target/test-cli-data")
+}
+
 /// Settings over a fresh data directory, sharing the expensive caches of
 /// every test: the Rust target directory (dependencies built once), the
 /// artifact store (fixtures built once per change of their source) and the

@@ -2,13 +2,13 @@
 //! `lambda-host serve --log-format json`, one JSON object per line.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::repo_root;
+use crate::helpers::{lambda_host, shared_cli_data_dir};
 
 const JWT_SECRET: &str = "log-test-secret-that-must-never-be-logged-0123";
 const FORGED_TOKEN: &str = "forged.token-SECRET-4242.never-log-me";
@@ -23,15 +23,8 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
-        let data_dir = repo_root().join("target/test-cli-data");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lambda-host"))
-            .current_dir(repo_root())
+        let mut child = lambda_host(&shared_cli_data_dir())
             .args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0"])
-            .env("LAMBDA_DATA_DIR", &data_dir)
-            .env(
-                "LAMBDA_RUST_TARGET_DIR",
-                repo_root().join("target/guest-rust"),
-            )
             .env("LAMBDA_JWT_SECRET", JWT_SECRET)
             .env("LAMBDA_LOG", "info")
             .env_remove("LAMBDA_REDIS_URL")
@@ -105,7 +98,7 @@ impl Drop for Server {
 }
 
 fn token() -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_lambda-host"))
+    let output = lambda_host(&shared_cli_data_dir())
         .args(["token", "--sub", "log-tester"])
         .env("LAMBDA_JWT_SECRET", JWT_SECRET)
         .output()
