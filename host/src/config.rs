@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 
+use crate::sandbox::{Isolation, Limits};
+
 /// Settings of the whole host.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -62,6 +64,7 @@ impl Settings {
             &self.data_dir,
             &self.toolchain.artifacts_dir,
             &self.toolchain.work_dir,
+            &self.toolchain.cache_dir,
         ] {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create directory {}", dir.display()))?;
@@ -76,7 +79,9 @@ impl Settings {
             &mut self.toolchain.artifacts_dir,
             &mut self.toolchain.work_dir,
             &mut self.toolchain.rust_target_dir,
+            &mut self.toolchain.cache_dir,
             &mut self.toolchain.toolchains_dir,
+            &mut self.toolchain.sandbox_supervisor,
         ]
         .into_iter()
         .chain(self.runtime.aot_cache_dir.as_mut())
@@ -306,14 +311,37 @@ pub struct ToolchainConfig {
     pub artifacts_dir: PathBuf,
     /// Parent of the empty directories each build runs in.
     pub work_dir: PathBuf,
-    /// The cargo target directory shared by every Rust build, so the
-    /// dependencies (serde, serde_json, wit-bindgen) are built once.
+    /// The cargo target directory where the dependencies every Rust
+    /// function uses (serde, serde_json, wit-bindgen) are built once, by a
+    /// trusted run of the template; user builds read it, never write it.
     pub rust_target_dir: PathBuf,
+    /// What trusted preparation runs leave for every build of a toolchain
+    /// (the JavaScript toolchain's compiled-code cache); read-only to
+    /// builds of user source.
+    pub cache_dir: PathBuf,
     /// Our build drivers and their pinned tools: `js/` (node_modules),
     /// `python/` (.venv).
     pub toolchains_dir: PathBuf,
-    /// The longest a single build may take before it is killed.
+    /// The longest a build may take, counted from the request, the wait
+    /// for a build slot included.
     pub build_timeout: Duration,
+    /// The resident memory of a build's whole process tree.
+    pub build_memory_bytes: u64,
+    /// The CPU time of a build's whole process tree.
+    pub build_cpu: Duration,
+    /// The processes and threads a build may have at once.
+    pub build_max_tasks: u32,
+    /// What a build may write: its scratch directory in all, and so the
+    /// largest component.
+    pub build_output_bytes: u64,
+    /// Whether toolchains run confined (see [`crate::sandbox`]).
+    pub isolation: Isolation,
+    /// The binary that runs the sandbox's supervisor (`sandbox-exec`): the
+    /// host's own, unless a library user (a test binary) says otherwise.
+    pub sandbox_supervisor: PathBuf,
+    /// The Rust source guard, the fast first line in front of the sandbox.
+    /// Only tests turn it off, to show that the sandbox holds alone.
+    pub rust_source_guard: bool,
     /// The largest source accepted, in bytes.
     pub max_source_bytes: usize,
 }
@@ -324,9 +352,30 @@ impl ToolchainConfig {
             artifacts_dir: data_dir.join("artifacts"),
             work_dir: data_dir.join("builds"),
             rust_target_dir: data_dir.join("rust-target"),
+            cache_dir: data_dir.join("toolchain-cache"),
             toolchains_dir: PathBuf::from("toolchains"),
             build_timeout: Duration::from_secs(300),
+            build_memory_bytes: 2048 << 20,
+            // Two cores busy for the whole default timeout.
+            build_cpu: Duration::from_secs(600),
+            build_max_tasks: 128,
+            build_output_bytes: 256 << 20,
+            isolation: Isolation::Required,
+            sandbox_supervisor: std::env::current_exe()
+                .unwrap_or_else(|_| PathBuf::from("lambda-host")),
+            rust_source_guard: true,
             max_source_bytes: 1 << 20,
+        }
+    }
+
+    /// The limits of a build, its wall time the whole timeout.
+    pub fn build_limits(&self) -> Limits {
+        Limits {
+            wall: self.build_timeout,
+            cpu: self.build_cpu,
+            memory_bytes: self.build_memory_bytes,
+            tasks: self.build_max_tasks,
+            output_bytes: self.build_output_bytes,
         }
     }
 
@@ -334,6 +383,22 @@ impl ToolchainConfig {
         ensure!(
             !self.build_timeout.is_zero(),
             "build_timeout must be positive"
+        );
+        ensure!(!self.build_cpu.is_zero(), "build_cpu must be positive");
+        ensure!(
+            self.build_memory_bytes >= 64 << 20,
+            "build_memory_bytes must be at least 64 MiB (got {})",
+            self.build_memory_bytes
+        );
+        ensure!(
+            self.build_max_tasks >= 8,
+            "build_max_tasks must be at least 8 (got {})",
+            self.build_max_tasks
+        );
+        ensure!(
+            self.build_output_bytes >= 1 << 20,
+            "build_output_bytes must be at least 1 MiB (got {})",
+            self.build_output_bytes
         );
         ensure!(
             self.max_source_bytes > 0,

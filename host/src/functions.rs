@@ -13,6 +13,7 @@ use crate::catalog;
 use crate::digest::Digest;
 use crate::language::{Language, LanguageTitle};
 use crate::runtime::{self, LoadedFunction, Runtime};
+use crate::sandbox::Limit;
 use crate::store::{FunctionKind, FunctionRecord, Registry, StoreError};
 use crate::telemetry::Metrics;
 use crate::toolchain::{Artifact, BuildError, BuildOptions, Toolchains};
@@ -258,7 +259,10 @@ impl Functions {
             Ok(artifact) if artifact.built => Some("ok"),
             Ok(_) => None,
             Err(BuildError::Compile(_)) => Some("compile_error"),
-            Err(BuildError::Timeout(_)) => Some("timeout"),
+            Err(BuildError::LimitExceeded {
+                limit: Limit::Time, ..
+            }) => Some("timeout"),
+            Err(BuildError::LimitExceeded { .. }) => Some("limit_exceeded"),
             Err(BuildError::Unavailable { .. }) => None,
             Err(BuildError::Internal(_)) => Some("error"),
         };

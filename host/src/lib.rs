@@ -8,7 +8,8 @@
 //!   `InstancePre` in memory) and per execution (a fresh `Store` with a
 //!   deadline and a memory cap).
 //! - [`toolchain`]: turns a language's source into a component, content
-//!   addressed so identical source is never built twice.
+//!   addressed so identical source is never built twice, every toolchain
+//!   run confined by the [`sandbox`].
 //! - [`catalog`]: the predefined functions shipped in `components/`.
 //!
 //! Around them: [`api`] (the REST API of `shared/API.md`, axum), [`server`]
@@ -26,6 +27,7 @@ pub mod digest;
 pub mod functions;
 pub mod language;
 pub mod runtime;
+pub mod sandbox;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -9,6 +9,15 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // The build sandbox's supervisor: single-threaded, before anything else
+    // (no config file, no logging, no async runtime, no threads).
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(
+            lambda_host::sandbox::SUPERVISOR_COMMAND,
+        ))
+    {
+        return lambda_host::sandbox::supervisor::main();
+    }
     if let Err(e) = load_config_file() {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;

@@ -45,7 +45,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub const EXECUTION_OUTCOMES: &[&str] =
     &["ok", "runtime_error", "timeout", "out_of_memory", "error"];
 /// The `outcome` label of `lambda_component_builds_total`.
-pub const BUILD_OUTCOMES: &[&str] = &["ok", "compile_error", "timeout", "error"];
+pub const BUILD_OUTCOMES: &[&str] = &["ok", "compile_error", "timeout", "limit_exceeded", "error"];
 /// Builds take seconds to minutes.
 const BUILD_BUCKETS: &[f64] = &[
     0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,

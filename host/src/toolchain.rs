@@ -5,13 +5,16 @@
 //! every build by a digest of its inputs (language, toolchain fingerprint,
 //! options, source) and stores the result under that name, so identical
 //! source is never built twice; concurrent requests for the same digest
-//! wait for one build. Builds run as child processes (cargo, node,
-//! componentize-py), a bounded number per toolchain, each with a timeout
-//! and in an empty working directory of its own.
+//! wait for one build. Builds run as child processes (rustc, node,
+//! componentize-py), a bounded number per toolchain, each in the
+//! [`sandbox`](crate::sandbox) with the build limits and an empty scratch
+//! directory of its own, whose only output the host reads is
+//! `component.wasm` ([`output`]).
 
 mod artifacts;
 mod driver;
 mod js;
+mod output;
 mod python;
 pub mod rust;
 
@@ -19,13 +22,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::Instant;
 
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::config::ToolchainConfig;
 use crate::digest::Digest;
 use crate::language::Language;
+use crate::sandbox::{self, Isolation, Limit, Limits, Report, Sandbox, SandboxError};
 
 pub use artifacts::{ArtifactStore, DiskArtifacts, TieredArtifacts};
 
@@ -69,18 +73,44 @@ pub struct CompileError {
 pub enum BuildError {
     #[error(transparent)]
     Compile(#[from] CompileError),
-    #[error("the build did not finish within {0:?}")]
-    Timeout(Duration),
+    /// The build reached one of its limits; its whole process tree was
+    /// killed.
+    #[error("the build exceeded its {description} (raise it with {})", .limit.setting())]
+    LimitExceeded { limit: Limit, description: String },
     #[error("the {language} toolchain is not available: {reason}")]
     Unavailable { language: Language, reason: String },
     #[error("internal build error: {0:#}")]
     Internal(anyhow::Error),
 }
 
+impl BuildError {
+    pub(crate) fn limit(limit: Limit, limits: &Limits) -> Self {
+        BuildError::LimitExceeded {
+            limit,
+            description: limit.describe(limits),
+        }
+    }
+}
+
 impl From<anyhow::Error> for BuildError {
     fn from(error: anyhow::Error) -> Self {
         BuildError::Internal(error)
     }
+}
+
+/// One build, as the front hands it to a toolchain.
+pub struct BuildJob<'a> {
+    pub source: &'a str,
+    pub options: &'a BuildOptions,
+    /// The scratch directory: empty, the build's only writable place, and
+    /// removed afterwards. The build leaves its component here as
+    /// [`output::COMPONENT`].
+    pub workdir: &'a Path,
+    pub sandbox: &'a Sandbox,
+    /// The limits of this build, its wall time what is left of the timeout.
+    pub limits: Limits,
+    /// Parent of scratch directories, for a toolchain's own preparation runs.
+    pub work_root: &'a Path,
 }
 
 /// A language's build driver.
@@ -96,14 +126,29 @@ pub trait Toolchain: Send + Sync {
     /// How many builds of this toolchain may run at once.
     fn max_parallel_builds(&self) -> usize;
 
-    /// Builds `source` into a component, working only inside `workdir`, an
-    /// empty directory that is removed afterwards.
-    async fn build(
-        &self,
-        source: &str,
-        options: &BuildOptions,
-        workdir: &Path,
-    ) -> Result<Vec<u8>, BuildError>;
+    /// Builds `job.source` into `<workdir>/component.wasm`, running every
+    /// program through `job.sandbox`.
+    async fn build(&self, job: BuildJob<'_>) -> Result<(), BuildError>;
+}
+
+/// How a sandboxed toolchain run ended, as a build sees it: the report of
+/// a run that ended on its own, or the limit that stopped it.
+pub(crate) fn finished(report: Report, limits: &Limits) -> Result<Report, BuildError> {
+    if let Some(limit) = report.limit {
+        return Err(BuildError::limit(limit, limits));
+    }
+    if report.cancelled {
+        return Err(BuildError::Internal(anyhow::anyhow!(
+            "the build was cancelled"
+        )));
+    }
+    Ok(report)
+}
+
+impl From<SandboxError> for BuildError {
+    fn from(error: SandboxError) -> Self {
+        BuildError::Internal(error.into())
+    }
 }
 
 /// A built component.
@@ -144,7 +189,8 @@ pub struct Toolchains {
     unavailable: HashMap<Language, String>,
     artifacts: Arc<dyn ArtifactStore>,
     work_dir: PathBuf,
-    build_timeout: Duration,
+    sandbox: Sandbox,
+    limits: Limits,
     max_source_bytes: usize,
     /// Builds in progress by digest, so a second request for the same
     /// digest waits for the first. A std mutex: held only to look up or
@@ -160,7 +206,7 @@ impl Toolchains {
     /// answers builds with [`BuildError::Unavailable`] and the reason.
     pub async fn detect(config: &ToolchainConfig) -> anyhow::Result<Self> {
         let (nodejs, python, rust) = tokio::join!(
-            js::detect(&config.toolchains_dir),
+            js::detect(config),
             python::detect(&config.toolchains_dir),
             rust::RustToolchain::detect(config),
         );
@@ -182,7 +228,44 @@ impl Toolchains {
         }
         let mut this = Self::with_toolchains(config, toolchains)?;
         this.unavailable = unavailable;
+        // A host that cannot confine builds builds nothing: every language
+        // says why, instead of running a stranger's build in the open.
+        if let Err(reason) = this.check_sandbox().await {
+            tracing::error!("{reason}");
+            for language in Language::ALL {
+                if this.toolchains.remove(&language).is_some() {
+                    this.unavailable.insert(language, reason.clone());
+                }
+            }
+        }
         Ok(this)
+    }
+
+    /// Runs a confined test program once; the reason when it fails.
+    async fn check_sandbox(&self) -> Result<(), String> {
+        if self.sandbox.isolation() == Isolation::Off {
+            tracing::warn!(
+                "LAMBDA_BUILD_SANDBOX=off: builds run unconfined and can read and write \
+                 whatever this host can. Only for a machine whose every user is trusted."
+            );
+            return Ok(());
+        }
+        let scratch = tempfile::Builder::new()
+            .prefix("sandbox-check-")
+            .tempdir_in(&self.work_dir)
+            .map_err(|e| format!("cannot create a scratch directory: {e}"))?;
+        match self.sandbox.check(scratch.path()).await {
+            Ok(confinement) => {
+                tracing::info!(
+                    landlock_abi = confinement.landlock_abi,
+                    seccomp = confinement.seccomp,
+                    namespaces = %confinement.namespaces.join(","),
+                    "builds are sandboxed"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// A set of given toolchains (tests use this to plug in their own).
@@ -202,7 +285,8 @@ impl Toolchains {
             unavailable: HashMap::new(),
             artifacts: Arc::new(DiskArtifacts::open(&config.artifacts_dir)?),
             work_dir: config.work_dir.clone(),
-            build_timeout: config.build_timeout,
+            sandbox: Sandbox::new(config.sandbox_supervisor.clone(), config.isolation, true),
+            limits: config.build_limits(),
             max_source_bytes: config.max_source_bytes,
             in_flight: Mutex::new(HashMap::new()),
             built: AtomicU64::new(0),
@@ -269,6 +353,9 @@ impl Toolchains {
         source: &str,
         options: &BuildOptions,
     ) -> Result<Artifact, BuildError> {
+        // The timeout counts from the request: a build that waits for a
+        // slot spends its own time waiting.
+        let deadline = Instant::now() + self.limits.wall;
         if source.len() > self.max_source_bytes {
             return Err(CompileError {
                 message: format!(
@@ -298,7 +385,8 @@ impl Toolchains {
         let result = cell
             .get_or_try_init(|| async {
                 built_here = true;
-                self.run_build(language, digest, source, options).await
+                self.run_build(language, digest, source, options, deadline)
+                    .await
             })
             .await
             .cloned();
@@ -328,45 +416,62 @@ impl Toolchains {
         digest: Digest,
         source: &str,
         options: &BuildOptions,
+        deadline: Instant,
     ) -> Result<Arc<[u8]>, BuildError> {
         let registered = self.registered(language)?;
-        let _permit = registered
-            .permits
-            .acquire()
-            .await
-            .map_err(anyhow::Error::from)?;
-        // The queue may have held us while another process built it.
-        if let Some(component) = self.artifacts.get(digest).await? {
-            return Ok(component);
+        let result = async {
+            let _permit = tokio::time::timeout_at(deadline.into(), registered.permits.acquire())
+                .await
+                .map_err(|_| BuildError::limit(Limit::Time, &self.limits))?
+                .map_err(anyhow::Error::from)?;
+            // The queue may have held us while another process built it.
+            if let Some(component) = self.artifacts.get(digest).await? {
+                return Ok((component, false));
+            }
+            let workdir = tempfile::Builder::new()
+                .prefix("build-")
+                .tempdir_in(&self.work_dir)
+                .map_err(anyhow::Error::from)?;
+            let started = Instant::now();
+            let limits = Limits {
+                wall: sandbox::remaining(deadline),
+                ..self.limits
+            };
+            registered
+                .toolchain
+                .build(BuildJob {
+                    source,
+                    options,
+                    workdir: workdir.path(),
+                    sandbox: &self.sandbox,
+                    limits,
+                    work_root: &self.work_dir,
+                })
+                .await?;
+            let component = output::read_component(workdir.path(), self.limits).await?;
+            self.artifacts.put(digest, &component).await?;
+            tracing::info!(
+                %language,
+                digest = %digest.short(),
+                bytes = component.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "built a component"
+            );
+            Ok((Arc::<[u8]>::from(component), true))
         }
-        let workdir = tempfile::Builder::new()
-            .prefix("build-")
-            .tempdir_in(&self.work_dir)
-            .map_err(anyhow::Error::from)?;
-        let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(
-            self.build_timeout,
-            registered.toolchain.build(source, options, workdir.path()),
-        )
-        .await
-        .unwrap_or(Err(BuildError::Timeout(self.build_timeout)));
-        let component = match outcome {
-            Ok(component) => component,
+        .await;
+        match result {
+            Ok((component, ran)) => {
+                if ran {
+                    self.built.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(component)
+            }
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                return Err(e);
+                Err(e)
             }
-        };
-        self.artifacts.put(digest, &component).await?;
-        self.built.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            %language,
-            digest = %digest.short(),
-            bytes = component.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "built a component"
-        );
-        Ok(component.into())
+        }
     }
 
     fn registered(&self, language: Language) -> Result<&Registered, BuildError> {

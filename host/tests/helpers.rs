@@ -46,6 +46,9 @@ pub fn shared_cli_data_dir() -> PathBuf {
 pub fn settings(data_dir: &Path) -> Settings {
     let mut settings = Settings::new(data_dir, repo_root().join("components"));
     settings.toolchain.rust_target_dir = repo_root().join("target/guest-rust");
+    settings.toolchain.cache_dir = repo_root().join("target/test-toolchain-cache");
+    // The test binary is not the host: the sandbox's supervisor is.
+    settings.toolchain.sandbox_supervisor = env!("CARGO_BIN_EXE_lambda-host").into();
     settings.toolchain.artifacts_dir = repo_root().join("target/test-artifacts");
     settings.toolchain.toolchains_dir = repo_root().join("toolchains");
     settings.runtime.aot_cache_dir = Some(repo_root().join("target/test-aot"));

@@ -65,6 +65,11 @@ try {
     worldName: 'function',
     // The world grants no HTTP: componentize-js would import wasi:http otherwise.
     disableFeatures: ['http', 'fetch-event'],
+    // wizer keeps compiled code in a cache under HOME (XDG_CACHE_HOME): it
+    // gets the host's choice of both, and no other variable of ours.
+    env: Object.fromEntries(
+      ['HOME', 'XDG_CACHE_HOME'].filter((k) => process.env[k]).map((k) => [k, process.env[k]]),
+    ),
   }));
 } catch (error) {
   // Top-level code of the user's module runs during pre-initialisation.

@@ -203,10 +203,10 @@ impl From<BuildError> for ApiError {
             BuildError::Unavailable { language, .. } => ApiError::invalid_request(format!(
                 "the {language} toolchain is not available on this host"
             )),
-            BuildError::Timeout(limit) => ApiError::new(
-                Code::CompileError,
-                format!("the build did not finish within {limit:?}"),
-            ),
+            BuildError::LimitExceeded { limit, .. } => {
+                ApiError::new(Code::CompileError, error.to_string())
+                    .with_details(json!({ "reason": "build_limit", "limit": limit }))
+            }
             BuildError::Internal(e) => ApiError::internal(e),
         }
     }

@@ -4,25 +4,30 @@
 //! `handler`, or CommonJS assigning `module.exports`; async handlers are
 //! awaited.
 
-use std::path::{Path, PathBuf};
-
 use anyhow::{Context as _, ensure};
+use tokio::sync::OnceCell;
 
-use super::driver::{DriverToolchain, version_of};
+use super::driver::{CodeCache, DriverToolchain, find_program, version_of};
+use crate::config::ToolchainConfig;
+use crate::digest::Digest;
 use crate::language::Language;
 
-pub async fn detect(toolchains_dir: &Path) -> anyhow::Result<DriverToolchain> {
-    let dir = toolchains_dir.join("js");
+/// What the trusted warm-up build compiles: any source fills wizer's cache
+/// with the engine every build shares.
+const WARM_UP_SOURCE: &str = "export default function (event) { return event.params; }\n";
+
+pub async fn detect(config: &ToolchainConfig) -> anyhow::Result<DriverToolchain> {
+    let dir = config.toolchains_dir.join("js");
     let package = dir.join("node_modules/@bytecodealliance/componentize-js/package.json");
     ensure!(
         package.exists(),
         "componentize-js is not installed in {} (run `just setup`)",
         dir.display()
     );
-    let node = PathBuf::from("node");
+    let node = find_program("node").context("node is not installed")?;
     let node_version = version_of(&node, &["--version"])
         .await
-        .context("node is not installed")?;
+        .context("node does not run")?;
     let fingerprint = DriverToolchain::fingerprint_of(
         &[&format!("node {node_version}")],
         &[
@@ -31,13 +36,24 @@ pub async fn detect(toolchains_dir: &Path) -> anyhow::Result<DriverToolchain> {
             dir.join("glue.js"),
         ],
     )?;
+    let cache = config.cache_dir.join(format!(
+        "nodejs-{}",
+        Digest::of(fingerprint.as_bytes()).short()
+    ));
     Ok(DriverToolchain {
         language: Language::Nodejs,
-        program: node,
         script: dir.join("build.mjs"),
+        read_only: vec![dir, node.clone()],
+        program: node,
         source_name: "source.js",
         fingerprint,
-        // A build pre-initialises SpiderMonkey and takes a core for ~10 s.
+        // A build pre-initialises SpiderMonkey and takes a core for ~5 s.
         max_parallel_builds: 1,
+        empty_virtual_env: false,
+        code_cache: Some(CodeCache {
+            dir: cache,
+            warm_up_source: WARM_UP_SOURCE,
+            ready: OnceCell::new(),
+        }),
     })
 }

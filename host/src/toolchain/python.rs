@@ -4,7 +4,7 @@
 //! `toolchains/python/build.py`. It accepts a module defining
 //! `handler(event)`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, ensure};
 
@@ -22,6 +22,13 @@ pub async fn detect(toolchains_dir: &Path) -> anyhow::Result<DriverToolchain> {
     let componentize = version_of(&dir.join(".venv/bin/componentize-py"), &["--version"])
         .await
         .context("componentize-py is not installed (run `just setup`)")?;
+    // The venv's interpreter is a link into a Python installation (pyenv's,
+    // or the system's): builds read its standard library and run it.
+    let base_prefix = PathBuf::from(
+        version_of(&python, &["-c", "import sys; print(sys.base_prefix)"])
+            .await
+            .context("the Python toolchain's interpreter does not run")?,
+    );
     let fingerprint = DriverToolchain::fingerprint_of(
         &[&componentize],
         &[
@@ -36,7 +43,10 @@ pub async fn detect(toolchains_dir: &Path) -> anyhow::Result<DriverToolchain> {
         script: dir.join("build.py"),
         source_name: "source.py",
         fingerprint,
-        // A build pre-initialises CPython and takes a core for ~10 s.
+        read_only: vec![dir, base_prefix],
+        // A build pre-initialises CPython and takes a core for ~5 s.
         max_parallel_builds: 1,
+        empty_virtual_env: true,
+        code_cache: None,
     })
 }

@@ -1,26 +1,41 @@
-//! The Rust toolchain: cargo, for `wasm32-wasip2`, with wit-bindgen glue.
+//! The Rust toolchain: rustc for `wasm32-wasip2`, with wit-bindgen glue.
 //!
 //! A user's source is one file holding
 //! `pub fn handler(event: serde_json::Value) -> Result<serde_json::Value, String>`.
-//! It is checked by [`guard`] (building Rust is running code: macros read
-//! files and environment variables at compile time), then dropped as
-//! `src/handler.rs` into a copy of `toolchains/rust/template` in an empty
-//! directory, and built there with a cleared environment. The template's
-//! lockfile pins every dependency; all builds share one cargo target
-//! directory, so serde and wit-bindgen are compiled once, not per function.
+//! It is checked by [`guard`], then compiled as `src/handler.rs` of the
+//! crate in `toolchains/rust/template`.
+//!
+//! Two kinds of run, both in the sandbox:
+//!
+//! - **Preparation** (once per toolchain fingerprint and profile, trusted):
+//!   cargo builds the template with a stub handler into
+//!   `rust_target_dir`, which compiles the dependencies every function
+//!   shares (serde, serde_json, wit-bindgen and their proc macros), and
+//!   the host records where cargo put them. The crates were fetched outside
+//!   the sandbox first (`cargo fetch --locked`, the lockfile pins them).
+//! - **A user's build**: one `rustc` over the user's crate, linking the
+//!   prepared dependencies, which it can read but not write, with its
+//!   output in its own scratch directory. No cargo, no shared target
+//!   directory: one build cannot touch what another build uses, and two
+//!   builds run side by side.
 
 pub mod guard;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
-use anyhow::{Context as _, bail};
-use serde::Deserialize;
+use anyhow::{Context as _, anyhow, bail, ensure};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
 
-use super::{BuildError, BuildOptions, CompileError, Diagnostic, OptimizationLevel, Toolchain};
+use super::driver::{Scrubber, path_arg, tail};
+use super::output::COMPONENT;
+use super::{
+    BuildError, BuildJob, CompileError, Diagnostic, OptimizationLevel, Toolchain, finished,
+};
 use crate::config::ToolchainConfig;
 use crate::digest::Digest;
 use crate::language::Language;
+use crate::sandbox::{self, Limits, Sandbox};
 
 /// The template crate, compiled into the host so the host needs nothing
 /// from the repository at run time to build a Rust function.
@@ -41,41 +56,248 @@ const TEMPLATE: &[(&str, &str)] = &[
 ];
 /// Where the user's source goes in the template.
 const HANDLER_PATH: &str = "src/handler.rs";
-/// The template's package name. Each build renames it to a name of its own
-/// (see [`write_crate`]): builds share one target directory, and cargo
-/// writes the finished `.wasm` under the package's name, so two builds of
-/// the same name (from two processes) would overwrite each other's output.
+/// The glue around it: ours, so its errors may be shown too.
+const GLUE_PATH: &str = "src/lib.rs";
 const CRATE_NAME: &str = "lambda_function";
 const TARGET: &str = "wasm32-wasip2";
+/// The handler the preparation run compiles.
+const STUB_HANDLER: &str = "use serde_json::Value;\n\
+    pub fn handler(event: Value) -> Result<Value, String> { Ok(event) }\n";
+/// Changes whenever the rustc command line below changes, so builds made
+/// with other flags are not reused.
+const COMMAND_VERSION: &str = "rustc-direct-1";
 
 pub struct RustToolchain {
+    /// `<sysroot>/bin/rustc`: the compiler itself, not rustup's proxy, so a
+    /// build needs nothing of rustup's state.
+    rustc: PathBuf,
+    /// `<sysroot>/bin/cargo`, for preparation runs.
+    cargo: PathBuf,
+    /// The toolchain's installation: read-only to every build.
+    sysroot: PathBuf,
+    /// Where the prepared dependencies live; read-only to user builds.
     target_dir: PathBuf,
-    /// The only variables a build sees: what cargo and rustup need to find
-    /// the toolchain, nothing of the host's own environment.
-    env: Vec<(String, String)>,
+    /// Cargo's home: its registry holds the fetched crates.
+    cargo_home: PathBuf,
     fingerprint: String,
+    guard: bool,
+    release: OnceCell<Dependencies>,
+    debug: OnceCell<Dependencies>,
+}
+
+/// What a user's rustc needs of the prepared dependencies.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Dependencies {
+    /// `--extern name=path` for each dependency of the template.
+    externs: Vec<(String, PathBuf)>,
+    /// `-L` arguments: the dependency directories and native libraries.
+    search_paths: Vec<String>,
 }
 
 impl RustToolchain {
-    /// Finds cargo and rustc and checks the `wasm32-wasip2` target.
+    /// Finds rustc and cargo and checks the `wasm32-wasip2` target. These
+    /// runs are ours (version queries), outside the sandbox.
     pub async fn detect(config: &ToolchainConfig) -> anyhow::Result<Self> {
-        let env = build_environment(&config.rust_target_dir);
+        let env = host_environment();
         let version = run_with(&env, "rustc", &["-vV"]).await?;
-        let sysroot = run_with(&env, "rustc", &["--print", "sysroot"]).await?;
-        let target_lib = Path::new(sysroot.trim()).join("lib/rustlib").join(TARGET);
+        let sysroot = PathBuf::from(
+            run_with(&env, "rustc", &["--print", "sysroot"])
+                .await?
+                .trim(),
+        );
+        let target_lib = sysroot.join("lib/rustlib").join(TARGET);
         if !target_lib.exists() {
             bail!("the {TARGET} target is not installed (rustup target add {TARGET})");
         }
+        let rustc = sysroot.join("bin/rustc");
+        let cargo = sysroot.join("bin/cargo");
+        ensure!(
+            rustc.exists() && cargo.exists(),
+            "rustc or cargo is missing from {}",
+            sysroot.display()
+        );
         let template = Digest::of_fields(
             TEMPLATE
                 .iter()
                 .flat_map(|(p, c)| [p.as_bytes(), c.as_bytes()]),
         );
         Ok(Self {
+            rustc,
+            cargo,
+            sysroot,
             target_dir: config.rust_target_dir.clone(),
-            env,
-            fingerprint: format!("{}\ntemplate {template}", version.trim()),
+            cargo_home: cargo_home(),
+            fingerprint: format!("{}\ntemplate {template}\n{COMMAND_VERSION}", version.trim()),
+            guard: config.rust_source_guard,
+            release: OnceCell::new(),
+            debug: OnceCell::new(),
         })
+    }
+
+    /// The prepared dependencies of a profile: from this process's memory,
+    /// from the manifest an earlier run wrote, or built now.
+    async fn dependencies(
+        &self,
+        profile: Profile,
+        job: &BuildJob<'_>,
+    ) -> Result<&Dependencies, BuildError> {
+        let cell = match profile {
+            Profile::Release => &self.release,
+            Profile::Debug => &self.debug,
+        };
+        cell.get_or_try_init(|| self.prepare(profile, job)).await
+    }
+
+    fn manifest_path(&self, profile: Profile) -> PathBuf {
+        let key = Digest::of(self.fingerprint.as_bytes()).short();
+        self.target_dir
+            .join("lambda-dependencies")
+            .join(format!("{}-{key}.json", profile.dir()))
+    }
+
+    async fn prepare(
+        &self,
+        profile: Profile,
+        job: &BuildJob<'_>,
+    ) -> Result<Dependencies, BuildError> {
+        let manifest = self.manifest_path(profile);
+        if let Some(dependencies) = read_manifest(&manifest) {
+            return Ok(dependencies);
+        }
+        let dir = manifest
+            .parent()
+            .expect("the manifest has a directory")
+            .to_owned();
+        std::fs::create_dir_all(&dir).context("creating the dependency directory")?;
+        // Processes sharing the target directory prepare it once.
+        let lock_path = manifest.with_extension("lock");
+        let _lock = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::create(&lock_path)?;
+            file.lock()?;
+            std::io::Result::Ok(file)
+        })
+        .await
+        .map_err(|e| BuildError::Internal(e.into()))?
+        .context("locking the Rust dependencies")?;
+        if let Some(dependencies) = read_manifest(&manifest) {
+            return Ok(dependencies);
+        }
+
+        let started = std::time::Instant::now();
+        let scratch = tempfile::Builder::new()
+            .prefix("rust-prepare-")
+            .tempdir_in(job.work_root)
+            .context("creating a scratch directory")?;
+        write_crate(scratch.path(), STUB_HANDLER).context("writing the template")?;
+        self.fetch(scratch.path()).await?;
+        let dependencies = self
+            .build_dependencies(profile, scratch.path(), job.sandbox, job.limits)
+            .await?;
+        let text = serde_json::to_vec_pretty(&dependencies).map_err(anyhow::Error::from)?;
+        let mut file = tempfile::NamedTempFile::new_in(&dir).context("writing the manifest")?;
+        std::io::Write::write_all(&mut file, &text).context("writing the manifest")?;
+        file.persist(&manifest).context("writing the manifest")?;
+        tracing::info!(
+            profile = profile.dir(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "prepared the dependencies of Rust functions"
+        );
+        Ok(dependencies)
+    }
+
+    /// Downloads the template's crates into cargo's registry: the one step
+    /// that needs the network, of pinned crates only, and runs nothing.
+    async fn fetch(&self, crate_dir: &Path) -> Result<(), BuildError> {
+        let output = tokio::process::Command::new(&self.cargo)
+            .args(["fetch", "--locked"])
+            .current_dir(crate_dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CARGO_HOME", &self.cargo_home)
+            .env("RUSTC", &self.rustc)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .context("running cargo fetch")?;
+        if !output.status.success() {
+            return Err(anyhow!(
+                "cargo fetch failed: {}",
+                tail(&String::from_utf8_lossy(&output.stderr), 20)
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Builds the template with cargo, confined like any build but for
+    /// what it may write: the target directory and cargo's registry (where
+    /// it unpacks the crates). Its build scripts and proc macros are pinned
+    /// crates, yet they run confined too.
+    async fn build_dependencies(
+        &self,
+        profile: Profile,
+        crate_dir: &Path,
+        sandbox: &Sandbox,
+        limits: Limits,
+    ) -> Result<Dependencies, BuildError> {
+        std::fs::create_dir_all(&self.target_dir).context("creating the target directory")?;
+        let registry = self.cargo_home.join("registry");
+        std::fs::create_dir_all(&registry).context("creating cargo's registry")?;
+        // Cargo's lock files must exist to be granted.
+        let locks = [".package-cache", ".package-cache-mutate"].map(|n| self.cargo_home.join(n));
+        for lock in &locks {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(lock)
+                .with_context(|| format!("creating {}", lock.display()))?;
+        }
+        let mut job = sandbox.job(self.cargo.clone(), crate_dir, limits);
+        job.args = [
+            "build",
+            "--locked",
+            "--offline",
+            "--message-format=json",
+            "--target",
+            TARGET,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if profile == Profile::Release {
+            job.args.push("--release".to_owned());
+        }
+        job.env = vec![
+            (
+                "PATH".to_owned(),
+                format!("{}:/usr/bin:/bin", path_arg(&self.sysroot.join("bin"))?),
+            ),
+            ("CARGO_HOME".to_owned(), path_arg(&self.cargo_home)?),
+            ("CARGO_TARGET_DIR".to_owned(), path_arg(&self.target_dir)?),
+            ("RUSTC".to_owned(), path_arg(&self.rustc)?),
+            ("CARGO_TERM_COLOR".to_owned(), "never".to_owned()),
+            ("HOME".to_owned(), path_arg(crate_dir)?),
+            ("TMPDIR".to_owned(), path_arg(crate_dir)?),
+        ];
+        job.read_only = sandbox::system_paths();
+        job.read_only.push(self.sysroot.clone());
+        let config = self.cargo_home.join("config.toml");
+        if config.exists() {
+            job.read_only.push(config);
+        }
+        job.read_write = vec![self.target_dir.clone(), registry];
+        job.read_write.extend(locks);
+        // Cargo reports every artifact on stdout: keep all of it.
+        job.capture_bytes = 8 << 20;
+        let report = finished(sandbox.run(&job).await?, &limits)?;
+        if report.exit_code != Some(0) {
+            return Err(anyhow!(
+                "building the dependencies of Rust functions failed: {}",
+                tail(&report.stderr, 30)
+            )
+            .into());
+        }
+        dependencies_from(&report.stdout)
     }
 }
 
@@ -89,90 +311,236 @@ impl Toolchain for RustToolchain {
         &self.fingerprint
     }
 
-    /// Cargo locks its target directory for the length of a build, so
-    /// builds sharing one run one at a time anyway; one permit keeps the
-    /// queue in our hands (timeouts, cancellation) instead of cargo's.
+    /// Each build is one rustc writing only its scratch directory, so
+    /// builds need not queue behind each other; two keep a small machine
+    /// responsive.
     fn max_parallel_builds(&self) -> usize {
-        1
+        2
     }
 
-    async fn build(
-        &self,
-        source: &str,
-        options: &BuildOptions,
-        workdir: &Path,
-    ) -> Result<Vec<u8>, BuildError> {
-        guard::check(source)?;
-        let crate_name = format!("{CRATE_NAME}_{}", uuid::Uuid::new_v4().simple());
-        write_crate(workdir, &crate_name, source).context("writing the build directory")?;
-
-        let profile = match options.optimization_level {
-            OptimizationLevel::Release => "release",
-            OptimizationLevel::Debug => "debug",
-        };
-        let mut cargo = tokio::process::Command::new("cargo");
-        cargo
-            .args([
-                "build",
-                "--locked",
-                "--message-format=json",
-                "--target",
-                TARGET,
-            ])
-            .current_dir(workdir)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // A timed-out build is dropped: the compiler goes with it.
-            .kill_on_drop(true);
-        if profile == "release" {
-            cargo.arg("--release");
+    async fn build(&self, job: BuildJob<'_>) -> Result<(), BuildError> {
+        if self.guard {
+            guard::check(job.source)?;
         }
-        let output = cargo.output().await;
-        let profile_dir = self.target_dir.join(TARGET).join(profile);
-        let component = match output {
-            Ok(output) if output.status.success() => {
-                let wasm = profile_dir.join(format!("{crate_name}.wasm"));
-                tokio::fs::read(&wasm)
-                    .await
-                    .with_context(|| format!("reading the built component {}", wasm.display()))
-                    .map_err(BuildError::from)
-            }
-            Ok(output) => Err(compile_error(&output.stdout, &output.stderr, workdir).into()),
-            Err(e) => Err(anyhow::Error::from(e).context("running cargo").into()),
+        let profile = match job.options.optimization_level {
+            OptimizationLevel::Release => Profile::Release,
+            OptimizationLevel::Debug => Profile::Debug,
         };
-        remove_outputs(&profile_dir, &crate_name);
-        component
+        let dependencies = self.dependencies(profile, &job).await?;
+        let workdir = job.workdir;
+        write_crate(workdir, job.source).context("writing the build directory")?;
+        let tmp = workdir.join("tmp");
+        std::fs::create_dir_all(&tmp).context("preparing the build directory")?;
+
+        let mut run = job.sandbox.job(self.rustc.clone(), workdir, job.limits);
+        run.args = rustc_args(profile, dependencies);
+        run.env = vec![
+            ("PATH".to_owned(), "/usr/bin:/bin".to_owned()),
+            ("TMPDIR".to_owned(), path_arg(&tmp)?),
+            // wit-bindgen resolves the glue's `path: "wit"` against it.
+            ("CARGO_MANIFEST_DIR".to_owned(), path_arg(workdir)?),
+            ("CARGO_PKG_NAME".to_owned(), CRATE_NAME.to_owned()),
+            ("CARGO_CRATE_NAME".to_owned(), CRATE_NAME.to_owned()),
+        ];
+        run.read_only = sandbox::system_paths();
+        run.read_only
+            .extend([self.sysroot.clone(), self.target_dir.clone()]);
+        // Every diagnostic, for the ones in the user's file.
+        run.capture_bytes = 1 << 20;
+        let report = finished(job.sandbox.run(&run).await?, &job.limits)?;
+        if report.exit_code == Some(0) {
+            return Ok(());
+        }
+        let scrub = Scrubber::new(
+            workdir,
+            &[
+                self.sysroot.clone(),
+                self.target_dir.clone(),
+                self.cargo_home.clone(),
+            ],
+            &self.target_dir,
+        );
+        Err(compile_error(&report.stderr, &scrub).into())
     }
 }
 
-/// The environment of every cargo and rustc run: the host's `PATH` (to find
-/// them and the linker), where rustup and cargo keep their state, and the
-/// shared target directory. Everything else is cleared.
-fn build_environment(target_dir: &Path) -> Vec<(String, String)> {
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".to_owned());
-    let mut env = vec![
-        ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),
-        (
-            "CARGO_HOME".to_owned(),
-            std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{home}/.cargo")),
-        ),
-        (
-            "RUSTUP_HOME".to_owned(),
-            std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{home}/.rustup")),
-        ),
-        (
-            "CARGO_TARGET_DIR".to_owned(),
-            target_dir.display().to_string(),
-        ),
-        ("CARGO_TERM_COLOR".to_owned(), "never".to_owned()),
-    ];
-    if let Ok(toolchain) = std::env::var("RUSTUP_TOOLCHAIN") {
-        env.push(("RUSTUP_TOOLCHAIN".to_owned(), toolchain));
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Profile {
+    Release,
+    Debug,
+}
+
+impl Profile {
+    /// Cargo's directory name for the profile.
+    fn dir(self) -> &'static str {
+        match self {
+            Profile::Release => "release",
+            Profile::Debug => "debug",
+        }
+    }
+}
+
+/// The rustc command line cargo would run for the template's crate (its
+/// `[profile.release]`, or the default dev profile), writing
+/// `component.wasm` into the working directory.
+fn rustc_args(profile: Profile, dependencies: &Dependencies) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--crate-name",
+        CRATE_NAME,
+        "--edition=2024",
+        GLUE_PATH,
+        "--crate-type",
+        "cdylib",
+        "--emit=link",
+        "--error-format=json",
+        "--target",
+        TARGET,
+        "-C",
+        "embed-bitcode=no",
+        "-C",
+        "metadata=lambda",
+        "-o",
+        COMPONENT,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let flags: &[&str] = match profile {
+        Profile::Release => &[
+            "-C",
+            "opt-level=s",
+            "-C",
+            "codegen-units=16",
+            "-C",
+            "strip=debuginfo",
+        ],
+        Profile::Debug => &["-C", "debuginfo=2"],
+    };
+    args.extend(flags.iter().map(|f| (*f).to_owned()));
+    for path in &dependencies.search_paths {
+        args.push("-L".to_owned());
+        args.push(path.clone());
+    }
+    for (name, path) in &dependencies.externs {
+        args.push("--extern".to_owned());
+        args.push(format!("{name}={}", path.display()));
+    }
+    args
+}
+
+/// Reads cargo's `--message-format=json` output of the preparation run:
+/// the library each dependency of the template compiled to (for the wasm
+/// target), and the directories rustc must search.
+fn dependencies_from(stdout: &str) -> Result<Dependencies, BuildError> {
+    #[derive(Deserialize)]
+    struct Message {
+        reason: String,
+        #[serde(default)]
+        target: Option<Target>,
+        #[serde(default)]
+        filenames: Vec<PathBuf>,
+        #[serde(default)]
+        linked_paths: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    struct Target {
+        name: String,
+        kind: Vec<String>,
+    }
+    let wanted = direct_dependencies()?;
+    let mut externs = Vec::new();
+    let mut search_paths = Vec::new();
+    let mut dependency_dirs = Vec::new();
+    for line in stdout.lines() {
+        let Ok(message) = serde_json::from_str::<Message>(line) else {
+            continue;
+        };
+        match message.reason.as_str() {
+            "compiler-artifact" => {
+                let Some(target) = message.target else {
+                    continue;
+                };
+                let is_library = target.kind.iter().any(|k| k == "lib" || k == "proc-macro");
+                for file in &message.filenames {
+                    if let Some(dir) = file.parent()
+                        && is_library
+                        && !dependency_dirs.contains(&dir.to_owned())
+                    {
+                        dependency_dirs.push(dir.to_owned());
+                    }
+                }
+                // The same crate may also be built for the host (for a proc
+                // macro); the function links the one built for its target.
+                let for_target = |f: &&PathBuf| {
+                    f.extension().is_some_and(|e| e == "rlib")
+                        && f.components().any(|c| c.as_os_str() == TARGET)
+                };
+                if wanted.contains(&target.name)
+                    && let Some(rlib) = message.filenames.iter().find(for_target)
+                    && !externs.iter().any(|(n, _)| *n == target.name)
+                {
+                    externs.push((target.name, rlib.clone()));
+                }
+            }
+            "build-script-executed" => search_paths.extend(message.linked_paths),
+            _ => {}
+        }
+    }
+    for name in &wanted {
+        if !externs.iter().any(|(n, _)| n == name) {
+            return Err(anyhow!("cargo did not report the dependency {name}").into());
+        }
+    }
+    let mut all = dependency_dirs
+        .iter()
+        .map(|dir| format!("dependency={}", dir.display()))
+        .collect::<Vec<_>>();
+    all.extend(search_paths);
+    Ok(Dependencies {
+        externs,
+        search_paths: all,
+    })
+}
+
+/// The crate names the template depends on, from its manifest.
+fn direct_dependencies() -> Result<Vec<String>, BuildError> {
+    let manifest: toml::Table =
+        toml::from_str(TEMPLATE[0].1).context("the template's Cargo.toml")?;
+    let dependencies = manifest
+        .get("dependencies")
+        .and_then(toml::Value::as_table)
+        .ok_or_else(|| anyhow!("the template has no [dependencies]"))?;
+    Ok(dependencies.keys().map(|k| k.replace('-', "_")).collect())
+}
+
+fn read_manifest(path: &Path) -> Option<Dependencies> {
+    let text = std::fs::read(path).ok()?;
+    let dependencies: Dependencies = serde_json::from_slice(&text).ok()?;
+    dependencies
+        .externs
+        .iter()
+        .all(|(_, path)| path.exists())
+        .then_some(dependencies)
+}
+
+/// The environment of our own rustc queries: what rustup needs to find the
+/// toolchain.
+fn host_environment() -> Vec<(String, String)> {
+    let mut env = vec![("PATH".to_owned(), std::env::var("PATH").unwrap_or_default())];
+    for name in ["CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "HOME"] {
+        if let Ok(value) = std::env::var(name) {
+            env.push((name.to_owned(), value));
+        }
     }
     env
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+            PathBuf::from(home).join(".cargo")
+        })
 }
 
 async fn run_with(
@@ -184,7 +552,7 @@ async fn run_with(
         .args(args)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .stdin(std::process::Stdio::null())
         .output()
         .await
         .with_context(|| format!("cannot run {program}"))?;
@@ -198,17 +566,9 @@ async fn run_with(
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Writes the template, renamed to `crate_name`, with the user's source.
-fn write_crate(dir: &Path, crate_name: &str, source: &str) -> std::io::Result<()> {
-    let package_name = format!("name = \"{CRATE_NAME}\"");
-    let renamed = format!("name = \"{crate_name}\"");
+/// Writes the template with the user's source.
+fn write_crate(dir: &Path, source: &str) -> std::io::Result<()> {
     for (path, contents) in TEMPLATE.iter().copied().chain([(HANDLER_PATH, source)]) {
-        let contents = match path {
-            // The manifest and the lockfile's root entry must agree, or
-            // `--locked` refuses the build.
-            "Cargo.toml" | "Cargo.lock" => contents.replace(&package_name, &renamed),
-            _ => contents.to_owned(),
-        };
         let path = dir.join(path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
@@ -218,46 +578,22 @@ fn write_crate(dir: &Path, crate_name: &str, source: &str) -> std::io::Result<()
     Ok(())
 }
 
-/// Removes what one build left in the shared target directory, so the
-/// directory holds the shared dependencies and not one copy per function.
-fn remove_outputs(profile_dir: &Path, crate_name: &str) {
-    let prefixes = [format!("{crate_name}-"), format!("{crate_name}.")];
-    for file in [format!("{crate_name}.wasm"), format!("{crate_name}.d")] {
-        let _ = std::fs::remove_file(profile_dir.join(file));
-    }
-    for dir in ["deps", ".fingerprint"] {
-        let Ok(entries) = std::fs::read_dir(profile_dir.join(dir)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
-                let path = entry.path();
-                let _ = if path.is_dir() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
-            }
-        }
-    }
-}
-
-/// One line of cargo's `--message-format=json` output (the parts we read).
-#[derive(Deserialize)]
-struct CargoMessage {
-    reason: String,
-    message: Option<RustcDiagnostic>,
-}
-
+/// One diagnostic of `rustc --error-format=json` (the parts we read).
 #[derive(Deserialize)]
 struct RustcDiagnostic {
     message: String,
     level: String,
     #[serde(default)]
+    code: Option<RustcCode>,
+    #[serde(default)]
     spans: Vec<RustcSpan>,
-    rendered: Option<String>,
+    #[serde(default)]
+    children: Vec<RustcDiagnostic>,
+}
+
+#[derive(Deserialize)]
+struct RustcCode {
+    code: String,
 }
 
 #[derive(Deserialize)]
@@ -265,53 +601,128 @@ struct RustcSpan {
     file_name: String,
     line_start: u32,
     column_start: u32,
+    column_end: u32,
     is_primary: bool,
+    #[serde(default)]
+    label: Option<String>,
+    #[serde(default)]
+    text: Vec<RustcSpanText>,
 }
 
-/// Turns rustc's errors into diagnostics that point into the user's file.
-fn compile_error(stdout: &[u8], stderr: &[u8], workdir: &Path) -> CompileError {
+#[derive(Deserialize)]
+struct RustcSpanText {
+    text: String,
+}
+
+/// Whether a span lies in the function's own files, which the user may see
+/// quoted: their source and our glue. Anything else (a dependency's source,
+/// a file a smuggled attribute named, a path of the sysroot) is not shown.
+fn is_own_file(file_name: &str) -> bool {
+    file_name == HANDLER_PATH || file_name == GLUE_PATH
+}
+
+/// Turns rustc's errors into diagnostics about the user's file. An error
+/// is shown only when its primary span lies in the function's own files;
+/// its notes only when they do too. rustc's own renderings are not passed
+/// on: they quote every file a span touches.
+fn compile_error(stderr: &str, scrub: &Scrubber) -> CompileError {
     let mut diagnostics = Vec::new();
     let mut rendered = Vec::new();
-    for line in String::from_utf8_lossy(stdout).lines() {
-        let Ok(CargoMessage {
-            reason,
-            message: Some(diagnostic),
-        }) = serde_json::from_str::<CargoMessage>(line)
-        else {
+    let mut hidden = 0;
+    for line in stderr.lines() {
+        let Ok(diagnostic) = serde_json::from_str::<RustcDiagnostic>(line) else {
             continue;
         };
-        if reason != "compiler-message" || !diagnostic.level.starts_with("error") {
+        if !diagnostic.level.starts_with("error")
+            || diagnostic.message.starts_with("aborting due to")
+        {
             continue;
         }
-        // Errors in the glue still come from the user's code (a wrong
-        // handler signature shows up at the call site); point into the
-        // user's file where rustc does.
-        let span = diagnostic
+        let Some(primary) = diagnostic
             .spans
             .iter()
-            .find(|s| s.is_primary && s.file_name == HANDLER_PATH);
-        if let Some(text) = &diagnostic.rendered {
-            rendered.push(text.trim_end().to_owned());
-        }
+            .find(|s| s.is_primary && is_own_file(&s.file_name))
+        else {
+            hidden += 1;
+            continue;
+        };
+        // rustc could not read a file the source named: say so without
+        // the path or the reason, which would tell whether it exists.
+        let message = if diagnostic.message.starts_with("couldn't read") {
+            "the source names a file outside itself, which a build cannot read".to_owned()
+        } else {
+            scrub.scrub(&diagnostic.message)
+        };
+        let in_handler = primary.file_name == HANDLER_PATH;
+        rendered.push(render(&diagnostic, &message, scrub));
         diagnostics.push(Diagnostic {
-            message: diagnostic.message,
-            line: span.map(|s| s.line_start),
-            column: span.map(|s| s.column_start),
+            message,
+            line: in_handler.then_some(primary.line_start),
+            column: in_handler.then_some(primary.column_start),
         });
     }
-    let mut message = if rendered.is_empty() {
-        // Not a rustc error (a resolver or linker failure): cargo's stderr
-        // is all there is.
-        let stderr = String::from_utf8_lossy(stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    } else {
-        rendered.join("\n\n")
-    };
-    // The build directory's path says nothing to the user.
-    message = message.replace(&format!("{}/", workdir.display()), "");
+    let mut message = rendered.join("\n\n");
+    if hidden > 0 {
+        if !message.is_empty() {
+            message.push_str("\n\n");
+        }
+        message.push_str(&format!(
+            "({hidden} error(s) located outside the function's source are not shown)"
+        ));
+    }
+    if message.is_empty() {
+        // Not a diagnostic at all (a crash, a linker failure): the tail of
+        // what rustc said, scrubbed of this machine's paths.
+        message = scrub.scrub(&tail(stderr, 20));
+    }
     CompileError {
         message: format!("the Rust source does not compile:\n{message}"),
         diagnostics,
     }
+}
+
+/// Renders one diagnostic as rustc would, quoting only the lines of the
+/// function's own files.
+fn render(diagnostic: &RustcDiagnostic, message: &str, scrub: &Scrubber) -> String {
+    let code = diagnostic
+        .code
+        .as_ref()
+        .map(|c| format!("[{}]", c.code))
+        .unwrap_or_default();
+    let mut out = format!("{}{code}: {message}", diagnostic.level);
+    for span in diagnostic
+        .spans
+        .iter()
+        .filter(|s| is_own_file(&s.file_name))
+    {
+        out.push_str(&format!(
+            "\n  --> {}:{}:{}",
+            span.file_name, span.line_start, span.column_start
+        ));
+        if let Some(text) = span.text.first() {
+            let width = span.line_start.to_string().len();
+            let start = span.column_start.saturating_sub(1) as usize;
+            let carets = span.column_end.saturating_sub(span.column_start).max(1) as usize;
+            out.push_str(&format!(
+                "\n{:width$} |\n{} | {}\n{:width$} | {}{} {}",
+                "",
+                span.line_start,
+                text.text,
+                "",
+                " ".repeat(start),
+                if span.is_primary { "^" } else { "-" }.repeat(carets),
+                scrub.scrub(span.label.as_deref().unwrap_or_default()),
+            ));
+        }
+    }
+    for child in &diagnostic.children {
+        if child.spans.iter().all(|s| is_own_file(&s.file_name)) {
+            out.push_str(&format!(
+                "\n  = {}: {}",
+                child.level,
+                scrub.scrub(&child.message)
+            ));
+        }
+    }
+    out
 }
