@@ -16,6 +16,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::language::Language;
 
+/// The host's secret: the configured one, or the data directory's,
+/// generated on first use. Tokens are signed with it, and the integrity
+/// key of stored artifacts is derived from it.
+pub fn host_secret(configured: Option<&str>, data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    if let Some(secret) = configured {
+        return Ok(secret.as_bytes().to_vec());
+    }
+    let path = data_dir.join(SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(secret) => Ok(secret.trim().as_bytes().to_vec()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            let secret = hex::encode(bytes);
+            write_private(&path, &secret)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(secret.into_bytes())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
 /// Shortest secret accepted: HS256 wants at least its 256-bit output size.
 const MIN_SECRET_BYTES: usize = 32;
 const SECRET_FILE: &str = "jwt-secret";
@@ -48,22 +70,7 @@ impl JwtKeys {
     /// The configured secret, or the data directory's, generated on first
     /// use.
     pub fn load(configured: Option<&str>, data_dir: &Path) -> anyhow::Result<Self> {
-        if let Some(secret) = configured {
-            return Self::from_secret(secret.as_bytes());
-        }
-        let path = data_dir.join(SECRET_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(secret) => Self::from_secret(secret.trim().as_bytes()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut bytes = [0u8; 32];
-                rand::rng().fill_bytes(&mut bytes);
-                let secret = hex::encode(bytes);
-                write_private(&path, &secret)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-                Self::from_secret(secret.as_bytes())
-            }
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
+        Self::from_secret(&host_secret(configured, data_dir)?)
     }
 
     /// Signs a token for `sub` with these scopes, valid for `ttl`.

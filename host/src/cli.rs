@@ -234,7 +234,6 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             settings.server.log_queue_capacity = log_queue_capacity;
             let server = &mut settings.server;
             server.listen = listen;
-            server.jwt_secret = std::env::var("LAMBDA_JWT_SECRET").ok().map(Secret::new);
             server.cors_origins = cors_origins;
             server.rate_limits.execute_per_subject = rate_limit_execute;
             server.rate_limits.execute_per_anonymous_ip = rate_limit_execute_anonymous;
@@ -350,7 +349,9 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     }
     settings.toolchain.toolchains_dir = args.toolchains_dir.clone();
     // Secrets (URLs carry passwords) come from the environment only, never
-    // from flags that show in `ps`.
+    // from flags that show in `ps`. The JWT secret is read by every
+    // command: what a build stores is sealed with a key derived from it.
+    settings.server.jwt_secret = std::env::var("LAMBDA_JWT_SECRET").ok().map(Secret::new);
     settings.stores.redis_url = std::env::var("LAMBDA_REDIS_URL")
         .ok()
         .filter(|u| !u.is_empty())

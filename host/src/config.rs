@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 
+use crate::integrity::IntegrityKey;
 use crate::sandbox::{Isolation, Limits};
 
 /// Settings of the whole host.
@@ -89,6 +90,16 @@ impl Settings {
             *path = std::path::absolute(&*path)
                 .with_context(|| format!("cannot resolve {}", path.display()))?;
         }
+        // What the host stores is sealed with a key of its secret, which
+        // replicas share: an artifact or native code is used only if a
+        // host holding the secret wrote it.
+        let secret = crate::auth::host_secret(
+            self.server.jwt_secret.as_ref().map(Secret::expose),
+            &self.data_dir,
+        )?;
+        let key = IntegrityKey::derive(&secret);
+        self.runtime.integrity_key = key.clone();
+        self.toolchain.integrity_key = key;
         Ok(())
     }
 }
@@ -123,6 +134,9 @@ pub struct RuntimeConfig {
     /// Where compiled components are serialized ahead of time, keyed by
     /// component digest and engine fingerprint. `None` turns the AOT cache off.
     pub aot_cache_dir: Option<PathBuf>,
+    /// Seals the AOT cache's entries: native code is loaded only if this
+    /// host (or a replica with the same secret) wrote it.
+    pub integrity_key: IntegrityKey,
 }
 
 impl RuntimeConfig {
@@ -137,6 +151,7 @@ impl RuntimeConfig {
             output_limit_bytes: 64 << 10,
             loaded_components_max_bytes: 1 << 30,
             aot_cache_dir: Some(data_dir.join("aot")),
+            integrity_key: IntegrityKey::default(),
         }
     }
 
@@ -344,6 +359,8 @@ pub struct ToolchainConfig {
     pub rust_source_guard: bool,
     /// The largest source accepted, in bytes.
     pub max_source_bytes: usize,
+    /// Seals built components in the artifact stores.
+    pub integrity_key: IntegrityKey,
 }
 
 impl ToolchainConfig {
@@ -365,6 +382,7 @@ impl ToolchainConfig {
                 .unwrap_or_else(|_| PathBuf::from("lambda-host")),
             rust_source_guard: true,
             max_source_bytes: 1 << 20,
+            integrity_key: IntegrityKey::default(),
         }
     }
 

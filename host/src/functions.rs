@@ -220,10 +220,13 @@ impl Functions {
         Ok(record)
     }
 
-    /// The loaded component of a function version: from memory, or from
-    /// the artifact store (and the AOT cache) on first use.
+    /// The loaded component of a function version: from memory, from the
+    /// artifact store (and the AOT cache) on first use, or, when the store
+    /// has no sound copy (missing, or refused for its seal), built again
+    /// from the function's registered source.
     pub async fn load(
         &self,
+        language_title: &str,
         build_digest: &str,
         component_digest: &str,
     ) -> Result<Arc<LoadedFunction>, FunctionError> {
@@ -232,17 +235,52 @@ impl Functions {
         {
             return Ok(loaded);
         }
-        let digest = build_digest
-            .parse::<Digest>()
-            .map_err(|_| FunctionError::MissingArtifact(build_digest.to_owned()))?;
-        let bytes = self
-            .toolchains
-            .artifacts()
-            .get(digest)
-            .await
-            .map_err(BuildError::from)?
-            .ok_or_else(|| FunctionError::MissingArtifact(build_digest.to_owned()))?;
+        let missing = || FunctionError::MissingArtifact(build_digest.to_owned());
+        let digest = build_digest.parse::<Digest>().map_err(|_| missing())?;
+        let bytes = match self.toolchains.artifacts().get(digest).await {
+            Some(bytes) => bytes,
+            None => self
+                .rebuild(language_title, digest)
+                .await?
+                .ok_or_else(missing)?,
+        };
         Ok(self.runtime.load(bytes).await?)
+    }
+
+    /// Builds a function version again from what the registry holds: the
+    /// source of a dynamic function, the catalog's for a predefined one.
+    /// `None` when the registry's function is not this version any more.
+    async fn rebuild(
+        &self,
+        language_title: &str,
+        build_digest: Digest,
+    ) -> Result<Option<Arc<[u8]>>, FunctionError> {
+        let Ok(name) = LanguageTitle::parse(language_title) else {
+            return Ok(None);
+        };
+        let Some(record) = self.get(&name).await? else {
+            return Ok(None);
+        };
+        if record.build_digest != build_digest.to_string() {
+            return Ok(None);
+        }
+        let source = match (&record.script_content, record.kind) {
+            (Some(source), _) => source.clone(),
+            (None, FunctionKind::Predefined) => match catalog::find(&self.components_dir, &name) {
+                Ok(Some(function)) => function.source,
+                _ => return Ok(None),
+            },
+            (None, FunctionKind::Dynamic) => return Ok(None),
+        };
+        let options: BuildOptions =
+            serde_json::from_value(record.compile_options.clone()).unwrap_or_default();
+        tracing::warn!(
+            function = %name,
+            digest = %build_digest.short(),
+            "no sound copy of the component is stored: building it again from its source"
+        );
+        let artifact = self.build(name.language(), &source, &options).await?;
+        Ok((artifact.digest == build_digest).then_some(artifact.component))
     }
 
     /// Builds with metrics: a build that ran a toolchain is counted with

@@ -15,8 +15,10 @@
 //! Around them: [`api`] (the REST API of `shared/API.md`, axum), [`server`]
 //! (wiring and serving), [`functions`] (the registry with its builds and
 //! loads), [`store`] (sessions, cache, rate limits, registry, logs behind
-//! traits), [`auth`] (JWT), [`telemetry`] (Prometheus). [`language`] parses
-//! `Language-Title`s, [`digest`] names content, and [`config`] holds the
+//! traits), [`auth`] (JWT), [`integrity`] (seals on stored artifacts and
+//! native code), [`telemetry`] (Prometheus). [`language`] parses
+//! `Language-Title`s, [`digest`] names content, [`files`] reads the host's
+//! own directories through capabilities, and [`config`] holds the
 //! typed settings every part is built from.
 
 pub mod api;
@@ -24,7 +26,9 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod digest;
+pub mod files;
 pub mod functions;
+pub mod integrity;
 pub mod language;
 pub mod runtime;
 pub mod sandbox;

@@ -109,6 +109,7 @@ impl Runtime {
             &engine,
             config.aot_cache_dir.clone(),
             config.loaded_components_max_bytes,
+            config.integrity_key.clone(),
         )?;
         let ticker = engine::EpochTicker::start(&engine, config.epoch_tick)?;
         Ok(Self {

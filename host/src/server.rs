@@ -24,7 +24,7 @@ use crate::store::{
     LogStore, LogWriter, RateLimiter, Registry, ResultCache, SessionRecords, SessionStore,
 };
 use crate::telemetry::Metrics;
-use crate::toolchain::{ArtifactStore, DiskArtifacts, TieredArtifacts, Toolchains};
+use crate::toolchain::{ArtifactStore, Toolchains};
 
 /// The database file of the embedded registry and logs.
 pub const SQLITE_FILE: &str = "lambda.db";
@@ -47,16 +47,11 @@ impl Application {
         )?);
         let durable = durable_stores(&settings).await?;
         let runtime = Arc::new(Runtime::new(&settings.runtime)?);
-        let local_artifacts = DiskArtifacts::open(&settings.toolchain.artifacts_dir)?;
-        let artifacts: Arc<dyn ArtifactStore> = match &durable.artifacts {
-            Some(shared) => Arc::new(TieredArtifacts::new(local_artifacts, shared.clone())),
-            None => Arc::new(local_artifacts),
-        };
-        let toolchains = Arc::new(
-            Toolchains::detect(&settings.toolchain)
-                .await?
-                .with_artifacts(artifacts),
-        );
+        let mut toolchains = Toolchains::detect(&settings.toolchain).await?;
+        if let Some(shared) = &durable.artifacts {
+            toolchains = toolchains.with_shared_artifacts(shared.clone());
+        }
+        let toolchains = Arc::new(toolchains);
         let functions = Arc::new(Functions::new(
             runtime,
             toolchains,

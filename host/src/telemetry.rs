@@ -24,6 +24,9 @@ pub struct Metrics {
     pub build_duration: HistogramVec,
     pub compiles: IntCounter,
     pub compile_seconds: Counter,
+    /// Stored artifacts and AOT entries refused because their seal did not
+    /// match: someone other than a host wrote them, or they were damaged.
+    pub integrity_failures: IntCounterVec,
     /// Log records that could not be queued for the database: counted and
     /// reported, never dropped silently.
     pub log_records_dropped: IntCounter,
@@ -46,6 +49,8 @@ pub const EXECUTION_OUTCOMES: &[&str] =
     &["ok", "runtime_error", "timeout", "out_of_memory", "error"];
 /// The `outcome` label of `lambda_component_builds_total`.
 pub const BUILD_OUTCOMES: &[&str] = &["ok", "compile_error", "timeout", "limit_exceeded", "error"];
+/// The `store` label of `lambda_integrity_failures_total`.
+pub const INTEGRITY_STORES: &[&str] = &["artifact", "native_code"];
 /// Builds take seconds to minutes.
 const BUILD_BUCKETS: &[f64] = &[
     0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
@@ -137,6 +142,11 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            integrity_failures: counter_vec(
+                "lambda_integrity_failures_total",
+                "Stored artifacts (store=artifact) and AOT entries (store=native_code) refused for a seal that did not match",
+                &["store"],
+            ),
             log_records_dropped: counter(
                 "lambda_log_records_dropped_total",
                 "Request, error and session log records that could not be queued",
@@ -173,6 +183,9 @@ impl Metrics {
             }
             self.execution_duration.with_label_values(&[language]);
             self.build_duration.with_label_values(&[language]);
+        }
+        for store in INTEGRITY_STORES {
+            self.integrity_failures.with_label_values(&[store]);
         }
         self
     }

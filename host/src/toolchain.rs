@@ -31,7 +31,7 @@ use crate::digest::Digest;
 use crate::language::Language;
 use crate::sandbox::{self, Isolation, Limit, Limits, Report, Sandbox, SandboxError};
 
-pub use artifacts::{ArtifactStore, DiskArtifacts, TieredArtifacts};
+pub use artifacts::{ArtifactStore, Artifacts, DiskArtifacts, SealedArtifact};
 
 /// How to build: the knobs a client may set in `compile_options`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -187,7 +187,7 @@ pub struct Toolchains {
     toolchains: HashMap<Language, Registered>,
     /// Languages whose toolchain could not start, with the reason.
     unavailable: HashMap<Language, String>,
-    artifacts: Arc<dyn ArtifactStore>,
+    artifacts: Artifacts,
     work_dir: PathBuf,
     sandbox: Sandbox,
     limits: Limits,
@@ -283,7 +283,10 @@ impl Toolchains {
                 })
                 .collect(),
             unavailable: HashMap::new(),
-            artifacts: Arc::new(DiskArtifacts::open(&config.artifacts_dir)?),
+            artifacts: Artifacts::new(
+                Arc::new(DiskArtifacts::open(&config.artifacts_dir)?),
+                config.integrity_key.clone(),
+            ),
             work_dir: config.work_dir.clone(),
             sandbox: Sandbox::new(config.sandbox_supervisor.clone(), config.isolation, true),
             limits: config.build_limits(),
@@ -308,15 +311,14 @@ impl Toolchains {
         }
     }
 
-    /// The store of built components.
-    pub fn artifacts(&self) -> &dyn ArtifactStore {
-        self.artifacts.as_ref()
+    /// The stores of built components.
+    pub fn artifacts(&self) -> &Artifacts {
+        &self.artifacts
     }
 
-    /// Replaces the artifact store (the disk store of the data directory
-    /// by default), e.g. with one shared by every replica.
-    pub fn with_artifacts(mut self, artifacts: Arc<dyn ArtifactStore>) -> Self {
-        self.artifacts = artifacts;
+    /// Puts a store shared by every replica behind the local one.
+    pub fn with_shared_artifacts(mut self, shared: Arc<dyn ArtifactStore>) -> Self {
+        self.artifacts = self.artifacts.with_shared(shared);
         self
     }
 
@@ -368,7 +370,7 @@ impl Toolchains {
             .into());
         }
         let digest = self.digest(language, source, options)?;
-        if let Some(component) = self.artifacts.get(digest).await? {
+        if let Some(component) = self.artifacts.get(digest).await {
             self.reused.fetch_add(1, Ordering::Relaxed);
             return Ok(Artifact {
                 digest,
@@ -425,7 +427,7 @@ impl Toolchains {
                 .map_err(|_| BuildError::limit(Limit::Time, &self.limits))?
                 .map_err(anyhow::Error::from)?;
             // The queue may have held us while another process built it.
-            if let Some(component) = self.artifacts.get(digest).await? {
+            if let Some(component) = self.artifacts.get(digest).await {
                 return Ok((component, false));
             }
             let workdir = tempfile::Builder::new()

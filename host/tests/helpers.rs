@@ -52,6 +52,9 @@ pub fn settings(data_dir: &Path) -> Settings {
     settings.toolchain.artifacts_dir = repo_root().join("target/test-artifacts");
     settings.toolchain.toolchains_dir = repo_root().join("toolchains");
     settings.runtime.aot_cache_dir = Some(repo_root().join("target/test-aot"));
+    // One secret for every test, so what one test sealed into the shared
+    // caches (artifacts, AOT entries) the next one trusts.
+    settings.server.jwt_secret = Some(lambda_host::config::Secret::new(TEST_SECRET));
     settings.validate().unwrap();
     settings
 }

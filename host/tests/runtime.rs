@@ -283,10 +283,49 @@ async fn a_corrupt_aot_artifact_is_discarded_and_recompiled() {
     let second = private_aot_runtime(dir.path());
     let function = second.load(component).await.unwrap();
     assert_eq!(second.cache_stats().compiles, 1);
+    assert_eq!(second.cache_stats().aot_rejected, 1);
     second
         .invoke(&function, &invocation("rust-echo", json!({})), None)
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_code_the_host_did_not_seal_is_never_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = rust_fixture("echo").await;
+    private_aot_runtime(dir.path())
+        .load(component.clone())
+        .await
+        .unwrap();
+    // Valid native code for this very engine, but written by someone else:
+    // the entry without its seal, and the entry sealed by another host.
+    let entry = std::fs::read_dir(dir.path().join("aot"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".cwasm.sealed"))
+        .unwrap();
+    let sealed = std::fs::read(&entry).unwrap();
+    let name = entry.file_name().unwrap().to_str().unwrap().to_owned();
+    let key = lambda_host::integrity::IntegrityKey::derive(crate::helpers::TEST_SECRET.as_bytes());
+    let native = key
+        .open_file(lambda_host::integrity::Kind::NativeCode, &name, &sealed)
+        .expect("the host's own entry opens")
+        .to_vec();
+    let other_host = lambda_host::integrity::IntegrityKey::derive(b"another host's secret");
+    for forged in [
+        native.clone(),
+        other_host.seal_into_file(lambda_host::integrity::Kind::NativeCode, &name, &native),
+    ] {
+        std::fs::write(&entry, forged).unwrap();
+        let runtime = private_aot_runtime(dir.path());
+        runtime.load(component.clone()).await.unwrap();
+        let stats = runtime.cache_stats();
+        assert_eq!(
+            (stats.aot_hits, stats.aot_rejected, stats.compiles),
+            (0, 1, 1)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -15,7 +15,10 @@ use lambda_host::store::{
     ErrorLog, FunctionFilter, FunctionKind, FunctionRecord, LogRecord, LogStore, RateDecision,
     RateLimiter, Registry, RequestLog, ResultCache, Session, SessionStore,
 };
-use lambda_host::toolchain::{ArtifactStore, DiskArtifacts};
+use std::sync::Arc;
+
+use lambda_host::integrity::IntegrityKey;
+use lambda_host::toolchain::{ArtifactStore, Artifacts, DiskArtifacts, SealedArtifact};
 use serde_json::json;
 
 use crate::helpers::{test_database_url, test_redis_url};
@@ -326,15 +329,40 @@ fn log_batch() -> Vec<LogRecord> {
     ]
 }
 
-async fn artifact_conformance(store: &dyn ArtifactStore) {
+async fn artifact_conformance(store: Arc<dyn ArtifactStore>) {
     let digest = Digest::of(uuid::Uuid::new_v4().as_bytes());
     assert!(store.get(digest).await.unwrap().is_none());
-    let bytes = vec![0u8, 97, 115, 109, 255];
-    store.put(digest, &bytes).await.unwrap();
-    store.put(digest, &bytes).await.unwrap();
+    let artifact = SealedArtifact {
+        component: vec![0u8, 97, 115, 109, 255].into(),
+        seal: vec![7u8; 32],
+    };
+    store.put(digest, &artifact).await.unwrap();
+    store.put(digest, &artifact).await.unwrap();
+    let stored = store.get(digest).await.unwrap().unwrap();
     assert_eq!(
-        store.get(digest).await.unwrap().as_deref(),
-        Some(bytes.as_slice())
+        (&*stored.component, stored.seal.as_slice()),
+        (&*artifact.component, artifact.seal.as_slice())
+    );
+
+    // Behind the seals: what the front put comes back; a component
+    // swapped under its seal is missing, and counted.
+    let artifacts = Artifacts::new(store.clone(), IntegrityKey::derive(b"a test secret"));
+    let digest = Digest::of(uuid::Uuid::new_v4().as_bytes());
+    artifacts.put(digest, b"the component").await.unwrap();
+    assert_eq!(
+        artifacts.get(digest).await.as_deref(),
+        Some(b"the component".as_slice())
+    );
+    let mut swapped = store.get(digest).await.unwrap().unwrap();
+    swapped.component = b"a substitute".to_vec().into();
+    store.put(digest, &swapped).await.unwrap();
+    assert!(artifacts.get(digest).await.is_none());
+    assert_eq!(artifacts.rejected(), 1);
+    // Storing it again (a rebuild) replaces the bad copy.
+    artifacts.put(digest, b"the component").await.unwrap();
+    assert_eq!(
+        artifacts.get(digest).await.as_deref(),
+        Some(b"the component".as_slice())
     );
 }
 
@@ -388,12 +416,12 @@ async fn postgres_registry_conforms() {
 #[tokio::test]
 async fn disk_artifacts_conform() {
     let dir = tempfile::tempdir().unwrap();
-    artifact_conformance(&DiskArtifacts::open(dir.path()).unwrap()).await;
+    artifact_conformance(Arc::new(DiskArtifacts::open(dir.path()).unwrap())).await;
 }
 
 #[tokio::test]
 async fn postgres_artifacts_conform() {
-    artifact_conformance(&postgres().await).await;
+    artifact_conformance(Arc::new(postgres().await)).await;
 }
 
 #[tokio::test]

@@ -158,7 +158,11 @@ async fn run(
 ) -> Result<Value, ApiError> {
     let function = state
         .functions
-        .load(&session.build_digest, &session.component_digest)
+        .load(
+            &session.language_title,
+            &session.build_digest,
+            &session.component_digest,
+        )
         .await?;
     let invocation = Invocation {
         request_id: session.request_id.clone(),

@@ -86,6 +86,18 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if seconds > seen {
         metrics.compile_seconds.inc_by(seconds - seen);
     }
+    for (store, count) in [
+        (
+            "artifact",
+            state.functions.toolchains().artifacts().rejected(),
+        ),
+        ("native_code", stats.aot_rejected),
+    ] {
+        let counter = metrics.integrity_failures.with_label_values(&[store]);
+        if count > counter.get() {
+            counter.inc_by(count - counter.get());
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,

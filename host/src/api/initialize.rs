@@ -114,7 +114,11 @@ pub async fn initialize(
     // does not pay for it.
     state
         .functions
-        .load(&function.build_digest, &function.component_digest)
+        .load(
+            &function.language_title,
+            &function.build_digest,
+            &function.component_digest,
+        )
         .await
         .map_err(|e| fail(e.into()))?;
 

@@ -3,9 +3,11 @@
 //!
 //! In memory, components are keyed by the digest of their bytes and hold
 //! their `InstancePre`. On disk, the compiled native code is serialized as
-//! `<digest>-<engine fingerprint>.cwasm`: the fingerprint covers the
+//! `<digest>-<engine fingerprint>.cwasm.sealed`: the fingerprint covers the
 //! wasmtime version and every engine setting that affects code, so a host
-//! with other settings never loads code that was not compiled for it.
+//! with other settings never loads code that was not compiled for it; the
+//! seal ([`crate::integrity`]) makes sure the host wrote it, since
+//! deserializing is mapping native code and running it as it is.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -14,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
+use cap_std::fs::Dir;
 use tokio::sync::OnceCell;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
@@ -22,6 +25,8 @@ use super::bindings::FunctionPre;
 use super::invoke::GuestState;
 use super::{Error, LoadedFunction};
 use crate::digest::Digest;
+use crate::files::{read_file, write_atomically};
+use crate::integrity::{IntegrityKey, Kind};
 
 /// Counters of the cache, for metrics and for tests that must tell a
 /// compilation from an AOT hit without timing anything.
@@ -35,12 +40,19 @@ pub struct CacheStats {
     pub memory_hits: u64,
     /// Time spent compiling, summed over every compilation, in microseconds.
     pub compile_micros: u64,
+    /// AOT entries refused because their seal did not match.
+    pub aot_rejected: u64,
 }
 
 type Slot = Arc<OnceCell<Arc<LoadedFunction>>>;
 
 pub struct ComponentCache {
-    aot_dir: Option<PathBuf>,
+    /// The AOT cache directory, opened once: names resolve beneath it and
+    /// no link is followed.
+    aot_dir: Option<Arc<Dir>>,
+    /// Where that directory is, for the lock files and logs.
+    aot_path: Option<PathBuf>,
+    key: IntegrityKey,
     /// Hex of a hash of the engine's compatibility fingerprint.
     engine_fingerprint: String,
     /// The loaded functions, least recently used evicted first once their
@@ -58,24 +70,37 @@ pub struct ComponentCache {
     aot_hits: AtomicU64,
     memory_hits: AtomicU64,
     compile_micros: AtomicU64,
+    aot_rejected: Arc<AtomicU64>,
 }
 
 impl ComponentCache {
     pub fn new(
         engine: &Engine,
-        aot_dir: Option<PathBuf>,
+        aot_path: Option<PathBuf>,
         max_loaded_bytes: u64,
+        key: IntegrityKey,
     ) -> anyhow::Result<Self> {
-        if let Some(dir) = &aot_dir {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the AOT cache at {}", dir.display()))?;
-        }
+        let aot_dir = match &aot_path {
+            Some(path) => {
+                std::fs::create_dir_all(path).with_context(|| {
+                    format!("cannot create the AOT cache at {}", path.display())
+                })?;
+                Some(Arc::new(
+                    Dir::open_ambient_dir(path, cap_std::ambient_authority()).with_context(
+                        || format!("cannot open the AOT cache at {}", path.display()),
+                    )?,
+                ))
+            }
+            None => None,
+        };
         // `DefaultHasher::new()` uses fixed keys: the same engine gives the
         // same fingerprint in every process of this build of the host.
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Ok(Self {
             aot_dir,
+            aot_path,
+            key,
             engine_fingerprint: format!("{:016x}", hasher.finish()),
             // Weighed in KiB, so one entry's weight fits the weigher's u32.
             loaded: moka::sync::Cache::builder()
@@ -89,6 +114,7 @@ impl ComponentCache {
             aot_hits: AtomicU64::new(0),
             memory_hits: AtomicU64::new(0),
             compile_micros: AtomicU64::new(0),
+            aot_rejected: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -98,6 +124,7 @@ impl ComponentCache {
             aot_hits: self.aot_hits.load(Ordering::Relaxed),
             memory_hits: self.memory_hits.load(Ordering::Relaxed),
             compile_micros: self.compile_micros.load(Ordering::Relaxed),
+            aot_rejected: self.aot_rejected.load(Ordering::Relaxed),
         }
     }
 
@@ -160,9 +187,18 @@ impl ComponentCache {
         )
     }
 
-    fn aot_path(&self, digest: Digest) -> Option<PathBuf> {
-        let dir = self.aot_dir.as_ref()?;
-        Some(dir.join(format!("{digest}-{}.cwasm", self.engine_fingerprint)))
+    /// The AOT entry of a component: its directory and name.
+    fn aot_entry(&self, digest: Digest) -> Option<AotEntry> {
+        Some(AotEntry {
+            dir: self.aot_dir.clone()?,
+            lock: self
+                .aot_path
+                .as_ref()?
+                .join(format!("{digest}-{}.lock", self.engine_fingerprint)),
+            name: format!("{digest}-{}.cwasm.sealed", self.engine_fingerprint),
+            key: self.key.clone(),
+            rejected: self.aot_rejected.clone(),
+        })
     }
 
     /// Compilation takes seconds for an interpreter component: it runs on
@@ -174,29 +210,29 @@ impl ComponentCache {
         bytes: Arc<[u8]>,
     ) -> Result<Component, Error> {
         let engine = engine.clone();
-        let aot_path = self.aot_path(digest);
+        let entry = self.aot_entry(digest);
         let started = std::time::Instant::now();
         let (component, compiled) = tokio::task::spawn_blocking(move || {
-            if let Some(path) = &aot_path
-                && let Some(component) = deserialize(&engine, path)
+            if let Some(entry) = &entry
+                && let Some(component) = entry.deserialize(&engine)
             {
                 return Ok((component, false));
             }
             // Replicas sharing this AOT cache (one volume, one data
             // directory) may be compiling this very component: the first
             // compiles, the others wait and read its result.
-            let _compiling = aot_path.as_deref().and_then(lock_for_compiling);
-            if let Some(path) = &aot_path
-                && let Some(component) = deserialize(&engine, path)
+            let _compiling = entry.as_ref().and_then(|e| lock_for_compiling(&e.lock));
+            if let Some(entry) = &entry
+                && let Some(component) = entry.deserialize(&engine)
             {
                 return Ok((component, false));
             }
             let component =
                 Component::new(&engine, &bytes).map_err(|e| Error::InvalidComponent(e.into()))?;
-            if let Some(path) = &aot_path
-                && let Err(e) = store(&component, path)
+            if let Some(entry) = &entry
+                && let Err(e) = entry.store(&component)
             {
-                tracing::warn!(path = %path.display(), "cannot write the AOT cache: {e:#}");
+                tracing::warn!(entry = %entry.name, "cannot write the AOT cache: {e:#}");
             }
             Ok((component, true))
         })
@@ -219,17 +255,16 @@ impl ComponentCache {
     }
 }
 
-/// An exclusive lock on `<cwasm>.lock`, held while compiling; the kernel
-/// drops it when the file closes, also when a process dies. `None` (compile
-/// without it) when the lock cannot be taken: a duplicate compilation is
-/// only wasted time.
-fn lock_for_compiling(cwasm: &Path) -> Option<std::fs::File> {
-    let path = cwasm.with_extension("lock");
+/// An exclusive lock on an entry's lock file, held while compiling; the
+/// kernel drops it when the file closes, also when a process dies. `None`
+/// (compile without it) when the lock cannot be taken: a duplicate
+/// compilation is only wasted time.
+fn lock_for_compiling(path: &Path) -> Option<std::fs::File> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
+        .open(path)
         .and_then(|file| file.lock().map(|()| file));
     match file {
         Ok(file) => Some(file),
@@ -240,30 +275,59 @@ fn lock_for_compiling(cwasm: &Path) -> Option<std::fs::File> {
     }
 }
 
-fn deserialize(engine: &Engine, path: &Path) -> Option<Component> {
-    if !path.exists() {
-        return None;
-    }
-    // SAFETY: the file was written by `store` below from a component this
-    // same engine configuration compiled (the fingerprint is in its name),
-    // and it lives in the host's own data directory, which only the host
-    // writes. Wasmtime additionally checks the header and version.
-    match unsafe { Component::deserialize_file(engine, path) } {
-        Ok(component) => Some(component),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), "discarding an unusable AOT artifact: {e:#}");
-            let _ = std::fs::remove_file(path);
-            None
-        }
-    }
+/// One component's entry in the AOT cache.
+struct AotEntry {
+    dir: Arc<Dir>,
+    /// `<digest>-<fingerprint>.cwasm.sealed`, beneath `dir`.
+    name: String,
+    /// The lock file of the entry, for compiling it once.
+    lock: PathBuf,
+    key: IntegrityKey,
+    rejected: Arc<AtomicU64>,
 }
 
-/// Writes atomically: a reader sees the whole artifact or none.
-fn store(component: &Component, path: &Path) -> anyhow::Result<()> {
-    let bytes = component.serialize()?;
-    let dir = path.parent().context("AOT path has no parent")?;
-    let mut file = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut file, &bytes)?;
-    file.persist(path)?;
-    Ok(())
+impl AotEntry {
+    /// The compiled component, if the entry exists and its seal is right;
+    /// an entry that fails is removed (and compiled again by the caller).
+    fn deserialize(&self, engine: &Engine) -> Option<Component> {
+        let bytes = match read_file(&self.dir, &self.name) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(entry = %self.name, "cannot read an AOT entry: {e:#}");
+                return None;
+            }
+        };
+        let Some(native) = self.key.open_file(Kind::NativeCode, &self.name, &bytes) else {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                entry = %self.name,
+                "an AOT entry does not match its seal: not loaded, compiled again"
+            );
+            let _ = self.dir.remove_file(&self.name);
+            return None;
+        };
+        // SAFETY: the bytes carry this host's seal (a MAC keyed by its
+        // secret over the entry's name and contents), so they are what
+        // `store` below serialized from a component this engine
+        // configuration compiled (the fingerprint is in the name).
+        // Wasmtime additionally checks the header and version.
+        match unsafe { Component::deserialize(engine, native) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(entry = %self.name, "discarding an unusable AOT artifact: {e:#}");
+                let _ = self.dir.remove_file(&self.name);
+                None
+            }
+        }
+    }
+
+    /// Writes atomically: a reader sees the whole sealed entry or none.
+    fn store(&self, component: &Component) -> anyhow::Result<()> {
+        let native = component.serialize()?;
+        let sealed = self
+            .key
+            .seal_into_file(Kind::NativeCode, &self.name, &native);
+        write_atomically(&self.dir, &self.name, &sealed)
+    }
 }

@@ -3,7 +3,6 @@
 //! (`meta.sessions`) and logs (`public.request_logs`, `public.error_logs`)
 //! in PostgreSQL, in the seed's schemas. Every query is parameterised.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -15,7 +14,7 @@ use super::{
     SessionRecords, StoreError, StoreResult,
 };
 use crate::digest::Digest;
-use crate::toolchain::ArtifactStore;
+use crate::toolchain::{ArtifactStore, SealedArtifact};
 
 /// The migrations of `migrations/postgres`, compiled into the host.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -295,23 +294,35 @@ impl LogStore for PgStore {
 
 #[async_trait::async_trait]
 impl ArtifactStore for PgStore {
-    async fn get(&self, digest: Digest) -> anyhow::Result<Option<Arc<[u8]>>> {
-        let bytes: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT bytes FROM meta.artifacts WHERE digest = $1")
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn get(&self, digest: Digest) -> anyhow::Result<Option<SealedArtifact>> {
+        let row: Option<(Vec<u8>, Option<Vec<u8>>)> =
+            sqlx::query_as("SELECT bytes, seal FROM meta.artifacts WHERE digest = $1")
                 .bind(digest.to_string())
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(bytes.map(Arc::from))
+        // A row from before seals has none: it fails the check like a
+        // forged one, and the rebuilt artifact replaces it.
+        Ok(row.map(|(bytes, seal)| SealedArtifact {
+            component: bytes.into(),
+            seal: seal.unwrap_or_default(),
+        }))
     }
 
-    async fn put(&self, digest: Digest, component: &[u8]) -> anyhow::Result<()> {
+    async fn put(&self, digest: Digest, artifact: &SealedArtifact) -> anyhow::Result<()> {
         sqlx::query(
-            "INSERT INTO meta.artifacts (digest, bytes, size) VALUES ($1, $2, $3)
-             ON CONFLICT (digest) DO NOTHING",
+            "INSERT INTO meta.artifacts (digest, bytes, size, seal) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (digest) DO UPDATE
+             SET bytes = EXCLUDED.bytes, size = EXCLUDED.size, seal = EXCLUDED.seal
+             WHERE meta.artifacts.seal IS DISTINCT FROM EXCLUDED.seal",
         )
         .bind(digest.to_string())
-        .bind(component)
-        .bind(component.len() as i64)
+        .bind(&*artifact.component)
+        .bind(artifact.component.len() as i64)
+        .bind(&artifact.seal)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -1,0 +1,39 @@
+//! Files the host reads back from its own directories (the artifact store,
+//! the AOT cache): always beneath a directory opened once as a capability
+//! (cap-std), so no name resolves outside it, and never through a link.
+
+use std::io::{Read as _, Write as _};
+
+use anyhow::Context as _;
+use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt as _};
+use cap_std::fs::{Dir, OpenOptions};
+
+/// The bytes of `name` beneath `dir` if it is a regular file; never
+/// through a link.
+pub fn read_file(dir: &Dir, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    let mut options = OpenOptions::new();
+    options.read(true).follow(FollowSymlinks::No);
+    let file = match dir.open_with(name, &options) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {name}")),
+    };
+    let metadata = file.metadata()?;
+    anyhow::ensure!(metadata.is_file(), "{name} is not a regular file");
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.into_std().read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
+/// Writes `name` beneath `dir` through a temporary file and a rename.
+pub fn write_atomically(dir: &Dir, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    let temporary = format!(".{name}.{}", uuid::Uuid::new_v4().simple());
+    let mut file = dir.create(&temporary)?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_data());
+    drop(file);
+    if let Err(e) = written.and_then(|()| dir.rename(&temporary, dir, name)) {
+        let _ = dir.remove_file(&temporary);
+        return Err(e.into());
+    }
+    Ok(())
+}
