@@ -10,6 +10,7 @@ mod faults;
 mod logs;
 mod predefined;
 mod runtime;
+mod sandbox;
 mod stores;
 mod toolchain_rust;
 mod toolchain_scripts;

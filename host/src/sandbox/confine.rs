@@ -22,6 +22,9 @@ use seccompiler::{
 
 use super::{Job, Limits};
 
+/// The open files of each process of a build.
+const OPEN_FILES: u64 = 4096;
+
 /// The newest Landlock ABI this code asks for; the kernel enforces what it
 /// knows of it (checked against [`REQUIRED_ABI`] and [`SIGNAL_SCOPE_ABI`]).
 const WANTED_ABI: ABI = ABI::V6;
@@ -178,10 +181,15 @@ fn filters() -> anyhow::Result<Vec<BpfProgram>> {
     )?;
     programs.push(privileged.try_into()?);
 
-    // clone3 passes its flags in memory, out of a filter's sight: ENOSYS
-    // makes libc fall back to clone(), which the filter above sees.
+    // ENOSYS, as on a kernel without them: clone3 passes its flags in
+    // memory, out of a filter's sight, and libc falls back to clone(),
+    // which the filter above sees; memory in a memfd is held by no process
+    // (invisible to the memory limit), and wasmtime falls back to plain
+    // memory without it.
     let clone3 = SeccompFilter::new(
-        [(libc::SYS_clone3, vec![])].into_iter().collect(),
+        [(libc::SYS_clone3, vec![]), (libc::SYS_memfd_create, vec![])]
+            .into_iter()
+            .collect(),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
         arch,
@@ -246,6 +254,19 @@ const DENIED_SYSCALLS: &[i64] = &[
     libc::SYS_ioperm,
     libc::SYS_personality,
     libc::SYS_vhangup,
+    // System V IPC: segments and queues outlive their processes (and,
+    // without an IPC namespace, are the host's).
+    libc::SYS_shmget,
+    libc::SYS_shmat,
+    libc::SYS_shmctl,
+    libc::SYS_msgget,
+    libc::SYS_msgsnd,
+    libc::SYS_msgrcv,
+    libc::SYS_msgctl,
+    libc::SYS_semget,
+    libc::SYS_semop,
+    libc::SYS_semtimedop,
+    libc::SYS_semctl,
 ];
 
 /// Refuses every x32 system call (numbers with bit 30 set) with ENOSYS.
@@ -306,12 +327,16 @@ impl Prepared {
             }
             let cpu_secs = self.limits.cpu.as_secs().max(1);
             set_limit(libc::RLIMIT_CPU, cpu_secs, cpu_secs + 5)?;
-            set_limit(
-                libc::RLIMIT_FSIZE,
-                self.limits.output_bytes,
-                self.limits.output_bytes,
-            )?;
+            // One byte past the cap: a file stopped by the rlimit is then
+            // over the cap, and the supervisor's measure of the scratch
+            // directory names the limit even when the program survives
+            // (CPython ignores SIGXFSZ and sees EFBIG instead).
+            let file_size = self.limits.output_bytes.saturating_add(1);
+            set_limit(libc::RLIMIT_FSIZE, file_size, file_size)?;
             set_limit(libc::RLIMIT_CORE, 0, 0)?;
+            // Open files: enough for any toolchain, few enough that files
+            // held open (each capped by the file size limit) stay bounded.
+            set_limit(libc::RLIMIT_NOFILE, OPEN_FILES, OPEN_FILES)?;
         }
         drop_capabilities(self.last_capability)?;
         if let Some(ruleset) = self.ruleset.take() {

@@ -142,13 +142,8 @@ fn run() -> Result<Report, Failure> {
     let mut stderr = Capture::new(child.stderr.take().expect("piped"), job.capture_bytes)?;
 
     let supervisor = std::process::id() as i32;
-    // SAFETY: sysconf with valid names.
-    let (page_size, ticks_per_second) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PAGESIZE).max(4096) as u64,
-            libc::sysconf(libc::_SC_CLK_TCK).max(1) as u64,
-        )
-    };
+    // SAFETY: sysconf with a valid name.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK).max(1) as u64 };
     let limits = job.limits;
     let deadline = started + limits.wall;
     let mut report = Report {
@@ -179,7 +174,7 @@ fn run() -> Result<Report, Failure> {
             break;
         }
         let pids = tree::descendants(supervisor);
-        let usage = tree::usage(&pids, page_size);
+        let usage = tree::usage(&pids);
         let cpu_ms = (usage.cpu_ticks * 1000 / ticks_per_second) + reaped_children_cpu_ms();
         report.peak_memory_bytes = report.peak_memory_bytes.max(usage.memory_bytes);
         report.peak_tasks = report.peak_tasks.max(usage.tasks);
@@ -209,6 +204,10 @@ fn run() -> Result<Report, Failure> {
     // Every writer is dead: the pipes hold what is left, then end.
     stdout.read_to_end();
     stderr.read_to_end();
+    // What the tree wrote in its last moments counts too.
+    if report.limit.is_none() && tree::disk_usage(&job.scratch) > limits.output_bytes {
+        report.limit = Some(Limit::Output);
+    }
 
     // Reaped by now: by the loop, or by kill_all.
     let status = status.unwrap_or(libc::SIGKILL);

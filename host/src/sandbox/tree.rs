@@ -12,7 +12,10 @@ use std::path::Path;
 /// What the tree uses right now.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Usage {
-    /// Resident memory, summed over processes.
+    /// Resident anonymous and shared memory, summed over processes: what
+    /// the tree makes the machine keep. Pages of mapped files (programs,
+    /// libraries) are left out: the kernel can drop them, and counting
+    /// them in every process would count one library many times.
     pub memory_bytes: u64,
     /// Processes and threads.
     pub tasks: u32,
@@ -84,11 +87,13 @@ struct Stat {
     parent: i32,
     cpu_ticks: u64,
     threads: u32,
-    rss_pages: u64,
 }
 
 fn stat(pid: i32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_stat(text: &str) -> Option<Stat> {
     // The command name (field 2) is in parentheses and may hold spaces or
     // parentheses itself: the fields start after the last `)`.
     let rest = &text[text.rfind(')')? + 2..];
@@ -101,18 +106,42 @@ fn stat(pid: i32) -> Option<Stat> {
         // the children it waited for.
         cpu_ticks: (field(14)? + field(15)? + field(16)? + field(17)?).max(0) as u64,
         threads: field(20)?.max(0) as u32,
-        rss_pages: field(24)?.max(0) as u64,
     })
 }
 
+/// `RssAnon` + `RssShmem` of `/proc/<pid>/status`, in bytes.
+fn resident_memory(pid: i32) -> Option<u64> {
+    parse_resident_memory(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+fn parse_resident_memory(status: &str) -> Option<u64> {
+    let mut kib = 0;
+    let mut found = false;
+    for line in status.lines() {
+        if let Some(value) = line
+            .strip_prefix("RssAnon:")
+            .or_else(|| line.strip_prefix("RssShmem:"))
+        {
+            kib += value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()?;
+            found = true;
+        }
+    }
+    found.then_some(kib * 1024)
+}
+
 /// What these processes use together.
-pub fn usage(pids: &[i32], page_size: u64) -> Usage {
+pub fn usage(pids: &[i32]) -> Usage {
     let mut usage = Usage::default();
     for &pid in pids {
         if let Some(stat) = stat(pid) {
-            usage.memory_bytes += stat.rss_pages * page_size;
             usage.tasks += stat.threads.max(1);
             usage.cpu_ticks += stat.cpu_ticks;
+            usage.memory_bytes += resident_memory(pid).unwrap_or(0);
         }
     }
     usage
@@ -206,25 +235,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stat_line_with_parentheses_in_the_name_is_read_from_the_last_one() {
-        // The name field of a process called "a) b (c".
-        let pid = std::process::id() as i32;
-        let stat = stat(pid).expect("our own stat");
-        assert!(stat.threads >= 1);
-        assert!(stat.rss_pages > 0);
+    fn a_stat_line_is_read_after_the_last_parenthesis_of_the_name() {
+        // A process may call itself "a) 1 2 (b".
+        let line =
+            "42 (a) 1 2 (b) S 7 42 42 0 -1 4194560 100 0 0 0 150 50 10 5 20 0 3 0 1000 1000 100";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!((stat.parent, stat.cpu_ticks, stat.threads), (7, 215, 3));
+    }
+
+    #[test]
+    fn memory_is_anonymous_and_shared_memory_not_mapped_files() {
+        let status = "Name:\tx\nVmRSS:\t  9000 kB\nRssAnon:\t  1000 kB\nRssFile:\t  7000 kB\nRssShmem:\t  24 kB\n";
+        assert_eq!(parse_resident_memory(status), Some(1024 * 1024));
+        assert!(resident_memory(std::process::id() as i32).unwrap() > 0);
     }
 
     #[test]
     fn descendants_include_grandchildren() {
         let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 5 & sleep 5"])
+            .args(["-c", "sleep 5 & exec sleep 5"])
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(200));
-        let found = descendants(std::process::id() as i32);
+        // Only the children of this shell: other tests run beside us.
+        let found = descendants(child.id() as i32);
+        for &pid in &found {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         let _ = child.kill();
         let _ = child.wait();
-        // sh, and its two sleeps (one is the shell's exec'd child).
-        assert!(found.len() >= 2, "{found:?}");
+        assert_eq!(found.len(), 1, "{found:?}");
     }
 }
