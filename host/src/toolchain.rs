@@ -107,10 +107,30 @@ pub struct BuildJob<'a> {
     /// [`output::COMPONENT`].
     pub workdir: &'a Path,
     pub sandbox: &'a Sandbox,
-    /// The limits of this build, its wall time what is left of the timeout.
-    pub limits: Limits,
+    /// The configured limits; see [`BuildJob::limits`] for a run's.
+    pub configured_limits: Limits,
+    /// When the build's time is up (the timeout counts from the request).
+    pub deadline: Instant,
     /// Parent of scratch directories, for a toolchain's own preparation runs.
     pub work_root: &'a Path,
+}
+
+impl BuildJob<'_> {
+    /// The limits of a run of this build starting now: its wall time is
+    /// what is left until the deadline.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            wall: sandbox::remaining(self.deadline),
+            ..self.configured_limits
+        }
+    }
+
+    /// The limits of a toolchain's own preparation runs (dependencies, a
+    /// code cache), which happen once, before the first build: the
+    /// configured ones in full, not what is left of a build's time.
+    pub fn preparation_limits(&self) -> Limits {
+        self.configured_limits
+    }
 }
 
 /// A language's build driver.
@@ -132,10 +152,11 @@ pub trait Toolchain: Send + Sync {
 }
 
 /// How a sandboxed toolchain run ended, as a build sees it: the report of
-/// a run that ended on its own, or the limit that stopped it.
-pub(crate) fn finished(report: Report, limits: &Limits) -> Result<Report, BuildError> {
+/// a run that ended on its own, or the limit that stopped it, named with
+/// its configured value (`configured`, not what was left of it).
+pub(crate) fn finished(report: Report, configured: &Limits) -> Result<Report, BuildError> {
     if let Some(limit) = report.limit {
-        return Err(BuildError::limit(limit, limits));
+        return Err(BuildError::limit(limit, configured));
     }
     if report.cancelled {
         return Err(BuildError::Internal(anyhow::anyhow!(
@@ -435,10 +456,6 @@ impl Toolchains {
                 .tempdir_in(&self.work_dir)
                 .map_err(anyhow::Error::from)?;
             let started = Instant::now();
-            let limits = Limits {
-                wall: sandbox::remaining(deadline),
-                ..self.limits
-            };
             registered
                 .toolchain
                 .build(BuildJob {
@@ -446,7 +463,8 @@ impl Toolchains {
                     options,
                     workdir: workdir.path(),
                     sandbox: &self.sandbox,
-                    limits,
+                    configured_limits: self.limits,
+                    deadline,
                     work_root: &self.work_dir,
                 })
                 .await?;

@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod conformance;
 mod faults;
+mod hostile_builds;
 mod logs;
 mod predefined;
 mod runtime;

@@ -244,6 +244,12 @@ async fn writes_nothing_outside_its_scratch_directory(namespaces: bool) {
             canary.file().to_str().unwrap()
         ),
     ));
+    // The one device a build may write: as a device only.
+    attempts.push(("remove /dev/null", "os.unlink('/dev/null')".to_owned()));
+    attempts.push((
+        "replace /dev/null",
+        "open('fake', 'w').close() or os.rename('fake', '/dev/null')".to_owned(),
+    ));
     attempts.push((
         "a hard link to the secret",
         format!("os.link({:?}, 'hard')", canary.file().to_str().unwrap()),

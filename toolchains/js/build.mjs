@@ -7,7 +7,7 @@
 // code fails while componentize-js pre-initialises it, exits with code 2 and
 // prints {"message", "diagnostics": [{message, line, column}]} on stdout: the
 // user's mistake. Any other failure exits with code 1.
-import { readFile, writeFile, copyFile } from 'node:fs/promises';
+import { readFile, writeFile, copyFile, mkdir } from 'node:fs/promises';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'acorn';
@@ -20,7 +20,11 @@ if (!workdir) {
   process.exit(1);
 }
 
+// The host keeps the last 64 KiB of what a build prints: the report must fit.
+const MAX_MESSAGE = 16 * 1024;
+
 function userError(message, line, column) {
+  if (message.length > MAX_MESSAGE) message = `${message.slice(0, MAX_MESSAGE)}\n... (cut)`;
   const diagnostics = [{ message, ...(line ? { line, column } : {}) }];
   process.stdout.write(JSON.stringify({ message, diagnostics }));
   process.exit(2);
@@ -54,13 +58,20 @@ const commonJsPrefix =
   'const module = { exports: {} }; let exports = module.exports; ' +
   'function require(name) { throw new Error(`require("${name}") is not available: a function is one file`); } ';
 const handlerJs = isModule ? source : `${commonJsPrefix}${source}\nexport default module.exports;\n`;
-await writeFile(join(workdir, 'handler.js'), handlerJs);
-await copyFile(join(here, 'glue.js'), join(workdir, 'index.js'));
+// The module's top-level code runs during pre-initialisation with one
+// directory mapped in: componentize-js maps the current directory when it
+// holds the source. That is src/, never the directory the component is
+// written to, so the code cannot reach the output.
+const src = join(workdir, 'src');
+await mkdir(src);
+await writeFile(join(src, 'handler.js'), handlerJs);
+await copyFile(join(here, 'glue.js'), join(src, 'index.js'));
+process.chdir(src);
 
 let component;
 try {
   ({ component } = await componentize({
-    sourcePath: join(workdir, 'index.js'),
+    sourcePath: join(src, 'index.js'),
     witPath: join(workdir, 'wit'),
     worldName: 'function',
     // The world grants no HTTP: componentize-js would import wasi:http otherwise.

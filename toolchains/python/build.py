@@ -20,7 +20,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+# The host keeps the last 64 KiB of what a build prints: the report must fit.
+MAX_MESSAGE = 16 * 1024
+
+
 def user_error(message, line=None, column=None):
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + "\n... (cut)"
     diagnostic = {"message": message}
     if line is not None:
         diagnostic.update(line=line, column=column)
@@ -36,8 +42,13 @@ def main():
     except SyntaxError as error:
         user_error(f"SyntaxError: {error.msg}", error.lineno, error.offset)
 
-    shutil.copyfile(workdir / "source.py", workdir / "handler.py")
-    shutil.copyfile(HERE / "glue.py", workdir / "app.py")
+    # The module's top-level code runs during pre-initialisation with its
+    # Python path preopened read-write: that is src/, never the directory
+    # the component is written to, so the code cannot replace the output.
+    src = workdir / "src"
+    src.mkdir()
+    shutil.copyfile(workdir / "source.py", src / "handler.py")
+    shutil.copyfile(HERE / "glue.py", src / "app.py")
     componentize_py = Path(sys.executable).parent / "componentize-py"
     result = subprocess.run(
         [
@@ -45,7 +56,7 @@ def main():
             "--wit-path", str(workdir / "wit"),
             "--world", "function",
             "componentize", "app",
-            "--python-path", str(workdir),
+            "--python-path", str(src),
             "--output", str(workdir / "component.wasm"),
         ],
         cwd=workdir,
@@ -55,12 +66,27 @@ def main():
     if result.returncode != 0:
         # Top-level code of the user's module runs during pre-initialisation;
         # its traceback names handler.py.
-        text = (result.stderr or result.stdout).strip()
+        text = guest_traceback((result.stderr or result.stdout).strip())
         lines = re.findall(r'File "[^"]*handler\.py", line (\d+)', text)
         if lines or "Traceback" in text:
             user_error(text, int(lines[-1]) if lines else None, None)
         sys.stderr.write(text)
         sys.exit(1)
+
+
+def guest_traceback(text):
+    """The user's traceback out of componentize-py's report of it.
+
+    componentize-py raises the guest's traceback as the message of an
+    AssertionError of its own (whose traceback names the toolchain's files),
+    followed by a "Caused by:" summary. The guest's file names are those of
+    its preopened build directory ("/0/handler.py"): shown as "handler.py".
+    """
+    marker = "AssertionError: "
+    if marker in text:
+        text = text[text.index(marker) + len(marker):]
+    text = text.split("\n\n\nCaused by:")[0]
+    return re.sub(r'File "/\d+/', 'File "', text).strip()
 
 
 if __name__ == "__main__":

@@ -316,8 +316,7 @@ impl ArtifactStore for PgStore {
         sqlx::query(
             "INSERT INTO meta.artifacts (digest, bytes, size, seal) VALUES ($1, $2, $3, $4)
              ON CONFLICT (digest) DO UPDATE
-             SET bytes = EXCLUDED.bytes, size = EXCLUDED.size, seal = EXCLUDED.seal
-             WHERE meta.artifacts.seal IS DISTINCT FROM EXCLUDED.seal",
+             SET bytes = EXCLUDED.bytes, size = EXCLUDED.size, seal = EXCLUDED.seal",
         )
         .bind(digest.to_string())
         .bind(&*artifact.component)

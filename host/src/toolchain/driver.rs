@@ -45,8 +45,8 @@ pub struct DriverToolchain {
     pub(super) read_only: Vec<PathBuf>,
     /// Hide every site-packages directory from componentize-py: it adds
     /// those of `$VIRTUAL_ENV` (else of any `python3` on `PATH`) to the
-    /// paths the user's code sees, read-write. An empty virtual
-    /// environment in the scratch directory gives it none.
+    /// paths the user's code sees, read-write. A virtual environment in the
+    /// scratch directory with an empty site-packages gives it nothing.
     pub(super) empty_virtual_env: bool,
     /// The compiled-code cache of wizer (componentize-js), filled once by a
     /// trusted build and read-only to user builds.
@@ -152,11 +152,12 @@ impl DriverToolchain {
             .prefix("warm-up-")
             .tempdir_in(job.work_root)
             .context("creating a scratch directory")?;
+        let limits = job.preparation_limits();
         self.run(
             cache.warm_up_source,
             scratch.path(),
             job.sandbox,
-            job.limits,
+            (limits, limits),
             CacheAccess::Writable(&cache.dir),
         )
         .await?;
@@ -165,13 +166,14 @@ impl DriverToolchain {
         Ok(())
     }
 
-    /// One confined run of the build script over `source`.
+    /// One confined run of the build script over `source`, with the
+    /// limits of the run and the configured ones (for messages).
     async fn run(
         &self,
         source: &str,
         workdir: &Path,
         sandbox: &Sandbox,
-        limits: Limits,
+        (limits, configured): (Limits, Limits),
         cache: CacheAccess<'_>,
     ) -> Result<(), BuildError> {
         let home = workdir.join("home");
@@ -193,7 +195,8 @@ impl DriverToolchain {
         ];
         if self.empty_virtual_env {
             let venv = workdir.join("venv");
-            std::fs::create_dir_all(venv.join("lib")).context("preparing the build directory")?;
+            std::fs::create_dir_all(venv.join("lib/site-packages"))
+                .context("preparing the build directory")?;
             job.env.push(("VIRTUAL_ENV".to_owned(), path_arg(&venv)?));
         }
         let cache_home = match cache {
@@ -210,7 +213,7 @@ impl DriverToolchain {
         job.env
             .push(("XDG_CACHE_HOME".to_owned(), path_arg(&cache_home)?));
 
-        let report = finished(sandbox.run(&job).await?, &limits)?;
+        let report = finished(sandbox.run(&job).await?, &configured)?;
         let scrub = Scrubber::new(workdir, &self.read_only, &cache_home);
         match report.exit_code {
             Some(0) => Ok(()),
@@ -254,7 +257,8 @@ impl Toolchain for DriverToolchain {
 
     async fn build(&self, job: BuildJob<'_>) -> Result<(), BuildError> {
         let cache = self.cache_for_users(&job).await;
-        self.run(job.source, job.workdir, job.sandbox, job.limits, cache)
+        let limits = (job.limits(), job.configured_limits);
+        self.run(job.source, job.workdir, job.sandbox, limits, cache)
             .await
     }
 }

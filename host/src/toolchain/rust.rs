@@ -191,7 +191,12 @@ impl RustToolchain {
         write_crate(scratch.path(), STUB_HANDLER).context("writing the template")?;
         self.fetch(scratch.path()).await?;
         let dependencies = self
-            .build_dependencies(profile, scratch.path(), job.sandbox, job.limits)
+            .build_dependencies(
+                profile,
+                scratch.path(),
+                job.sandbox,
+                job.preparation_limits(),
+            )
             .await?;
         let text = serde_json::to_vec_pretty(&dependencies).map_err(anyhow::Error::from)?;
         let mut file = tempfile::NamedTempFile::new_in(&dir).context("writing the manifest")?;
@@ -332,7 +337,8 @@ impl Toolchain for RustToolchain {
         let tmp = workdir.join("tmp");
         std::fs::create_dir_all(&tmp).context("preparing the build directory")?;
 
-        let mut run = job.sandbox.job(self.rustc.clone(), workdir, job.limits);
+        let limits = job.limits();
+        let mut run = job.sandbox.job(self.rustc.clone(), workdir, limits);
         run.args = rustc_args(profile, dependencies);
         run.env = vec![
             ("PATH".to_owned(), "/usr/bin:/bin".to_owned()),
@@ -347,7 +353,7 @@ impl Toolchain for RustToolchain {
             .extend([self.sysroot.clone(), self.target_dir.clone()]);
         // Every diagnostic, for the ones in the user's file.
         run.capture_bytes = 1 << 20;
-        let report = finished(job.sandbox.run(&run).await?, &job.limits)?;
+        let report = finished(job.sandbox.run(&run).await?, &job.configured_limits)?;
         if report.exit_code == Some(0) {
             return Ok(());
         }
