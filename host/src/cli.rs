@@ -14,6 +14,7 @@ use lambda_host::catalog;
 use lambda_host::config::{Secret, Settings};
 use lambda_host::language::{Language, LanguageTitle};
 use lambda_host::runtime::{self, Invocation, Runtime};
+use lambda_host::sandbox::Isolation;
 use lambda_host::server::{Application, shutdown_signal};
 use lambda_host::toolchain::{BuildError, BuildOptions, OptimizationLevel, Toolchains};
 
@@ -43,7 +44,7 @@ pub struct Args {
         default_value = "components"
     )]
     components_dir: PathBuf,
-    /// The cargo target directory shared by Rust builds [default: <data-dir>/rust-target].
+    /// Where the dependencies every Rust function links are built once, read-only to builds [default: <data-dir>/rust-target].
     #[arg(long, global = true, env = "LAMBDA_RUST_TARGET_DIR")]
     rust_target_dir: Option<PathBuf>,
     /// The build drivers and their pinned tools (js/node_modules, python/.venv).
@@ -63,6 +64,29 @@ pub struct Args {
     /// The loaded functions kept in memory, by the summed size of their components, in MiB [default: 1024].
     #[arg(long, global = true, env = "LAMBDA_LOADED_COMPONENTS_MB")]
     loaded_components_mb: Option<u64>,
+    /// The longest a build may take, counted from the request (the wait for a build slot included), in seconds [default: 300].
+    #[arg(long, global = true, env = "LAMBDA_BUILD_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    build_timeout_secs: Option<u64>,
+    /// The resident memory of a build's whole process tree, in MiB [default: 2048].
+    #[arg(long, global = true, env = "LAMBDA_BUILD_MEMORY_MB")]
+    build_memory_mb: Option<u64>,
+    /// The CPU time of a build's whole process tree, in seconds [default: 600].
+    #[arg(long, global = true, env = "LAMBDA_BUILD_CPU_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    build_cpu_secs: Option<u64>,
+    /// The processes and threads a build may have at once [default: 128].
+    #[arg(long, global = true, env = "LAMBDA_BUILD_MAX_TASKS")]
+    build_max_tasks: Option<u32>,
+    /// What a build may write (its scratch directory, and so its component), in MiB [default: 256].
+    #[arg(long, global = true, env = "LAMBDA_BUILD_OUTPUT_MB")]
+    build_output_mb: Option<u64>,
+    /// `required`: every toolchain runs in the OS sandbox, and builds are refused where the kernel cannot confine them; `off`: unconfined, only for a machine whose every user is trusted.
+    #[arg(
+        long,
+        global = true,
+        env = "LAMBDA_BUILD_SANDBOX",
+        default_value = "required"
+    )]
+    build_sandbox: Isolation,
     /// How the log on stderr is written: `text` for people, `json` (one object per line) for collectors.
     #[arg(
         long,
@@ -367,6 +391,23 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     if let Some(mb) = args.loaded_components_mb {
         settings.runtime.loaded_components_max_bytes = mb.saturating_mul(1 << 20);
     }
+    let toolchain = &mut settings.toolchain;
+    if let Some(secs) = args.build_timeout_secs {
+        toolchain.build_timeout = Duration::from_secs(secs);
+    }
+    if let Some(mb) = args.build_memory_mb {
+        toolchain.build_memory_bytes = mb.saturating_mul(1 << 20);
+    }
+    if let Some(secs) = args.build_cpu_secs {
+        toolchain.build_cpu = Duration::from_secs(secs);
+    }
+    if let Some(tasks) = args.build_max_tasks {
+        toolchain.build_max_tasks = tasks;
+    }
+    if let Some(mb) = args.build_output_mb {
+        toolchain.build_output_bytes = mb.saturating_mul(1 << 20);
+    }
+    toolchain.isolation = args.build_sandbox;
     settings.validate()?;
     Ok(settings)
 }
@@ -497,6 +538,15 @@ async fn build_or_report(
                 "code": "COMPILE_ERROR",
                 "message": e.message,
                 "details": { "diagnostics": e.diagnostics },
+            }});
+            eprintln!("{body:#}");
+            Ok(None)
+        }
+        Err(e @ BuildError::LimitExceeded { limit, .. }) => {
+            let body = json!({ "error": {
+                "code": "COMPILE_ERROR",
+                "message": e.to_string(),
+                "details": { "reason": "build_limit", "limit": limit },
             }});
             eprintln!("{body:#}");
             Ok(None)

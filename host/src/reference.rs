@@ -234,6 +234,31 @@ mod tests {
             default_of("LAMBDA_NO_POOLING"),
             if runtime.pooling { "off" } else { "on" }
         );
+        let toolchain = &defaults.toolchain;
+        assert_eq!(
+            default_of("LAMBDA_BUILD_TIMEOUT_SECS"),
+            toolchain.build_timeout.as_secs().to_string()
+        );
+        assert_eq!(
+            default_of("LAMBDA_BUILD_MEMORY_MB"),
+            (toolchain.build_memory_bytes >> 20).to_string()
+        );
+        assert_eq!(
+            default_of("LAMBDA_BUILD_CPU_SECS"),
+            toolchain.build_cpu.as_secs().to_string()
+        );
+        assert_eq!(
+            default_of("LAMBDA_BUILD_MAX_TASKS"),
+            toolchain.build_max_tasks.to_string()
+        );
+        assert_eq!(
+            default_of("LAMBDA_BUILD_OUTPUT_MB"),
+            (toolchain.build_output_bytes >> 20).to_string()
+        );
+        assert_eq!(
+            default_of("LAMBDA_BUILD_SANDBOX").parse::<lambda_host::sandbox::Isolation>(),
+            Ok(toolchain.isolation)
+        );
     }
 
     #[test]

@@ -151,6 +151,19 @@ pub trait Toolchain: Send + Sync {
     async fn build(&self, job: BuildJob<'_>) -> Result<(), BuildError>;
 }
 
+/// Whether builds run confined, as the check at start found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SandboxState {
+    /// Confined, with these layers.
+    Confined(sandbox::Confinement),
+    /// Turned off by the operator.
+    Off,
+    /// This machine cannot confine builds: none are run.
+    Unavailable(String),
+    /// Not checked (toolchains given by a test).
+    Unchecked,
+}
+
 /// How a sandboxed toolchain run ended, as a build sees it: the report of
 /// a run that ended on its own, or the limit that stopped it, named with
 /// its configured value (`configured`, not what was left of it).
@@ -211,6 +224,8 @@ pub struct Toolchains {
     artifacts: Artifacts,
     work_dir: PathBuf,
     sandbox: Sandbox,
+    /// What the sandbox check at start found.
+    sandbox_state: SandboxState,
     limits: Limits,
     max_source_bytes: usize,
     /// Builds in progress by digest, so a second request for the same
@@ -251,7 +266,8 @@ impl Toolchains {
         this.unavailable = unavailable;
         // A host that cannot confine builds builds nothing: every language
         // says why, instead of running a stranger's build in the open.
-        if let Err(reason) = this.check_sandbox().await {
+        this.sandbox_state = this.check_sandbox().await;
+        if let SandboxState::Unavailable(reason) = &this.sandbox_state {
             tracing::error!("{reason}");
             for language in Language::ALL {
                 if this.toolchains.remove(&language).is_some() {
@@ -262,19 +278,26 @@ impl Toolchains {
         Ok(this)
     }
 
-    /// Runs a confined test program once; the reason when it fails.
-    async fn check_sandbox(&self) -> Result<(), String> {
+    /// Runs a confined test program once.
+    async fn check_sandbox(&self) -> SandboxState {
         if self.sandbox.isolation() == Isolation::Off {
             tracing::warn!(
                 "LAMBDA_BUILD_SANDBOX=off: builds run unconfined and can read and write \
                  whatever this host can. Only for a machine whose every user is trusted."
             );
-            return Ok(());
+            return SandboxState::Off;
         }
-        let scratch = tempfile::Builder::new()
+        let scratch = match tempfile::Builder::new()
             .prefix("sandbox-check-")
             .tempdir_in(&self.work_dir)
-            .map_err(|e| format!("cannot create a scratch directory: {e}"))?;
+        {
+            Ok(scratch) => scratch,
+            Err(e) => {
+                return SandboxState::Unavailable(format!(
+                    "cannot create a scratch directory: {e}"
+                ));
+            }
+        };
         match self.sandbox.check(scratch.path()).await {
             Ok(confinement) => {
                 tracing::info!(
@@ -283,10 +306,15 @@ impl Toolchains {
                     namespaces = %confinement.namespaces.join(","),
                     "builds are sandboxed"
                 );
-                Ok(())
+                SandboxState::Confined(confinement)
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => SandboxState::Unavailable(e.to_string()),
         }
+    }
+
+    /// Whether builds run confined, as the check at start found.
+    pub fn sandbox_state(&self) -> &SandboxState {
+        &self.sandbox_state
     }
 
     /// A set of given toolchains (tests use this to plug in their own).
@@ -310,6 +338,7 @@ impl Toolchains {
             ),
             work_dir: config.work_dir.clone(),
             sandbox: Sandbox::new(config.sandbox_supervisor.clone(), config.isolation, true),
+            sandbox_state: SandboxState::Unchecked,
             limits: config.build_limits(),
             max_source_bytes: config.max_source_bytes,
             in_flight: Mutex::new(HashMap::new()),

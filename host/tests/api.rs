@@ -435,6 +435,76 @@ async fn params_that_are_not_an_object_and_malformed_bodies_are_refused_in_our_f
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_host_that_cannot_confine_builds_refuses_them_and_says_why() {
+    // A supervisor that cannot confine anything, as on a kernel without
+    // Landlock: the start-up check fails, and no language builds.
+    let app = spawn_app_with(|s| s.toolchain.sandbox_supervisor = "/bin/false".into()).await;
+    let (status, health) =
+        status_and_body(app.client.get(app.url("/health")).send().await.unwrap()).await;
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(
+        health["components"]["build_sandbox"]["status"],
+        "unavailable"
+    );
+    let alice = app.token("alice", ALL);
+    let (status, code, body) = error_of(
+        app.initialize(
+            &alice,
+            "python-refused",
+            json!({ "script_content": "def handler(event):\n    return 1\n" }),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (400, "INVALID_REQUEST"), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("not available"), "{message}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_past_its_limit_is_a_422_naming_the_limit() {
+    let app =
+        spawn_app_with(|s| s.toolchain.build_timeout = std::time::Duration::from_secs(10)).await;
+    let alice = app.token("alice", ALL);
+    let forever = format!(
+        "# {}\nwhile True:\n    pass\n\ndef handler(event):\n    return 1\n",
+        uuid::Uuid::new_v4()
+    );
+    let started = std::time::Instant::now();
+    let (status, code, body) = error_of(
+        app.initialize(
+            &alice,
+            "python-forever",
+            json!({ "script_content": forever }),
+        )
+        .await,
+    )
+    .await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert_eq!((status, code.as_str()), (422, "COMPILE_ERROR"), "{body}");
+    assert_eq!(body["error"]["details"]["limit"], "time", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("time limit of 10 s"), "{message}");
+    // Counted as a timed-out build.
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains("lambda_component_builds_total{language=\"python\",outcome=\"timeout\"} 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn compile_errors_are_422_with_the_line_and_functions_are_not_overwritten() {
     let app = spawn_app().await;
     let alice = app.token("alice", ALL);
@@ -685,6 +755,10 @@ async fn health_reports_embedded_stores_and_metrics_move_with_requests() {
         health["components"]["runtimes"],
         json!({ "nodejs": "ok", "python": "ok", "rust": "ok" })
     );
+    let sandbox = &health["components"]["build_sandbox"];
+    assert_eq!(sandbox["status"], "ok", "{sandbox}");
+    assert!(sandbox["landlock_abi"].as_i64().unwrap() >= 6, "{sandbox}");
+    assert_eq!(sandbox["seccomp"], true);
 
     let token = app.token("alice", ALL);
     let id = app.session(&token, "rust-data_validator", json!({})).await;

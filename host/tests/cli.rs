@@ -179,3 +179,29 @@ fn build_and_invoke_work_for_javascript_and_python_sources() {
         );
     }
 }
+
+#[test]
+fn build_honours_the_build_limits_and_names_the_one_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("forever.py");
+    std::fs::write(
+        &source,
+        "while True:\n    pass\n\ndef handler(event):\n    return 1\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let output = lambda_host(dir.path())
+        .args(["build", "--language", "python", "--build-timeout-secs", "8"])
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let error: serde_json::Value = serde_json::from_str(stderr.trim()).unwrap();
+    assert_eq!(error["error"]["code"], "COMPILE_ERROR");
+    assert_eq!(error["error"]["details"]["limit"], "time");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("time limit of 8 s"), "{message}");
+    assert!(message.contains("LAMBDA_BUILD_TIMEOUT_SECS"), "{message}");
+}

@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::AppState;
 use crate::language::Language;
+use crate::toolchain::SandboxState;
 
 /// 200 when the host can serve: `ok`, or `degraded` when a store is
 /// unreachable or a toolchain missing (loaded functions still execute, from
@@ -46,6 +47,19 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         (StatusCode::OK, "ok")
     };
+    // Builds of user source: confined (the layers it has), turned off by
+    // the operator, or impossible here (then no language builds).
+    let build_sandbox = match state.functions.toolchains().sandbox_state() {
+        SandboxState::Confined(confinement) => json!({
+            "status": "ok",
+            "landlock_abi": confinement.landlock_abi,
+            "seccomp": confinement.seccomp,
+            "namespaces": confinement.namespaces,
+        }),
+        SandboxState::Off => json!({ "status": "off" }),
+        SandboxState::Unavailable(_) => json!({ "status": "unavailable" }),
+        SandboxState::Unchecked => json!({ "status": "unchecked" }),
+    };
     let body = json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
@@ -54,6 +68,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
             "redis": sessions,
             "postgres": registry,
             "runtimes": Value::Object(runtimes),
+            "build_sandbox": build_sandbox,
         },
     });
     (code, Json(body))
