@@ -7,6 +7,8 @@
 #   - Python (componentize-py pinned by toolchains/python/requirements.txt),
 # plus the predefined functions, built and compiled to native code ahead of
 # time. The image runs as an unprivileged user and answers on port 8080.
+# Builds of user source run in the host's own sandbox (docs/security.md): on
+# a Linux 6.12+ host the default seccomp profile is all it needs.
 #
 #   docker build -t lambda-microservice/host .
 #   docker run -p 8080:8080 -e LAMBDA_JWT_SECRET=... lambda-microservice/host
@@ -74,7 +76,12 @@ USER lambda
 # each once, which leaves its native code in the AOT cache. Then cargo goes
 # offline: a user's Rust function builds from what is here, and a build never
 # reaches the network.
-RUN lambda-host invoke rust-data_validator --params '{"data":{"age":25},"rules":["required","numeric"]}' \
+#
+# These sources are the project's own, and the machine running `docker build`
+# may lack what the sandbox needs (a 6.12 kernel): this step alone builds
+# unconfined. Every build at run time is confined.
+RUN export LAMBDA_BUILD_SANDBOX=off \
+    && lambda-host invoke rust-data_validator --params '{"data":{"age":25},"rules":["required","numeric"]}' \
     && lambda-host invoke nodejs-calculator --params '{"operation":"add","a":5,"b":3}' \
     && lambda-host invoke python-text_processor --params '{"action":"count_words","text":"Hello world"}' \
     && printf '[net]\noffline = true\n' > "$CARGO_HOME/config.toml"
