@@ -233,8 +233,9 @@ pub struct Sandbox {
 /// How long the host waits past a job's deadline before it stops the
 /// supervisor itself (which should have reported long before).
 const SUPERVISOR_GRACE: Duration = Duration::from_secs(10);
-/// The most the host reads of a supervisor's report.
-const MAX_REPORT_BYTES: usize = 4 << 20;
+/// What the host reads of a supervisor's report beyond the captured output
+/// (which JSON may escape to six bytes a byte).
+const REPORT_OVERHEAD_BYTES: u64 = 64 << 10;
 
 impl Sandbox {
     pub fn new(supervisor: PathBuf, isolation: Isolation, namespaces: bool) -> Self {
@@ -322,7 +323,8 @@ impl Sandbox {
             drop(stdin);
             let mut report = Vec::new();
             let mut errors = Vec::new();
-            let mut stdout = stdout.take(MAX_REPORT_BYTES as u64);
+            let max_report = 2 * 6 * job.capture_bytes as u64 + REPORT_OVERHEAD_BYTES;
+            let mut stdout = stdout.take(max_report);
             let mut stderr = stderr.take(64 << 10);
             let (a, b) = tokio::join!(
                 stdout.read_to_end(&mut report),

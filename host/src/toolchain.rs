@@ -151,6 +151,34 @@ pub trait Toolchain: Send + Sync {
     async fn build(&self, job: BuildJob<'_>) -> Result<(), BuildError>;
 }
 
+/// Removes the scratch directories of builds that cannot be running any
+/// more (older than `age`): what a host killed mid-build left behind.
+/// Younger ones may belong to a replica sharing the data directory.
+fn remove_abandoned_scratch(work_dir: &Path, age: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(work_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|elapsed| elapsed > age);
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if old && is_dir {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed an abandoned build directory")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), "cannot remove an abandoned build directory: {e}")
+                }
+            }
+        }
+    }
+}
+
 /// Whether builds run confined, as the check at start found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SandboxState {
@@ -264,6 +292,7 @@ impl Toolchains {
         }
         let mut this = Self::with_toolchains(config, toolchains)?;
         this.unavailable = unavailable;
+        remove_abandoned_scratch(&config.work_dir, 2 * config.build_timeout);
         // A host that cannot confine builds builds nothing: every language
         // says why, instead of running a stranger's build in the open.
         this.sandbox_state = this.check_sandbox().await;
@@ -534,5 +563,27 @@ impl Toolchains {
                     .cloned()
                     .unwrap_or_else(|| "not configured".to_owned()),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_scratch_directories_older_than_any_build_are_removed() {
+        let work = tempfile::tempdir().unwrap();
+        let old = work.path().join("build-old");
+        let young = work.path().join("build-young");
+        std::fs::create_dir_all(old.join("src")).unwrap();
+        std::fs::create_dir(&young).unwrap();
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::open(&old)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+        remove_abandoned_scratch(work.path(), std::time::Duration::from_secs(600));
+        assert!(!old.exists());
+        assert!(young.exists());
     }
 }

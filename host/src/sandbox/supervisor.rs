@@ -107,9 +107,10 @@ fn run() -> Result<Report, Failure> {
             confine::check_kernel(&layers.namespaces).map_err(Failure::Unavailable)?;
         layers.seccomp = true;
     }
-    let mut prepared = Confinement::prepare(&job, isolate)
-        .context("preparing the confinement")
-        .map_err(Failure::Unavailable)?;
+    // Past the kernel check, a failure is the host's (a path of the job
+    // that does not exist, a program that does not start), not the
+    // machine's inability to confine.
+    let mut prepared = Confinement::prepare(&job, isolate).context("preparing the confinement")?;
     // In a new PID namespace the child's parent is outside it, and
     // getppid() there says 0: the check is only possible without one.
     if layers.namespaces.iter().any(|n| n == "pid") {
@@ -131,15 +132,12 @@ fn run() -> Result<Report, Failure> {
     unsafe {
         command.pre_exec(move || prepared.apply());
     }
-    let mut child = command.spawn().map_err(|e| {
-        Failure::Unavailable(anyhow::anyhow!(
-            "cannot start {} confined: {e}",
-            job.program.display()
-        ))
-    })?;
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {} confined", job.program.display()))?;
     let child_pid = child.id() as i32;
-    let mut stdout = Capture::new(child.stdout.take().expect("piped"), job.capture_bytes)?;
-    let mut stderr = Capture::new(child.stderr.take().expect("piped"), job.capture_bytes)?;
+    let mut stdout = Capture::new(child.stdout.take().expect("piped"), job.capture_bytes);
+    let mut stderr = Capture::new(child.stderr.take().expect("piped"), job.capture_bytes);
 
     let supervisor = std::process::id() as i32;
     // SAFETY: sysconf with a valid name.
@@ -315,20 +313,20 @@ struct Capture {
 }
 
 impl Capture {
-    fn new(pipe: impl Into<std::os::fd::OwnedFd>, limit: usize) -> anyhow::Result<Self> {
+    fn new(pipe: impl Into<std::os::fd::OwnedFd>, limit: usize) -> Self {
         let pipe = std::fs::File::from(pipe.into());
         // SAFETY: fcntl on a descriptor we own.
         unsafe {
             let flags = libc::fcntl(pipe.as_raw_fd(), libc::F_GETFL);
             libc::fcntl(pipe.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
         }
-        Ok(Self {
+        Self {
             pipe,
             kept: Vec::new(),
             limit,
             truncated: false,
             closed: false,
-        })
+        }
     }
 
     /// Reads what the pipe holds now.
