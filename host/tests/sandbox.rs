@@ -613,3 +613,99 @@ async fn the_sandbox_reports_its_confinement() {
     assert!(confinement.seccomp);
     assert_eq!(confinement.namespaces, ["user", "pid", "net", "ipc", "uts"]);
 }
+
+/// Runs a job through the supervisor as an unprivileged user, as the
+/// container image runs the host: `nobody` when the tests run as root (CI),
+/// else the tests' own user.
+fn run_unprivileged(job: &Job) -> Report {
+    use std::io::Write as _;
+    use std::os::unix::process::CommandExt as _;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lambda-host"));
+    command
+        .arg("sandbox-exec")
+        .env_clear()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        command.uid(65534).gid(65534);
+    }
+    let mut child = command.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(job).unwrap())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unprivileged_host_confines_its_builds_just_as_well() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // Everything the build attempts is allowed by the file permissions:
+    // only the sandbox stands in its way.
+    let canary = Canary::plant();
+    std::fs::set_permissions(canary.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(canary.file(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let marker = marker();
+    let sandbox = Sandbox::new(
+        env!("CARGO_BIN_EXE_lambda-host").into(),
+        Isolation::Required,
+        true,
+    );
+    let script = format!(
+        "id -u\n\
+         cat {secret} && echo LEAK: read the secret\n\
+         echo x >> {secret} && echo LEAK: wrote the secret\n\
+         echo x > {dir}/planted && echo LEAK: wrote beside the secret\n\
+         ls /proc > /dev/null 2>&1 && echo LEAK: listed /proc\n\
+         ls /tmp > /dev/null 2>&1 && echo LEAK: listed /tmp\n\
+         echo mine > mine || echo FAILED: its own directory\n\
+         setsid /bin/sleep 300.{marker} &\n\
+         exec /bin/sleep 301.{marker}\n",
+        secret = canary.file().display(),
+        dir = canary.dir.path().display(),
+    );
+    let mut job = sandbox.job(
+        PathBuf::from("/bin/sh"),
+        scratch.path(),
+        Limits {
+            wall: Duration::from_secs(3),
+            ..limits()
+        },
+    );
+    job.args = vec!["-c".to_owned(), script];
+    job.read_only = system_paths();
+    job.env = vec![("PATH".to_owned(), "/usr/bin:/bin".to_owned())];
+    let report = tokio::task::spawn_blocking(move || run_unprivileged(&job))
+        .await
+        .unwrap();
+    assert_ne!(report.stdout.lines().next(), Some("0"), "ran as root");
+    assert!(
+        !report.stdout.contains("LEAK") && !report.stdout.contains("FAILED"),
+        "{report:?}"
+    );
+    assert!(!report.stdout.contains(&canary.token), "{report:?}");
+    assert_eq!(
+        std::fs::read_to_string(canary.file()).unwrap(),
+        canary.token
+    );
+    assert!(!canary.dir.path().join("planted").exists());
+    assert_eq!(
+        std::fs::read_to_string(scratch.path().join("mine")).unwrap(),
+        "mine\n"
+    );
+    assert_eq!(report.limit, Some(Limit::Time), "{report:?}");
+    assert!(report.confinement.landlock_abi >= 1 && report.confinement.seccomp);
+    assert_all_gone(&marker, Duration::from_secs(1)).await;
+}

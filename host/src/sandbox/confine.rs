@@ -443,6 +443,14 @@ struct CapData {
 /// names what is missing otherwise.
 pub fn check_kernel(namespaces: &[String]) -> anyhow::Result<i32> {
     let abi = landlock_abi();
+    can_confine(abi, namespaces)?;
+    Ok(abi)
+}
+
+/// Whether a kernel with this Landlock ABI, where these namespaces could
+/// be created, confines a build: Landlock for the file system, and either
+/// Landlock's signal scoping or a PID namespace to keep signals in.
+fn can_confine(abi: i32, namespaces: &[String]) -> anyhow::Result<()> {
     if abi < REQUIRED_ABI {
         bail!(
             "the kernel has no Landlock (it needs Linux 5.13 or later with Landlock enabled: \
@@ -458,5 +466,43 @@ pub fn check_kernel(namespaces: &[String]) -> anyhow::Result<i32> {
              them); set LAMBDA_BUILD_SANDBOX=off only if every user of this host is trusted"
         );
     }
-    Ok(abi)
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_kernel_without_landlock_cannot_confine_whatever_else_it_has() {
+        let error = can_confine(0, &names(&["user", "pid", "net"])).unwrap_err();
+        assert!(error.to_string().contains("no Landlock"), "{error}");
+        assert!(
+            error.to_string().contains("LAMBDA_BUILD_SANDBOX=off"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn signals_are_kept_in_by_landlock_scoping_or_a_pid_namespace() {
+        let error = can_confine(4, &[]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("cannot keep a build's signals in"),
+            "{error}"
+        );
+        can_confine(4, &names(&["user", "pid"])).unwrap();
+        can_confine(SIGNAL_SCOPE_ABI, &[]).unwrap();
+    }
+
+    #[test]
+    fn this_kernel_has_landlock() {
+        // The machines this project runs on and CI: Linux 6.18, ABI 7.
+        assert!(landlock_abi() >= REQUIRED_ABI);
+    }
 }
