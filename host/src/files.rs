@@ -1,6 +1,7 @@
 //! Files the host reads back from its own directories (the artifact store,
 //! the AOT cache): always beneath a directory opened once as a capability
-//! (cap-std), so no name resolves outside it, and never through a link.
+//! (cap-std), so no name resolves outside it, and never through a link;
+//! and the lock files that let processes sharing a directory fill it once.
 
 use std::io::{Read as _, Write as _};
 
@@ -36,4 +37,19 @@ pub fn write_atomically(dir: &Dir, name: &str, bytes: &[u8]) -> anyhow::Result<(
         return Err(e.into());
     }
     Ok(())
+}
+
+/// An exclusive lock on `path` (created if missing), taken on a blocking
+/// thread: processes sharing a directory take it to prepare something once.
+/// The kernel drops it when the returned file closes, also when a process
+/// dies.
+pub async fn lock_exclusive(path: std::path::PathBuf) -> anyhow::Result<std::fs::File> {
+    let display = path.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::create(&path)?;
+        file.lock()?;
+        std::io::Result::Ok(file)
+    })
+    .await?
+    .with_context(|| format!("locking {display}"))
 }

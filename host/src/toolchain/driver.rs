@@ -20,6 +20,7 @@ use tokio::sync::OnceCell;
 
 use super::{BuildError, BuildJob, CompileError, Diagnostic, Toolchain, finished};
 use crate::digest::Digest;
+use crate::files::lock_exclusive;
 use crate::language::Language;
 use crate::sandbox::{self, Limits, Sandbox};
 
@@ -136,15 +137,7 @@ impl DriverToolchain {
             return Ok(());
         }
         std::fs::create_dir_all(&cache.dir).context("creating the code cache")?;
-        let lock_path = cache.dir.with_extension("lock");
-        let _lock = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::create(&lock_path)?;
-            file.lock()?;
-            std::io::Result::Ok(file)
-        })
-        .await
-        .map_err(|e| BuildError::Internal(e.into()))?
-        .context("locking the code cache")?;
+        let _lock = lock_exclusive(cache.dir.with_extension("lock")).await?;
         if marker.exists() {
             return Ok(());
         }

@@ -34,6 +34,7 @@ use super::{
 };
 use crate::config::ToolchainConfig;
 use crate::digest::Digest;
+use crate::files::lock_exclusive;
 use crate::language::Language;
 use crate::sandbox::{self, Limits, Sandbox};
 
@@ -170,15 +171,7 @@ impl RustToolchain {
             .to_owned();
         std::fs::create_dir_all(&dir).context("creating the dependency directory")?;
         // Processes sharing the target directory prepare it once.
-        let lock_path = manifest.with_extension("lock");
-        let _lock = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::create(&lock_path)?;
-            file.lock()?;
-            std::io::Result::Ok(file)
-        })
-        .await
-        .map_err(|e| BuildError::Internal(e.into()))?
-        .context("locking the Rust dependencies")?;
+        let _lock = lock_exclusive(manifest.with_extension("lock")).await?;
         if let Some(dependencies) = read_manifest(&manifest) {
             return Ok(dependencies);
         }
