@@ -98,6 +98,12 @@ impl From<anyhow::Error> for BuildError {
     }
 }
 
+/// The least time a trusted preparation run gets (compiling the
+/// dependencies of Rust functions takes minutes on a slow machine).
+pub const PREPARATION_MIN_TIME: std::time::Duration = std::time::Duration::from_secs(600);
+/// The least memory a trusted preparation run gets: the default build limit.
+pub const PREPARATION_MIN_MEMORY: u64 = 2048 << 20;
+
 /// One build, as the front hands it to a toolchain.
 pub struct BuildJob<'a> {
     pub source: &'a str,
@@ -127,9 +133,20 @@ impl BuildJob<'_> {
 
     /// The limits of a toolchain's own preparation runs (dependencies, a
     /// code cache), which happen once, before the first build: the
-    /// configured ones in full, not what is left of a build's time.
+    /// configured ones in full, not what is left of a build's time, and at
+    /// least [`PREPARATION_MIN_TIME`] and [`PREPARATION_MIN_MEMORY`], so
+    /// that a host configured for small, short builds still prepares (cargo
+    /// compiles several dependencies at once) on a slow machine.
     pub fn preparation_limits(&self) -> Limits {
-        self.configured_limits
+        Limits {
+            wall: self.configured_limits.wall.max(PREPARATION_MIN_TIME),
+            cpu: self.configured_limits.cpu.max(2 * PREPARATION_MIN_TIME),
+            memory_bytes: self
+                .configured_limits
+                .memory_bytes
+                .max(PREPARATION_MIN_MEMORY),
+            ..self.configured_limits
+        }
     }
 }
 
