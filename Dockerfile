@@ -63,7 +63,7 @@ WORKDIR /opt/lambda
 
 COPY toolchains/js/build.mjs toolchains/js/glue.js toolchains/js/package.json toolchains/js/
 COPY --from=js-packages /opt/lambda/toolchains/js/node_modules toolchains/js/node_modules
-COPY toolchains/python/requirements.txt toolchains/python/build.py toolchains/python/glue.py toolchains/python/
+COPY toolchains/python/requirements.txt toolchains/python/build.py toolchains/python/glue.py toolchains/python/stdlib.py toolchains/python/
 RUN python3 -m venv toolchains/python/.venv \
     && toolchains/python/.venv/bin/pip install --no-cache-dir --disable-pip-version-check \
         -r toolchains/python/requirements.txt

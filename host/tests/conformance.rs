@@ -92,3 +92,60 @@ async fn every_language_exports_the_same_world() {
             .unwrap();
     }
 }
+
+/// The modules docs/python.md lists as unavailable in a function.
+fn documented_unavailable_modules() -> Vec<String> {
+    let docs = include_str!("../../docs/python.md");
+    let table = docs
+        .split("<!-- BEGIN UNAVAILABLE MODULES -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- END UNAVAILABLE MODULES -->").next())
+        .expect("docs/python.md has the unavailable modules between markers");
+    let mut names: Vec<String> = table
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .flat_map(|line| {
+            let modules = line.split(" |").next().unwrap_or_default();
+            modules
+                .split(", ")
+                .map(|m| m.trim_matches('`').to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_function_imports_every_module_of_the_standard_library_but_the_documented_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path(), |_| {});
+    let function = runtime
+        .load(fixture(Language::Python, "stdlib_census").await)
+        .await
+        .unwrap();
+    let census = runtime
+        .invoke(
+            &function,
+            &invocation("python-stdlib_census", serde_json::json!({})),
+            None,
+        )
+        .await
+        .unwrap()
+        .result;
+    let failed = census["failed"].as_object().unwrap();
+    let mut failed_names: Vec<String> = failed.keys().cloned().collect();
+    failed_names.sort();
+    assert_eq!(failed_names, documented_unavailable_modules(), "{census:#}");
+    for (name, message) in failed {
+        assert!(
+            message
+                .as_str()
+                .unwrap()
+                .contains("it is not available in a function: "),
+            "{name}: {message}"
+        );
+    }
+    let names = census["names"].as_u64().unwrap() as usize;
+    assert!(names - failed.len() >= 250, "{census}");
+}

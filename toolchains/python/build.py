@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import tzdata
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -49,6 +51,10 @@ def main():
     src.mkdir()
     shutil.copyfile(workdir / "source.py", src / "handler.py")
     shutil.copyfile(HERE / "glue.py", src / "app.py")
+    shutil.copyfile(HERE / "stdlib.py", src / "_lambda_stdlib.py")
+    # The IANA time zones for zoneinfo, from the pinned tzdata package:
+    # read into the snapshot by stdlib.py.
+    shutil.copytree(Path(tzdata.__file__).parent / "zoneinfo", src / "_lambda_tzdata" / "zoneinfo")
     componentize_py = Path(sys.executable).parent / "componentize-py"
     result = subprocess.run(
         [

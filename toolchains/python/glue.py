@@ -7,13 +7,20 @@ whose line points into the user's source.
 """
 
 import json
+import os
 import traceback
 
-import wit_world
-from componentize_py_types import Err
-from wit_world.imports import host, types
+import _lambda_stdlib
 
-import handler as user
+# The whole standard library into the snapshot, before the user's module
+# runs (see stdlib.py): at run time there is nothing to import it from.
+_lambda_stdlib.prepare(os.path.join(os.path.dirname(__file__), "_lambda_tzdata"))
+
+import wit_world  # noqa: E402
+from componentize_py_types import Err  # noqa: E402
+from wit_world.imports import host, types  # noqa: E402
+
+import handler as user  # noqa: E402
 
 _LEVELS = {
     "debug": host.Level.DEBUG,

@@ -35,6 +35,7 @@ pub async fn detect(toolchains_dir: &Path) -> anyhow::Result<DriverToolchain> {
             dir.join("requirements.txt"),
             dir.join("build.py"),
             dir.join("glue.py"),
+            dir.join("stdlib.py"),
         ],
     )?;
     Ok(DriverToolchain {
