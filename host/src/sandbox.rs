@@ -47,6 +47,7 @@
 //! may turn confinement off for a single-user machine
 //! ([`Isolation::Off`]), which keeps the limits.
 
+mod cgroup;
 pub mod confine;
 pub mod supervisor;
 mod tree;
@@ -205,6 +206,21 @@ pub struct Confinement {
     pub seccomp: bool,
     /// Namespaces the run got: `user`, `pid`, `net`, `ipc`, `uts`.
     pub namespaces: Vec<String>,
+    /// What caps the tree's processes in the kernel, beyond the sampling.
+    #[serde(default)]
+    pub kernel_task_cap: Option<KernelTaskCap>,
+}
+
+/// How the kernel refuses a build more processes than its cap (twice the
+/// tasks limit: the sampling names the limit, the kernel bounds a fork
+/// bomb the sampling cannot catch in time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelTaskCap {
+    /// A `pids` cgroup of its own (a host that may create cgroups).
+    Cgroup,
+    /// `RLIMIT_NPROC`, counted per user namespace (an unprivileged host).
+    Rlimit,
 }
 
 /// Why a job could not be run at all.

@@ -350,6 +350,7 @@ impl Toolchains {
                     landlock_abi = confinement.landlock_abi,
                     seccomp = confinement.seccomp,
                     namespaces = %confinement.namespaces.join(","),
+                    kernel_task_cap = ?confinement.kernel_task_cap,
                     "builds are sandboxed"
                 );
                 SandboxState::Confined(confinement)

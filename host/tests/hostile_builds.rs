@@ -395,7 +395,7 @@ async fn python_top_level_code_sees_only_its_build_and_writes_only_there() {
          \x20   if os.path.isdir(root): roots.append(root)\n\
          \x20   for path, dirs, files in os.walk(root):\n\
          \x20       count += len(files)\n\
-         \x20       seen.extend(os.path.join(path, f) for f in files if not path.startswith('/python') or '-packages' in path)\n\
+         \x20       seen.extend(os.path.join(path, f) for f in files if f.endswith('handler.py') or '-packages' in path or any(n in path + '/' + f for n in ('/pip/', '/setuptools/', '/componentize_py/', '/_distutils_hack/', '/wheel/')))\n\
          \x20       for name in ['{mark}', '{mark}.pth'] if path.endswith('-packages') else ['{mark}']:\n\
          \x20           try:\n\
          \x20               open(os.path.join(path, name), 'w').write('import os')\n\
@@ -428,11 +428,11 @@ async fn python_top_level_code_sees_only_its_build_and_writes_only_there() {
     // any package installed on the machine.
     for file in &seen {
         for foreign in [
-            "pip/",
-            "setuptools",
-            "componentize_py/",
-            "_distutils_hack",
-            "wheel/",
+            "/pip/",
+            "/setuptools/",
+            "/componentize_py/",
+            "/_distutils_hack/",
+            "/wheel/",
         ] {
             assert!(!file.contains(foreign), "the build sees {file}");
         }

@@ -12,7 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lambda_host::sandbox::{Isolation, Job, Limit, Limits, Report, Sandbox, system_paths};
+use lambda_host::sandbox::{
+    Isolation, Job, KernelTaskCap, Limit, Limits, Report, Sandbox, system_paths,
+};
 use serde_json::Value;
 
 use crate::helpers::repo_root;
@@ -385,6 +387,9 @@ async fn cannot_reach_other_processes(namespaces: bool) {
             "check(libc.unshare(0x10000000 | 0x40000000))".to_owned(),
         ),
         ("io_uring", "check(libc.syscall(425, 8, 0))".to_owned()),
+        // Leaving the build's process group would escape its one-kill end.
+        ("a new session", "os.setsid()".to_owned()),
+        ("another process group", "os.setpgid(0, 0)".to_owned()),
         (
             "mount",
             "check(libc.mount(b'none', b'/tmp', b'tmpfs', 0, None))".to_owned(),
@@ -424,12 +429,14 @@ async fn a_build_cannot_reach_other_processes_or_the_kernel_without_namespaces()
     cannot_reach_other_processes(false).await;
 }
 
-/// Python that leaves a detached grandchild behind (a new session, its
-/// parent gone) and then runs forever; `marker` names all of them.
+/// Python that leaves a detached grandchild behind (its parent gone, a new
+/// session if it may have one) and then runs forever; `marker` names all
+/// of them.
 fn outliving_code(marker: &str) -> String {
     format!(
         "import os, time\n\
-         if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        os.execv('/bin/sleep', ['/bin/sleep', '300.{marker}'])\n    os._exit(0)\n\
+         if os.fork() == 0:\n    try:\n        os.setsid()\n    except OSError:\n        pass\n\
+         \x20   if os.fork() == 0:\n        os.execv('/bin/sleep', ['/bin/sleep', '300.{marker}'])\n    os._exit(0)\n\
          os.execv('/bin/sleep', ['/bin/sleep', '301.{marker}'])\n"
     )
 }
@@ -562,6 +569,14 @@ async fn limits_end_runaway_builds(namespaces: bool) {
             report.limit == Some(limit)
         };
         assert!(expected, "{name}: {report:?}");
+        // The kernel refused every fork past twice the limit (a host run
+        // as root, as CI is, gives each build a pids cgroup).
+        if report.confinement.kernel_task_cap.is_some() {
+            assert!(
+                report.peak_tasks <= 2 * tight.tasks + 2,
+                "{name}: {report:?}"
+            );
+        }
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "{name} took {:?}",
@@ -612,6 +627,19 @@ async fn the_sandbox_reports_its_confinement() {
     assert!(confinement.landlock_abi >= 6, "{confinement:?}");
     assert!(confinement.seccomp);
     assert_eq!(confinement.namespaces, ["user", "pid", "net", "ipc", "uts"]);
+    // Root (as CI runs) may create a pids cgroup; anyone else gets
+    // RLIMIT_NPROC in the build's user namespace.
+    // SAFETY: geteuid cannot fail.
+    let expected = if unsafe { libc::geteuid() } == 0 {
+        KernelTaskCap::Cgroup
+    } else {
+        KernelTaskCap::Rlimit
+    };
+    assert_eq!(
+        confinement.kernel_task_cap,
+        Some(expected),
+        "{confinement:?}"
+    );
 }
 
 /// Runs a job through the supervisor as an unprivileged user, as the
@@ -671,7 +699,7 @@ async fn an_unprivileged_host_confines_its_builds_just_as_well() {
          ls /proc > /dev/null 2>&1 && echo LEAK: listed /proc\n\
          ls /tmp > /dev/null 2>&1 && echo LEAK: listed /tmp\n\
          echo mine > mine || echo FAILED: its own directory\n\
-         setsid /bin/sleep 300.{marker} &\n\
+         (/bin/sleep 300.{marker} &)\n\
          exec /bin/sleep 301.{marker}\n",
         secret = canary.file().display(),
         dir = canary.dir.path().display(),
@@ -708,4 +736,45 @@ async fn an_unprivileged_host_confines_its_builds_just_as_well() {
     assert_eq!(report.limit, Some(Limit::Time), "{report:?}");
     assert!(report.confinement.landlock_abi >= 1 && report.confinement.seccomp);
     assert_all_gone(&marker, Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unprivileged_hosts_builds_cannot_fork_past_the_kernel_cap() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sandbox = Sandbox::new(
+        env!("CARGO_BIN_EXE_lambda-host").into(),
+        Isolation::Required,
+        true,
+    );
+    let tasks = 32;
+    let mut job = sandbox.job(
+        PathBuf::from("/bin/sh"),
+        scratch.path(),
+        Limits {
+            wall: Duration::from_secs(20),
+            tasks,
+            ..limits()
+        },
+    );
+    // The classic shell bomb: every function call pipes two more.
+    job.args = vec![
+        "-c".to_owned(),
+        "b() { b | b & }; b; exec /bin/sleep 30".to_owned(),
+    ];
+    job.read_only = system_paths();
+    job.env = vec![("PATH".to_owned(), "/usr/bin:/bin".to_owned())];
+    let report = tokio::task::spawn_blocking(move || run_unprivileged(&job))
+        .await
+        .unwrap();
+    // In its own user namespace, RLIMIT_NPROC counts the build's processes
+    // only, and the kernel enforces it for a user that is not root.
+    assert_eq!(
+        report.confinement.kernel_task_cap,
+        Some(KernelTaskCap::Rlimit),
+        "{report:?}"
+    );
+    assert_eq!(report.limit, Some(Limit::Tasks), "{report:?}");
+    assert!(report.peak_tasks <= 2 * tasks + 2, "{report:?}");
 }

@@ -55,6 +55,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
             "landlock_abi": confinement.landlock_abi,
             "seccomp": confinement.seccomp,
             "namespaces": confinement.namespaces,
+            "kernel_task_cap": confinement.kernel_task_cap,
         }),
         SandboxState::Off => json!({ "status": "off" }),
         SandboxState::Unavailable(_) => json!({ "status": "unavailable" }),

@@ -8,6 +8,7 @@
 //! makes system calls.
 
 use std::collections::BTreeMap;
+use std::os::fd::RawFd;
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
@@ -24,6 +25,8 @@ use super::{Job, Limits};
 
 /// The open files of each process of a build.
 const OPEN_FILES: u64 = 4096;
+/// The scheduling priority of a build's processes.
+const BUILD_NICENESS: libc::c_int = 10;
 
 /// The newest Landlock ABI this code asks for; the kernel enforces what it
 /// knows of it (checked against [`REQUIRED_ABI`] and [`SIGNAL_SCOPE_ABI`]).
@@ -60,6 +63,11 @@ pub struct Prepared {
     /// The pid the child's parent must have: the supervisor. `None` in a
     /// new PID namespace, where the parent is outside and reads as 0.
     supervisor: Option<i32>,
+    /// The `cgroup.procs` of the run's own cgroup, to join before `exec`.
+    cgroup_procs: Option<RawFd>,
+    /// `RLIMIT_NPROC`, where the processes of the run's user namespace
+    /// are all the run's.
+    process_cap: Option<u64>,
 }
 
 /// Builds the confinement of a job.
@@ -85,6 +93,8 @@ impl Confinement {
             last_capability,
             // SAFETY: getpid(2) cannot fail.
             supervisor: Some(unsafe { libc::getpid() }),
+            cgroup_procs: None,
+            process_cap: None,
         })
     }
 }
@@ -254,6 +264,11 @@ const DENIED_SYSCALLS: &[i64] = &[
     libc::SYS_ioperm,
     libc::SYS_personality,
     libc::SYS_vhangup,
+    // The child starts a session of its own before the filter applies;
+    // nothing of the tree may leave its process group, so one kill of the
+    // group ends all of it at once (see tree::kill_all).
+    libc::SYS_setsid,
+    libc::SYS_setpgid,
     // System V IPC: segments and queues outlive their processes (and,
     // without an IPC namespace, are the host's).
     libc::SYS_shmget,
@@ -312,16 +327,38 @@ impl Prepared {
         self.supervisor = None;
     }
 
+    /// Moves the child into a cgroup (its open `cgroup.procs`) before it
+    /// runs anything.
+    pub fn join_cgroup(&mut self, procs: RawFd) {
+        self.cgroup_procs = Some(procs);
+    }
+
+    /// Caps the processes of the child's user (in its own user namespace:
+    /// the run's processes only) at `max`.
+    pub fn cap_processes(&mut self, max: u64) {
+        self.process_cap = Some(max);
+    }
+
     /// Applied in the child, after `fork` and before `exec`. Any failure
     /// aborts the spawn: a program never runs less confined than asked.
     pub fn apply(&mut self) -> std::io::Result<()> {
         // SAFETY: setsid/prctl/getppid/setrlimit take no pointers or only
         // pointers to live locals; this runs in the single-threaded child.
         unsafe {
+            if let Some(procs) = self.cgroup_procs {
+                // "0" is the writer: the child, and so all it will start.
+                if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             // Its own session: no controlling terminal to inject input into.
             check(libc::setsid())?;
             // Dies with the supervisor, which never leaves a tree behind.
             check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+            // Below the supervisor and the host: under load, the process
+            // that measures and kills the tree, and the API, get the CPU
+            // first. An unprivileged process cannot raise it back.
+            check(libc::setpriority(libc::PRIO_PROCESS, 0, BUILD_NICENESS))?;
             if self.supervisor.is_some_and(|pid| libc::getppid() != pid) {
                 return Err(std::io::Error::other("the supervisor is gone"));
             }
@@ -337,6 +374,9 @@ impl Prepared {
             // Open files: enough for any toolchain, few enough that files
             // held open (each capped by the file size limit) stay bounded.
             set_limit(libc::RLIMIT_NOFILE, OPEN_FILES, OPEN_FILES)?;
+            if let Some(max) = self.process_cap {
+                set_limit(libc::RLIMIT_NPROC, max, max)?;
+            }
         }
         drop_capabilities(self.last_capability)?;
         if let Some(ruleset) = self.ruleset.take() {

@@ -22,9 +22,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use super::cgroup::TaskGroup;
 use super::confine::{self, Confinement};
 use super::tree;
-use super::{Confinement as Layers, EXIT_UNAVAILABLE, Isolation, Job, Limit, Report};
+use super::{
+    Confinement as Layers, EXIT_UNAVAILABLE, Isolation, Job, KernelTaskCap, Limit, Report,
+};
 
 /// How often the tree is measured and the limits checked.
 const TICK: Duration = Duration::from_millis(20);
@@ -116,6 +119,22 @@ fn run() -> Result<Report, Failure> {
     if layers.namespaces.iter().any(|n| n == "pid") {
         prepared.skip_parent_check();
     }
+    // A kernel cap on the tree's processes, above the tasks limit: the
+    // sampling below names the limit, the kernel stops a fork bomb that
+    // grows between two samples (see cgroup.rs).
+    let kernel_cap = job.limits.tasks.saturating_mul(2).saturating_add(2);
+    let task_group = TaskGroup::create(kernel_cap);
+    // SAFETY: getuid(2) cannot fail.
+    let uid = unsafe { libc::getuid() };
+    if let Some(group) = &task_group {
+        prepared.join_cgroup(group.procs_fd());
+        layers.kernel_task_cap = Some(KernelTaskCap::Cgroup);
+    } else if layers.namespaces.iter().any(|n| n == "user") && uid != 0 {
+        // The kernel exempts root's processes from RLIMIT_NPROC: the cap
+        // holds for an unprivileged host only (root has cgroups).
+        prepared.cap_processes(u64::from(kernel_cap));
+        layers.kernel_task_cap = Some(KernelTaskCap::Rlimit);
+    }
 
     let started = Instant::now();
     let mut command = Command::new(&job.program);
@@ -172,6 +191,13 @@ fn run() -> Result<Report, Failure> {
             break;
         }
         let pids = tree::descendants(supervisor);
+        // Counting is cheap, measuring each process is not: a tree that
+        // is already too big ends before it is measured.
+        if pids.len() > limits.tasks as usize {
+            report.peak_tasks = report.peak_tasks.max(pids.len() as u32);
+            report.limit = Some(Limit::Tasks);
+            break;
+        }
         let usage = tree::usage(&pids);
         let cpu_ms = (usage.cpu_ticks * 1000 / ticks_per_second) + reaped_children_cpu_ms();
         report.peak_memory_bytes = report.peak_memory_bytes.max(usage.memory_bytes);
@@ -194,11 +220,20 @@ fn run() -> Result<Report, Failure> {
         }
     }
     // Whatever ended the run, nothing of the tree outlives it.
-    for (pid, raw) in tree::kill_all(supervisor) {
+    // The child leads its own session and process group (it called setsid
+    // before exec), so its pid is the group's id.
+    for (pid, raw) in tree::kill_all(supervisor, child_pid) {
         if pid == child_pid && status.is_none() {
             status = Some(raw);
         }
     }
+    // A fork or thread the kernel refused may have ended the program
+    // before a sample saw the tree over its limit.
+    if report.limit.is_none() && task_group.as_ref().is_some_and(TaskGroup::cap_reached) {
+        report.limit = Some(Limit::Tasks);
+    }
+    // The tree is reaped: its cgroup can go.
+    drop(task_group);
     // Every writer is dead: the pipes hold what is left, then end.
     stdout.read_to_end();
     stderr.read_to_end();

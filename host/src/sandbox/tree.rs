@@ -148,10 +148,19 @@ pub fn usage(pids: &[i32]) -> Usage {
 }
 
 /// Kills every descendant of `root` and reaps them, until none is left;
-/// returns the exit statuses reaped on the way, by pid. Killed processes
-/// cannot fork, and the children of killed ones are re-parented to the
-/// supervisor, so a few rounds empty the tree.
-pub fn kill_all(root: i32) -> Vec<(i32, i32)> {
+/// returns the exit statuses reaped on the way, by pid.
+///
+/// First the whole process group of the build (`group`, the child's own,
+/// which seccomp keeps every descendant in) in one kill: the kernel signals
+/// every member while forks wait, so even a fork bomb ends at once. Then,
+/// for anything outside the group, rounds of killing every descendant:
+/// killed processes cannot fork, and the children of killed ones are
+/// re-parented to the supervisor.
+pub fn kill_all(root: i32, group: i32) -> Vec<(i32, i32)> {
+    // SAFETY: kill(2) of a process group this supervisor created.
+    unsafe {
+        libc::kill(-group, libc::SIGKILL);
+    }
     let mut statuses = Vec::new();
     loop {
         let pids = descendants(root);
