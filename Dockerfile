@@ -50,7 +50,8 @@ RUN groupadd --system --gid 10001 lambda \
     && useradd --system --uid 10001 --gid lambda --home-dir /var/lib/lambda \
         --shell /usr/sbin/nologin lambda \
     && mkdir -p /var/lib/lambda /opt/lambda/cargo \
-    && chown lambda:lambda /var/lib/lambda /opt/lambda/cargo
+    && chown lambda:lambda /var/lib/lambda /opt/lambda/cargo \
+    && chmod 700 /var/lib/lambda
 
 # Functions' crates and cargo's locks live in a directory the user owns.
 ENV CARGO_HOME=/opt/lambda/cargo \

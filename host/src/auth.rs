@@ -21,11 +21,17 @@ use crate::language::Language;
 /// key of stored artifacts is derived from it.
 pub fn host_secret(configured: Option<&str>, data_dir: &Path) -> anyhow::Result<Vec<u8>> {
     if let Some(secret) = configured {
+        check_secret(secret.as_bytes()).context("LAMBDA_JWT_SECRET is refused")?;
         return Ok(secret.as_bytes().to_vec());
     }
     let path = data_dir.join(SECRET_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(secret) => Ok(secret.trim().as_bytes().to_vec()),
+        Ok(secret) => {
+            refuse_if_shared(&path)?;
+            let secret = secret.trim().as_bytes().to_vec();
+            check_secret(&secret).with_context(|| format!("{} is refused", path.display()))?;
+            Ok(secret)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut bytes = [0u8; 32];
             rand::rng().fill_bytes(&mut bytes);
@@ -40,6 +46,93 @@ pub fn host_secret(configured: Option<&str>, data_dir: &Path) -> anyhow::Result<
 
 /// Shortest secret accepted: HS256 wants at least its 256-bit output size.
 const MIN_SECRET_BYTES: usize = 32;
+/// Words of the placeholders shipped in examples (`.env.example`, the
+/// Kubernetes secret example) and of their kind: a secret holding one was
+/// copied, not generated.
+const PLACEHOLDER_MARKERS: &[&str] = &[
+    "change-me",
+    "changeme",
+    "change_me",
+    "placeholder",
+    "not-a-real",
+    "replace-me",
+    "your-secret",
+];
+/// The least entropy, in bits, a secret must show, estimated from the
+/// frequency of its characters (a lower bound for 32 random hex digits is
+/// about 110 bits; a string of one repeated phrase shows far less).
+const MIN_SECRET_BITS: f64 = 96.0;
+/// The longest run of one character a generated secret plausibly holds.
+const MAX_SECRET_RUN: usize = 8;
+
+/// Refuses a secret that is short, a shipped placeholder, or too regular
+/// to have been generated: whoever guesses it mints tokens for everyone.
+pub fn check_secret(secret: &[u8]) -> anyhow::Result<()> {
+    ensure!(
+        secret.len() >= MIN_SECRET_BYTES,
+        "the JWT secret must be at least {MIN_SECRET_BYTES} bytes (generate one with \
+         `openssl rand -base64 48`)"
+    );
+    let lower = String::from_utf8_lossy(secret).to_ascii_lowercase();
+    if let Some(marker) = PLACEHOLDER_MARKERS.iter().find(|m| lower.contains(*m)) {
+        anyhow::bail!(
+            "the JWT secret is a placeholder (it contains `{marker}`): generate one with \
+             `openssl rand -base64 48`"
+        );
+    }
+    let longest_run = secret
+        .chunk_by(|a, b| a == b)
+        .map(<[u8]>::len)
+        .max()
+        .unwrap_or(0);
+    let mut counts = [0usize; 256];
+    for &byte in secret {
+        counts[byte as usize] += 1;
+    }
+    let n = secret.len() as f64;
+    let bits: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2() * n
+        })
+        .sum();
+    // Character counts cannot see a repeated pattern ("0123456789" over
+    // and over): in a generated secret nearly every three characters in a
+    // row are a new combination, in a pattern few are.
+    let trigrams: std::collections::HashSet<&[u8]> = secret.windows(3).collect();
+    let varied = trigrams.len() * 2 >= secret.len() - 2;
+    ensure!(
+        longest_run <= MAX_SECRET_RUN && bits >= MIN_SECRET_BITS && varied,
+        "the JWT secret is too regular to have been generated (about {bits:.0} bits; at least \
+         {MIN_SECRET_BITS} wanted): generate one with `openssl rand -base64 48`"
+    );
+    Ok(())
+}
+
+/// Refuses a secret file that other users may read or change.
+#[cfg(unix)]
+fn refuse_if_shared(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .permissions()
+        .mode();
+    ensure!(
+        mode & 0o077 == 0,
+        "{} is open to other users (mode {:o}): make it private with `chmod 600` (and \
+         replace the secret if it may have been read)",
+        path.display(),
+        mode & 0o777
+    );
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn refuse_if_shared(_: &Path) -> anyhow::Result<()> {
+    Ok(())
+}
 const SECRET_FILE: &str = "jwt-secret";
 
 /// The signing and verification keys.
@@ -189,6 +282,27 @@ impl Principal {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn generated_secrets_pass_and_placeholders_and_regular_strings_do_not() {
+        for _ in 0..200 {
+            let mut bytes = [0u8; 16];
+            rand::rng().fill_bytes(&mut bytes);
+            // The shortest a generated secret is: 32 hex digits.
+            check_secret(hex::encode(bytes).as_bytes()).unwrap();
+        }
+        check_secret(b"a-test-secret-that-is-long-enough-for-hs256").unwrap();
+        for refused in [
+            "change-me-to-64-hex-characters-0000000000000000000000000000",
+            "CHANGE-ME-placeholder-not-a-real-secret-0000000000",
+            "0123456789012345678901234567890123456789",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "abcdabcdabcdabcdabcdabcdabcdabcd",
+            "too-short",
+        ] {
+            assert!(check_secret(refused.as_bytes()).is_err(), "{refused}");
+        }
+    }
     use super::*;
 
     fn keys() -> JwtKeys {

@@ -168,6 +168,15 @@ enum Command {
         /// How long a result stays cached unless X-Cache-Control says, e.g. `1h`.
         #[arg(long, env = "LAMBDA_CACHE_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
         cache_ttl: Duration,
+        /// The longest a result may stay cached, whatever X-Cache-Control asks, e.g. `1d`.
+        #[arg(long, env = "LAMBDA_CACHE_MAX_TTL", default_value = "1d", value_parser = humantime::parse_duration)]
+        cache_max_ttl: Duration,
+        /// How long an execution waits for a free instance slot before 503 OVERLOADED, e.g. `5s`.
+        #[arg(long, env = "LAMBDA_SLOT_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
+        slot_wait: Duration,
+        /// The fraction of the instance slots one token subject may hold at once (beyond: 429).
+        #[arg(long, env = "LAMBDA_CALLER_SLOT_SHARE", default_value_t = 0.25)]
+        caller_slot_share: f64,
         /// The longest deadline a session may ask for, in milliseconds.
         #[arg(long, env = "LAMBDA_MAX_TIMEOUT_MS", default_value_t = 300_000)]
         max_timeout_ms: u64,
@@ -250,6 +259,9 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             body_limit_bytes,
             session_ttl,
             cache_ttl,
+            cache_max_ttl,
+            slot_wait,
+            caller_slot_share,
             max_timeout_ms,
             skip_migrations,
             log_queue_capacity,
@@ -265,6 +277,9 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             server.body_limit_bytes = body_limit_bytes;
             server.session_ttl = session_ttl;
             server.cache_ttl = cache_ttl;
+            server.cache_max_ttl = cache_max_ttl;
+            settings.runtime.slot_wait = slot_wait;
+            settings.runtime.caller_slot_share = caller_slot_share;
             settings.runtime.max_timeout = Duration::from_millis(max_timeout_ms);
             let application = Application::build(settings).await?;
             tracing::info!("listening on http://{}", application.local_addr());
@@ -465,6 +480,7 @@ async fn invoke(
         language_title,
         params,
         context,
+        caller: "cli".to_owned(),
     };
     let mut timings = Vec::with_capacity(repeat as usize);
     let mut outcome = None;
@@ -559,6 +575,8 @@ async fn build_or_report(
 fn runtime_error_body(error: &runtime::Error) -> Value {
     let (code, details) = match error {
         runtime::Error::Timeout(_) => ("TIMEOUT", json!({})),
+        runtime::Error::Overloaded { .. } => ("OVERLOADED", json!({})),
+        runtime::Error::CallerAtShare { .. } => ("RATE_LIMITED", json!({})),
         runtime::Error::Guest(guest) => ("RUNTIME_ERROR", json!(guest)),
         runtime::Error::OutOfMemory { limit_bytes } => (
             "RUNTIME_ERROR",

@@ -61,8 +61,10 @@ impl Settings {
         self.runtime.validate()?;
         self.toolchain.validate()?;
         self.server.validate()?;
+        // The data directory holds the secret, the databases and what the
+        // host runs: its own user's only.
+        crate::files::create_private_dir(&self.data_dir)?;
         for dir in [
-            &self.data_dir,
             &self.toolchain.artifacts_dir,
             &self.toolchain.work_dir,
             &self.toolchain.cache_dir,
@@ -121,6 +123,11 @@ pub struct RuntimeConfig {
     pub default_timeout: Duration,
     /// The longest deadline a caller may ask for.
     pub max_timeout: Duration,
+    /// How long an execution waits for a free instance slot before the
+    /// host answers that it is overloaded.
+    pub slot_wait: Duration,
+    /// The fraction of the slots one caller may hold at once (at least one).
+    pub caller_slot_share: f64,
     /// The period of the engine's epoch ticker: the granularity of deadlines
     /// and how often a running guest yields to the async executor.
     pub epoch_tick: Duration,
@@ -147,6 +154,8 @@ impl RuntimeConfig {
             memory_limit_bytes: 256 << 20,
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(300),
+            slot_wait: Duration::from_secs(5),
+            caller_slot_share: 0.25,
             epoch_tick: Duration::from_millis(10),
             output_limit_bytes: 64 << 10,
             loaded_components_max_bytes: 1 << 30,
@@ -157,6 +166,11 @@ impl RuntimeConfig {
 
     fn validate(&self) -> anyhow::Result<()> {
         ensure!(self.max_instances >= 1, "max_instances must be at least 1");
+        ensure!(
+            self.caller_slot_share > 0.0 && self.caller_slot_share <= 1.0,
+            "caller_slot_share must be more than 0 and at most 1 (got {})",
+            self.caller_slot_share
+        );
         ensure!(
             self.memory_limit_bytes >= 1 << 20,
             "memory_limit_bytes must be at least 1 MiB (got {})",
@@ -240,6 +254,8 @@ pub struct ServerConfig {
     pub session_ttl: Duration,
     /// How long a result stays cached unless `X-Cache-Control: max-age` says.
     pub cache_ttl: Duration,
+    /// The longest a result stays cached, whatever `max-age` asks.
+    pub cache_max_ttl: Duration,
     /// At most this many live sessions are kept in process.
     pub max_sessions: u64,
     /// At most this many bytes of results are cached in process.
@@ -269,6 +285,7 @@ impl Default for ServerConfig {
             body_limit_bytes: 2 << 20,
             session_ttl: Duration::from_secs(3600),
             cache_ttl: Duration::from_secs(3600),
+            cache_max_ttl: Duration::from_secs(86_400),
             max_sessions: 100_000,
             cache_max_bytes: 64 << 20,
             rate_limits: RateLimits {
@@ -291,6 +308,12 @@ impl ServerConfig {
         );
         ensure!(!self.session_ttl.is_zero(), "session_ttl must be positive");
         ensure!(!self.cache_ttl.is_zero(), "cache_ttl must be positive");
+        ensure!(
+            self.cache_ttl <= self.cache_max_ttl,
+            "cache_ttl ({:?}) exceeds cache_max_ttl ({:?})",
+            self.cache_ttl,
+            self.cache_max_ttl
+        );
         ensure!(self.max_sessions > 0, "max_sessions must be positive");
         ensure!(
             self.log_queue_capacity > 0,
@@ -304,10 +327,8 @@ impl ServerConfig {
             "rate limits must be positive"
         );
         if let Some(secret) = &self.jwt_secret {
-            ensure!(
-                secret.expose().len() >= 32,
-                "the JWT secret (LAMBDA_JWT_SECRET) must be at least 32 bytes"
-            );
+            crate::auth::check_secret(secret.expose().as_bytes())
+                .context("LAMBDA_JWT_SECRET is refused")?;
         }
         for origin in &self.cors_origins {
             ensure!(
@@ -480,6 +501,9 @@ pub const FILE_KEYS: &[&str] = &[
     "body_limit_bytes",
     "session_ttl",
     "cache_ttl",
+    "cache_max_ttl",
+    "slot_wait",
+    "caller_slot_share",
     "max_timeout_ms",
     "skip_migrations",
     "log_queue_capacity",

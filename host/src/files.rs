@@ -26,11 +26,59 @@ pub fn read_file(dir: &Dir, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
     Ok(Some(bytes))
 }
 
-/// Writes `name` beneath `dir` through a temporary file and a rename.
+/// Creates `dir` and its missing parents for this user only (0700): the
+/// data directory holds the secret, the databases and what the host runs.
+/// An existing directory is left as the operator made it, with a warning
+/// when other users may enter it.
+pub fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    match std::fs::metadata(dir) {
+        Ok(metadata) => {
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    "{} is open to other users (mode {mode:o}): `chmod 700` it",
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(_) => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create directory {}", dir.display())),
+    }
+}
+
+/// Creates `path` empty for this user only (0600) if it does not exist,
+/// and makes an existing one private: a file the host creates, the
+/// database, is its user's alone.
+pub fn ensure_private_file(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", path.display()))
+}
+
+/// Writes `name` beneath `dir` through a temporary file and a rename; the
+/// file is its user's only (0600).
 pub fn write_atomically(dir: &Dir, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
     let temporary = format!(".{name}.{}", uuid::Uuid::new_v4().simple());
     let mut file = dir.create(&temporary)?;
-    let written = file.write_all(bytes).and_then(|()| file.sync_data());
+    let written = file
+        .set_permissions(cap_std::fs::Permissions::from_std(
+            std::fs::Permissions::from_mode(0o600),
+        ))
+        .and_then(|()| file.write_all(bytes))
+        .and_then(|()| file.sync_data());
     drop(file);
     if let Err(e) = written.and_then(|()| dir.rename(&temporary, dir, name)) {
         let _ = dir.remove_file(&temporary);

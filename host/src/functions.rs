@@ -130,6 +130,7 @@ impl Functions {
                 created_at: existing.as_ref().map_or(now, |e| e.created_at),
                 updated_at: now,
             };
+            // A predefined function takes its name whoever held it.
             self.registry.upsert(&record).await?;
             self.remember(&record);
             // Compiled (or read from the AOT cache) now, before the host
@@ -199,7 +200,7 @@ impl Functions {
             .await?;
         let now = Utc::now();
         let record = FunctionRecord {
-            language_title: name,
+            language_title: name.clone(),
             language: language_title.language().as_str().to_owned(),
             title: language_title.title().to_owned(),
             kind: FunctionKind::Dynamic,
@@ -215,7 +216,14 @@ impl Functions {
             created_at: existing.as_ref().map_or(now, |e| e.created_at),
             updated_at: now,
         };
-        self.registry.upsert(&record).await?;
+        // The check above is advice for a clear message before a build;
+        // this conditional write is the rule (another user may have taken
+        // the name while this one built).
+        if !self.registry.upsert(&record).await? {
+            return Err(FunctionError::Forbidden(format!(
+                "{name} belongs to another user"
+            )));
+        }
         self.remember(&record);
         Ok(record)
     }

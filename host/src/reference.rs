@@ -18,7 +18,7 @@ const ENVIRONMENT_ONLY: &[(&str, &str, &str)] = &[
     (
         "LAMBDA_JWT_SECRET",
         "generated into `<data-dir>/jwt-secret`",
-        "The HS256 token secret, at least 32 bytes; the same on every replica",
+        "The HS256 token secret, at least 32 bytes and generated (placeholders and patterns are refused: `openssl rand -base64 48`); the same on every replica",
     ),
     (
         "LAMBDA_REDIS_URL",

@@ -5,8 +5,8 @@
 //!
 //! - per process, [`Runtime`]: one `Engine` (component model, epoch
 //!   interruption, pooling allocator), one `Linker` with the WASI interfaces
-//!   and our `host` interface, one epoch ticker thread, one semaphore sized to
-//!   the pool;
+//!   and our `host` interface, one epoch ticker thread, the pool's slots
+//!   shared fairly between callers ([`slots`]);
 //! - per component, [`LoadedFunction`]: compiled once (or loaded from the AOT
 //!   cache) and pre-instantiated, keyed by the digest of its bytes;
 //! - per execution: a fresh `Store` and instance with a deadline, a memory
@@ -17,11 +17,10 @@ mod cache;
 mod engine;
 mod invoke;
 mod limits;
+mod slots;
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::Semaphore;
 
 pub use cache::CacheStats;
 pub use invoke::{Execution, Invocation, LogLine};
@@ -32,6 +31,12 @@ use crate::digest::Digest;
 /// Why an execution did not produce a result.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Every instance slot stayed busy for the whole bounded wait.
+    #[error("the host is busy: no execution slot became free within {waited:?}")]
+    Overloaded { waited: Duration },
+    /// The caller already runs as many executions as its share of the slots.
+    #[error("this caller already runs {share} executions at once, its share of the host")]
+    CallerAtShare { share: u32 },
     /// The guest ran past its deadline and was interrupted.
     #[error("the function did not finish within {0:?}")]
     Timeout(Duration),
@@ -91,9 +96,10 @@ pub struct Runtime {
     engine: wasmtime::Engine,
     linker: Arc<wasmtime::component::Linker<invoke::GuestState>>,
     cache: cache::ComponentCache,
-    /// Back-pressure: one permit per pool slot, taken before instantiation,
-    /// so a burst waits for a free slot instead of failing in the allocator.
-    permits: Arc<Semaphore>,
+    /// Back-pressure: one slot per instance of the pool, taken before
+    /// instantiation, so a burst waits (a bounded time) for a free slot
+    /// instead of failing in the allocator; shared fairly between callers.
+    slots: slots::Slots,
     config: RuntimeConfig,
     /// Dropped last: stops and joins the ticker thread.
     _ticker: engine::EpochTicker,
@@ -113,7 +119,11 @@ impl Runtime {
         )?;
         let ticker = engine::EpochTicker::start(&engine, config.epoch_tick)?;
         Ok(Self {
-            permits: Arc::new(Semaphore::new(config.max_instances as usize)),
+            slots: slots::Slots::new(
+                config.max_instances,
+                config.caller_slot_share,
+                config.slot_wait,
+            ),
             engine,
             linker,
             cache,
@@ -141,11 +151,12 @@ impl Runtime {
 
     /// How many executions hold an instance right now.
     pub fn instances_in_use(&self) -> usize {
-        self.config.max_instances as usize - self.permits.available_permits()
+        self.slots.in_use()
     }
 
-    /// Runs one execution in a fresh instance. `timeout` is capped by the
-    /// configured maximum; `None` takes the default.
+    /// Runs one execution in a fresh instance, in a slot of the caller's
+    /// share. `timeout` is capped by the configured maximum; `None` takes
+    /// the default.
     pub async fn invoke(
         &self,
         function: &LoadedFunction,
@@ -155,11 +166,7 @@ impl Runtime {
         let timeout = timeout
             .unwrap_or(self.config.default_timeout)
             .min(self.config.max_timeout);
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| Error::Internal(e.into()))?;
+        let _slot = self.slots.acquire(&invocation.caller).await?;
         invoke::run(&self.engine, &self.config, function, invocation, timeout).await
     }
 

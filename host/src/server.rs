@@ -74,6 +74,7 @@ impl Application {
             durable.logs.clone(),
             server.log_queue_capacity,
             metrics.log_records_dropped.clone(),
+            metrics.log_records_quarantined.clone(),
         );
         let (sessions, cache, limiter) = shared_stores(&settings, durable.session_records.clone())?;
         let state = AppState {

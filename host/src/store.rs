@@ -8,6 +8,7 @@
 //! Build artifacts (component bytes) live in the toolchain's
 //! [`ArtifactStore`](crate::toolchain::ArtifactStore).
 
+mod bounded;
 mod log_writer;
 pub mod memory;
 pub mod postgres;
@@ -36,6 +37,29 @@ impl StoreError {
         Self {
             context,
             source: source.into(),
+        }
+    }
+
+    /// True when the database refused the values themselves (too long, out
+    /// of range, not valid text, a broken constraint): trying again cannot
+    /// help, unlike a database that is down or busy.
+    pub fn refused_for_data(&self) -> bool {
+        let Some(error) = self.source.downcast_ref::<sqlx::Error>() else {
+            return false;
+        };
+        match error {
+            sqlx::Error::Encode(_) => true,
+            sqlx::Error::Database(e) => {
+                e.kind() != sqlx::error::ErrorKind::Other
+                    // PostgreSQL's SQLSTATE classes: 22 data exception,
+                    // 23 integrity constraint, 54 program limit (a row or
+                    // value too big).
+                    || e.code()
+                        .is_some_and(|c| ["22", "23", "54"].iter().any(|k| c.starts_with(k)))
+                    // SQLite: SQLITE_TOOBIG, SQLITE_MISMATCH, SQLITE_RANGE.
+                    || e.code().is_some_and(|c| ["18", "20", "25"].contains(&c.as_ref()))
+            }
+            _ => false,
         }
     }
 }
@@ -175,8 +199,12 @@ pub struct FunctionFilter {
 /// The function registry: SQLite or PostgreSQL.
 #[async_trait::async_trait]
 pub trait Registry: Send + Sync {
-    /// Inserts or replaces a function, keeping its `created_at`.
-    async fn upsert(&self, function: &FunctionRecord) -> StoreResult<()>;
+    /// Inserts or replaces a function, keeping its `created_at`, in one
+    /// conditional statement: a dynamic function replaces only a dynamic
+    /// function of the same owner (a predefined one replaces anything).
+    /// False when the name is another's and nothing was written: of two
+    /// users registering one new name at once, exactly one wins.
+    async fn upsert(&self, function: &FunctionRecord) -> StoreResult<bool>;
     async fn get(&self, language_title: &str) -> StoreResult<Option<FunctionRecord>>;
     /// The total matching the filter and one page of them, by name.
     async fn list(&self, filter: &FunctionFilter) -> StoreResult<(u64, Vec<FunctionRecord>)>;

@@ -30,6 +30,7 @@ pub struct Metrics {
     /// Log records that could not be queued for the database: counted and
     /// reported, never dropped silently.
     pub log_records_dropped: IntCounter,
+    pub log_records_quarantined: IntCounter,
     pub instances_in_use: IntGauge,
     pub pool_size: IntGauge,
     pub loaded_components: IntGauge,
@@ -45,8 +46,15 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// The `outcome` label of `lambda_executions_total`.
-pub const EXECUTION_OUTCOMES: &[&str] =
-    &["ok", "runtime_error", "timeout", "out_of_memory", "error"];
+pub const EXECUTION_OUTCOMES: &[&str] = &[
+    "ok",
+    "runtime_error",
+    "timeout",
+    "out_of_memory",
+    "error",
+    "overloaded",
+    "rate_limited",
+];
 /// The `outcome` label of `lambda_component_builds_total`.
 pub const BUILD_OUTCOMES: &[&str] = &["ok", "compile_error", "timeout", "limit_exceeded", "error"];
 /// The `store` label of `lambda_integrity_failures_total`.
@@ -150,6 +158,10 @@ impl Metrics {
             log_records_dropped: counter(
                 "lambda_log_records_dropped_total",
                 "Request, error and session log records that could not be queued",
+            ),
+            log_records_quarantined: counter(
+                "lambda_log_records_quarantined_total",
+                "Log records the database refused for their values, left out of their batch",
             ),
             instances_in_use: gauge("lambda_instances_in_use", "Instances executing now"),
             pool_size: gauge(

@@ -935,3 +935,306 @@ async fn replicas_share_sessions_and_built_components() {
     assert_eq!(status, 200);
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_request_can_jam_the_log_pipeline() {
+    use crate::helpers::{test_database_url, use_production_stores};
+    let database = test_database_url().await;
+    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    let app = {
+        let database = database.clone();
+        spawn_app_with(move |s| use_production_stores(s, &database, &prefix)).await
+    };
+    // Values wider than their columns: an unauthenticated method of nine
+    // letters, a 100-character session id, a 300-character subject.
+    let proppatch = reqwest::Method::from_bytes(b"PROPPATCH").unwrap();
+    let response = app
+        .client
+        .request(proppatch, app.url("/health"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error());
+    let token = app.token("mallory", ALL);
+    let (status, _) = status_and_body(app.execute(&token, &"r".repeat(100), json!({})).await).await;
+    assert_eq!(status, 404);
+    let wide = app.token(&"s".repeat(300), ALL);
+    let response = app
+        .client
+        .get(app.url("/api/v1/functions"))
+        .bearer_auth(&wide)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // An ordinary request after them.
+    let marker = uuid::Uuid::new_v4().to_string();
+    let (status, _) = status_and_body(app.execute(&token, &marker, json!({})).await).await;
+    assert_eq!(status, 404);
+    tokio::time::timeout(Duration::from_secs(60), app.stop())
+        .await
+        .expect("the host cannot stop: its log writer is stuck");
+
+    let pool = sqlx::PgPool::connect(&database).await.unwrap();
+    let logged: Vec<(Option<String>, String, Option<String>)> =
+        sqlx::query_as("SELECT request_id, method, user_id FROM public.request_logs")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(
+        logged.iter().any(|(_, method, _)| method == "PROPPATC"),
+        "{logged:?}"
+    );
+    assert!(
+        logged
+            .iter()
+            .any(|(id, _, _)| id.as_deref() == Some(&"r".repeat(64))),
+        "{logged:?}"
+    );
+    assert!(
+        logged
+            .iter()
+            .any(|(_, _, user)| user.as_deref() == Some(&"s".repeat(128))),
+        "{logged:?}"
+    );
+    assert!(
+        logged
+            .iter()
+            .any(|(id, _, _)| id.as_deref() == Some(marker.as_str())),
+        "the request after them is not logged: {logged:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_result_is_never_served_to_another_user_or_another_context() {
+    let app = spawn_app().await;
+    let alice = app.token("alice", ALL);
+    let mallory = app.token("mallory", ALL);
+    let name = format!("rust-echo_{}", uuid::Uuid::new_v4().simple());
+    let mine = app
+        .session(
+            &alice,
+            &name,
+            json!({ "script_content": fixture_source("rust/echo.rs"), "context": { "role": "owner" } }),
+        )
+        .await;
+    // Another user starts alice's function with a context of their
+    // choosing and asks for a long-lived entry.
+    let planted = app
+        .session(&mallory, &name, json!({ "context": { "role": "admin" } }))
+        .await;
+    let params = json!({ "q": 1 });
+    let response = app
+        .client
+        .post(app.url(&format!("/api/v1/execute/{planted}")))
+        .bearer_auth(&mallory)
+        .header("X-Cache-Control", "max-age=86400")
+        .json(&json!({ "params": params }))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = status_and_body(response).await;
+    assert_eq!(
+        (status, &body["result"]["context"]["role"]),
+        (200, &json!("admin"))
+    );
+    // Alice gets her own result, computed for her.
+    let (_, body) = status_and_body(app.execute(&alice, &mine, params.clone()).await).await;
+    assert_eq!(body["cached"], false, "{body}");
+    assert_eq!(body["result"]["context"]["role"], "owner", "{body}");
+    let (_, body) = status_and_body(app.execute(&alice, &mine, params.clone()).await).await;
+    assert_eq!(body["cached"], true, "her own entry serves her: {body}");
+    // The same user with another context is another entry too.
+    let other = app
+        .session(&alice, &name, json!({ "context": { "role": "guest" } }))
+        .await;
+    let (_, body) = status_and_body(app.execute(&alice, &other, params.clone()).await).await;
+    assert_eq!(
+        (&body["cached"], &body["result"]["context"]["role"]),
+        (&json!(false), &json!("guest"))
+    );
+    // Absurd ages are refused, not a 500.
+    for age in ["max-age=18446744073709551615", "max-age=1e9", "max-age=0"] {
+        let response = app
+            .client
+            .post(app.url(&format!("/api/v1/execute/{mine}")))
+            .bearer_auth(&alice)
+            .header("X-Cache-Control", age)
+            .json(&json!({ "params": params }))
+            .send()
+            .await
+            .unwrap();
+        let (status, code, _) = error_of(response).await;
+        assert_eq!((status, code.as_str()), (400, "INVALID_REQUEST"), "{age}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_filling_the_host_with_endless_executions_gets_its_share_and_no_more() {
+    let app = spawn_app_with(|s| {
+        s.runtime.max_instances = 8;
+        s.runtime.slot_wait = Duration::from_secs(10);
+    })
+    .await;
+    let greedy = app.token("greedy", ALL);
+    let patient = app.token("patient", ALL);
+    let endless = app
+        .session(
+            &greedy,
+            &format!("rust-spin_{}", uuid::Uuid::new_v4().simple()),
+            json!({ "script_content": fixture_source("rust/endless_loop.rs"), "context": { "timeout_ms": 60_000 } }),
+        )
+        .await;
+    let echo = app
+        .session(
+            &patient,
+            &format!("rust-echo_{}", uuid::Uuid::new_v4().simple()),
+            json!({ "script_content": fixture_source("rust/echo.rs") }),
+        )
+        .await;
+    // As many never-ending executions as the host has slots.
+    let mut running = Vec::new();
+    for _ in 0..8 {
+        let request = app
+            .client
+            .post(app.url(&format!("/api/v1/execute/{endless}")))
+            .bearer_auth(&greedy)
+            .header("X-Cache-Control", "no-cache")
+            .json(&json!({ "params": {} }))
+            .send();
+        running.push(tokio::spawn(request));
+    }
+    // A quarter of the slots (2) run; the rest are refused at once.
+    let mut refused = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused < 6 && Instant::now() < deadline {
+        let mut still = Vec::new();
+        for request in running {
+            if request.is_finished() {
+                let response = request.await.unwrap().unwrap();
+                assert!(response.headers().contains_key("retry-after"));
+                let (status, code, _) = error_of(response).await;
+                assert_eq!((status, code.as_str()), (429, "RATE_LIMITED"));
+                refused += 1;
+            } else {
+                still.push(request);
+            }
+        }
+        running = still;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((refused, running.len()), (6, 2));
+    assert_eq!(app.state.functions.runtime().instances_in_use(), 2);
+    // Another user is served as usual meanwhile.
+    for i in 0..5 {
+        let response = tokio::time::timeout(
+            Duration::from_secs(5),
+            app.execute(&patient, &echo, json!({ "i": i })),
+        )
+        .await
+        .expect("another user's execution waits behind the greedy one's");
+        assert_eq!(response.status(), 200);
+    }
+    for request in running {
+        request.abort();
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_host_answers_503_after_a_bounded_wait() {
+    let app = spawn_app_with(|s| {
+        s.runtime.max_instances = 2;
+        s.runtime.caller_slot_share = 0.5;
+        s.runtime.slot_wait = Duration::from_millis(300);
+    })
+    .await;
+    let name = format!("rust-spin_{}", uuid::Uuid::new_v4().simple());
+    let source = fixture_source("rust/endless_loop.rs");
+    let mut running = Vec::new();
+    for user in ["a", "b"] {
+        let token = app.token(user, ALL);
+        // a registers the function, b starts a's function.
+        let mut body = json!({ "context": { "timeout_ms": 60_000 } });
+        if user == "a" {
+            body["script_content"] = json!(source);
+        }
+        let id = app.session(&token, &name, body).await;
+        let request = app
+            .client
+            .post(app.url(&format!("/api/v1/execute/{id}")))
+            .bearer_auth(&token)
+            .json(&json!({ "params": {} }))
+            .send();
+        running.push(tokio::spawn(request));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.state.functions.runtime().instances_in_use() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the endless executions never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let third = app.token("c", ALL);
+    let id = app.session(&third, &name, json!({})).await;
+    let response =
+        tokio::time::timeout(Duration::from_secs(10), app.execute(&third, &id, json!({})))
+            .await
+            .expect("the wait for a slot is not bounded");
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let (status, code, _) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (503, "OVERLOADED"));
+    for request in running {
+        request.abort();
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn of_two_users_registering_one_new_name_at_once_exactly_one_wins() {
+    let app = spawn_app().await;
+    let name = format!("rust-race_{}", uuid::Uuid::new_v4().simple());
+    let source = |who: &str| {
+        format!(
+            "use serde_json::{{json, Value}};\npub fn handler(_: Value) -> Result<Value, String> {{ Ok(json!(\"{who}\")) }}\n"
+        )
+    };
+    let register = |who: &'static str| {
+        app.client
+            .post(app.url("/api/v1/initialize"))
+            .bearer_auth(app.token(who, ALL))
+            .header("Language-Title", &name)
+            .json(&json!({ "script_content": source(who) }))
+            .send()
+    };
+    let (first, second) = tokio::join!(register("ann"), register("ben"));
+    let (first, second) = (
+        status_and_body(first.unwrap()).await,
+        status_and_body(second.unwrap()).await,
+    );
+    let mut statuses = [first.0, second.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 403], "{first:?} {second:?}");
+    let (winner, session) = if first.0 == 200 {
+        ("ann", &first.1)
+    } else {
+        ("ben", &second.1)
+    };
+    // The name is the winner's, with the winner's code.
+    let title = lambda_host::language::LanguageTitle::parse(&name).unwrap();
+    let record = app.state.functions.get(&title).await.unwrap().unwrap();
+    assert_eq!(record.owner.as_deref(), Some(winner));
+    let id = session["request_id"].as_str().unwrap();
+    let (_, body) =
+        status_and_body(app.execute(&app.token(winner, ALL), id, json!({})).await).await;
+    assert_eq!(body["result"], winner);
+    app.stop().await;
+}

@@ -205,3 +205,90 @@ fn build_honours_the_build_limits_and_names_the_one_reached() {
     assert!(message.contains("time limit of 8 s"), "{message}");
     assert!(message.contains("LAMBDA_BUILD_TIMEOUT_SECS"), "{message}");
 }
+
+/// The value of `LAMBDA_JWT_SECRET` in an example file of the repository.
+fn shipped_placeholder(file: &str) -> String {
+    let text = std::fs::read_to_string(crate::helpers::repo_root().join(file)).unwrap();
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("LAMBDA_JWT_SECRET"))
+        .unwrap_or_else(|| panic!("no LAMBDA_JWT_SECRET in {file}"));
+    line["LAMBDA_JWT_SECRET".len() + 1..]
+        .trim()
+        .trim_matches('"')
+        .to_owned()
+}
+
+#[test]
+fn the_host_refuses_placeholder_and_guessable_secrets_without_echoing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |secret: &str, reason: &str| {
+        let output = lambda_host(dir.path())
+            .args(["token", "--sub", "x"])
+            .env("LAMBDA_JWT_SECRET", secret)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{secret} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(reason), "{secret}: {stderr}");
+        assert!(
+            !stderr.contains(secret),
+            "the error echoes the secret: {stderr}"
+        );
+    };
+    for file in [".env.example", "deploy/kubernetes/secret.example.yaml"] {
+        refused(&shipped_placeholder(file), "placeholder");
+    }
+    refused(&"x".repeat(64), "too regular");
+    refused(&"ab".repeat(32), "too regular");
+    refused("short-but-random-Qx7", "at least 32 bytes");
+    // A generated one is accepted.
+    let output = lambda_host(dir.path())
+        .args(["token", "--sub", "x"])
+        .env("LAMBDA_JWT_SECRET", "kR3v9Qm2Xb7LwP0sZt5YhN8cJd1FgA4uE6iO")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_data_directory_and_its_secret_and_database_are_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("data");
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let output = lambda_host(&data)
+        .arg("migrate")
+        .env_remove("LAMBDA_JWT_SECRET")
+        .env_remove("LAMBDA_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("jwt-secret")), 0o600);
+    assert_eq!(mode(&data.join("lambda.db")), 0o600);
+    // A secret file others may read is refused, not used.
+    std::fs::set_permissions(
+        data.join("jwt-secret"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let output = lambda_host(&data)
+        .args(["token", "--sub", "x"])
+        .env_remove("LAMBDA_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("open to other users"), "{stderr}");
+}

@@ -127,6 +127,7 @@ pub fn invocation(language_title: &str, params: Value) -> Invocation {
         language_title: language_title.to_owned(),
         params,
         context: json!({}),
+        caller: "test".to_owned(),
     }
 }
 

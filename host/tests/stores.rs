@@ -237,6 +237,43 @@ async fn registry_conformance(registry: &dyn Registry) {
     assert_eq!(read.component_size, 1234);
     assert_eq!(registry.get("rust-none").await.unwrap(), None);
 
+    // Another user's registration of the name writes nothing, whoever
+    // checked what first: the write itself is conditional.
+    let taken = function(
+        "python-a",
+        FunctionKind::Dynamic,
+        Some("mallory"),
+        Some("def handler(e): 'mine now'"),
+    );
+    assert!(!registry.upsert(&taken).await.unwrap());
+    let unchanged = registry.get("python-a").await.unwrap().unwrap();
+    assert_eq!(unchanged.owner.as_deref(), Some("alice"));
+    assert_eq!(
+        unchanged.script_content.as_deref(),
+        Some("def handler(e): ...")
+    );
+    // Nor can a dynamic function replace a predefined one.
+    assert!(
+        !registry
+            .upsert(&function(
+                "nodejs-calculator",
+                FunctionKind::Dynamic,
+                Some("mallory"),
+                Some("x"),
+            ))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        registry
+            .get("nodejs-calculator")
+            .await
+            .unwrap()
+            .unwrap()
+            .kind,
+        FunctionKind::Predefined
+    );
+
     // Re-registering keeps the creation time and replaces the rest.
     let mut newer = function(
         "python-a",
@@ -245,7 +282,7 @@ async fn registry_conformance(registry: &dyn Registry) {
         Some("def handler(e): 2"),
     );
     newer.created_at = Utc::now() + chrono::Duration::days(1);
-    registry.upsert(&newer).await.unwrap();
+    assert!(registry.upsert(&newer).await.unwrap());
     let again = registry.get("python-a").await.unwrap().unwrap();
     assert_eq!(again.script_content.as_deref(), Some("def handler(e): 2"));
     assert_eq!(
@@ -476,4 +513,134 @@ async fn postgres_logs_fill_the_seed_tables() {
     // Writing the same batch again (a retry after a lost commit) adds no
     // second request row.
     store.write_batch(&log_batch()[..1]).await.unwrap();
+}
+
+/// Records as an attacker would shape them: values wider than their
+/// columns, NUL characters in text and JSON, and two records that no
+/// bounding can save (an error row naming a request row that does not
+/// exist, a time PostgreSQL cannot store), between two ordinary requests.
+fn hostile_log_records() -> (Vec<LogRecord>, [uuid::Uuid; 2]) {
+    let now = Utc::now();
+    let request = |id: uuid::Uuid, request_id: &str| RequestLog {
+        id,
+        request_id: Some(request_id.into()),
+        method: "GET".into(),
+        endpoint: "/health".into(),
+        status: 200,
+        duration_ms: 1.0,
+        user_id: None,
+        language_title: None,
+        cached: None,
+        client_ip: Some("127.0.0.1".into()),
+        created_at: now,
+    };
+    let (first, last) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let wide = uuid::Uuid::new_v4();
+    let mut sneaky_session = session("s-\u{0}", Duration::from_secs(60));
+    sneaky_session.context = json!({ "k\u{0}": "v\u{0}" });
+    sneaky_session.owner = "o".repeat(300);
+    let records = vec![
+        LogRecord::Request(request(first, "first")),
+        LogRecord::Request(RequestLog {
+            method: "PROPPATCH".into(),
+            request_id: Some("r".repeat(100)),
+            user_id: Some("u".repeat(300)),
+            endpoint: "/api/\u{0}".into(),
+            language_title: Some("l".repeat(300)),
+            client_ip: Some("x".repeat(100)),
+            duration_ms: f64::INFINITY,
+            ..request(wide, "wide")
+        }),
+        LogRecord::Error(ErrorLog {
+            request_log_id: wide,
+            request_id: Some("r".repeat(100)),
+            endpoint: "e".repeat(300),
+            code: "C".repeat(100),
+            message: "nul \u{0} and more".repeat(10_000),
+            details: json!({ "stack_trace": "\u{0}", "big": "x".repeat(1 << 20) }),
+            created_at: now,
+        }),
+        LogRecord::Session(sneaky_session),
+        // Refused: the request row it names does not exist.
+        LogRecord::Error(ErrorLog {
+            request_log_id: uuid::Uuid::new_v4(),
+            request_id: None,
+            endpoint: "/".into(),
+            code: "X".into(),
+            message: "orphan".into(),
+            details: json!({}),
+            created_at: now,
+        }),
+        // Refused: before the first time PostgreSQL can store (4713 BC).
+        LogRecord::Request(RequestLog {
+            created_at: chrono::DateTime::<Utc>::MIN_UTC,
+            ..request(uuid::Uuid::new_v4(), "far-past")
+        }),
+        LogRecord::Request(request(last, "last")),
+    ];
+    (records, [first, last])
+}
+
+/// Queues the hostile records through the writer as the host does;
+/// returns how many were quarantined.
+async fn write_hostile_records(store: Arc<dyn LogStore>) -> u64 {
+    let quarantined = prometheus::IntCounter::new("q", "q").unwrap();
+    let dropped = prometheus::IntCounter::new("d", "d").unwrap();
+    let (writer, task) =
+        lambda_host::store::LogWriter::start(store, 64, dropped.clone(), quarantined.clone());
+    let (records, _) = hostile_log_records();
+    for record in records {
+        writer.record(record);
+    }
+    tokio::time::timeout(Duration::from_secs(30), writer.flush())
+        .await
+        .expect("the log pipeline is stuck");
+    drop(writer);
+    task.await.unwrap();
+    assert_eq!(dropped.get(), 0);
+    quarantined.get()
+}
+
+#[tokio::test]
+async fn postgres_log_pipeline_writes_everything_but_what_it_cannot_and_never_stops() {
+    let store = postgres().await;
+    let quarantined = write_hostile_records(Arc::new(store.clone())).await;
+    assert_eq!(quarantined, 2, "the orphan error and the far past");
+    let rows: Vec<(Option<String>, String)> =
+        sqlx::query_as("SELECT request_id, method FROM public.request_logs ORDER BY timestamp")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    let ids: Vec<&str> = rows.iter().filter_map(|(r, _)| r.as_deref()).collect();
+    assert!(ids.contains(&"first") && ids.contains(&"last"), "{ids:?}");
+    // The wide request is kept, cut to its columns.
+    let (request_id, method) = rows.iter().find(|(_, m)| m.starts_with("PROPP")).unwrap();
+    assert_eq!(method, "PROPPATC");
+    assert_eq!(request_id.as_deref().unwrap().len(), 64);
+    let (code, message_chars): (String, i32) =
+        sqlx::query_as("SELECT error_code, length(error_message) FROM public.error_logs")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!((code.len(), message_chars), (64, 16 << 10));
+    let (owner, context): (String, serde_json::Value) =
+        sqlx::query_as("SELECT user_id, context FROM meta.sessions")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(owner.len(), 128);
+    assert_eq!(context, json!({ "k\u{FFFD}": "v\u{FFFD}" }));
+}
+
+#[tokio::test]
+async fn sqlite_log_pipeline_writes_every_hostile_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir).await;
+    // SQLite stores any width and has no link to enforce: nothing refused.
+    assert_eq!(write_hostile_records(Arc::new(store.clone())).await, 0);
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM request_logs")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 4);
 }

@@ -24,6 +24,7 @@ pub enum Code {
     NotFound,
     CompileError,
     RateLimited,
+    Overloaded,
     RuntimeError,
     Internal,
     Timeout,
@@ -39,6 +40,7 @@ impl Code {
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::CompileError => StatusCode::UNPROCESSABLE_ENTITY,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Code::RuntimeError | Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Code::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -54,6 +56,7 @@ impl Code {
             Code::NotFound => "NOT_FOUND",
             Code::CompileError => "COMPILE_ERROR",
             Code::RateLimited => "RATE_LIMITED",
+            Code::Overloaded => "OVERLOADED",
             Code::RuntimeError => "RUNTIME_ERROR",
             Code::Internal => "INTERNAL_ERROR",
             Code::Timeout => "TIMEOUT",
@@ -72,7 +75,7 @@ pub struct Detail {
     pub message: String,
     pub details: Value,
     pub request_id: Option<String>,
-    /// Seconds for `Retry-After` (429).
+    /// Seconds for `Retry-After` (429, 503).
     pub retry_after_secs: Option<u64>,
     /// The cause of an internal error: logged, never sent.
     cause: Option<String>,
@@ -133,6 +136,11 @@ impl ApiError {
         error
     }
 
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.0.retry_after_secs = Some(secs);
+        self
+    }
+
     pub fn with_details(mut self, details: Value) -> Self {
         self.0.details = details;
         self
@@ -179,6 +187,13 @@ impl From<runtime::Error> for ApiError {
         use runtime::Error as E;
         match error {
             E::Timeout(_) => ApiError::new(Code::Timeout, error.to_string()),
+            // Slots free up as executions end: a second is a fair guess.
+            E::Overloaded { .. } => {
+                ApiError::new(Code::Overloaded, error.to_string()).retry_after(1)
+            }
+            E::CallerAtShare { share } => ApiError::new(Code::RateLimited, error.to_string())
+                .with_details(json!({ "reason": "concurrent_executions", "limit": share }))
+                .retry_after(1),
             E::OutOfMemory { limit_bytes } => ApiError::new(Code::RuntimeError, error.to_string())
                 .with_details(json!({ "reason": "out_of_memory", "limit_bytes": limit_bytes })),
             E::Guest(guest) => {
@@ -245,6 +260,7 @@ mod tests {
             (Code::NotFound, 404, "NOT_FOUND"),
             (Code::CompileError, 422, "COMPILE_ERROR"),
             (Code::RateLimited, 429, "RATE_LIMITED"),
+            (Code::Overloaded, 503, "OVERLOADED"),
             (Code::RuntimeError, 500, "RUNTIME_ERROR"),
             (Code::Internal, 500, "INTERNAL_ERROR"),
             (Code::Timeout, 504, "TIMEOUT"),

@@ -33,7 +33,12 @@ enum CachePolicy {
     MaxAge(Duration),
 }
 
-fn cache_policy(headers: &HeaderMap) -> Result<CachePolicy, ApiError> {
+/// The largest `max-age` taken seriously; beyond it the header is refused
+/// (a value this large is a mistake, not a wish).
+const MAX_AGE_LIMIT_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// The cache policy a request asks for; `max_ttl` caps what `max-age` sets.
+fn cache_policy(headers: &HeaderMap, max_ttl: Duration) -> Result<CachePolicy, ApiError> {
     let Some(value) = headers.get("x-cache-control") else {
         return Ok(CachePolicy::Default);
     };
@@ -47,13 +52,17 @@ fn cache_policy(headers: &HeaderMap) -> Result<CachePolicy, ApiError> {
     }
     if let Some(seconds) = value.strip_prefix("max-age=")
         && let Ok(seconds) = seconds.parse::<u64>()
-        && seconds > 0
+        && (1..=MAX_AGE_LIMIT_SECS).contains(&seconds)
     {
-        return Ok(CachePolicy::MaxAge(Duration::from_secs(seconds)));
+        return Ok(CachePolicy::MaxAge(
+            Duration::from_secs(seconds).min(max_ttl),
+        ));
     }
-    Err(ApiError::invalid_request(
-        "X-Cache-Control is `no-cache` or `max-age=<seconds>` (seconds > 0)",
-    ))
+    Err(ApiError::invalid_request(format!(
+        "X-Cache-Control is `no-cache` or `max-age=<seconds>` (0 < seconds <= {MAX_AGE_LIMIT_SECS}; \
+         results are kept at most {} s)",
+        max_ttl.as_secs()
+    )))
 }
 
 pub async fn execute(
@@ -91,8 +100,8 @@ pub async fn execute(
             )));
         }
     };
-    let policy = cache_policy(&headers).map_err(fail)?;
-    let key = cache_key(&session.component_digest, &params);
+    let policy = cache_policy(&headers, state.config.cache_max_ttl).map_err(fail)?;
+    let key = cache_key(&session, &params);
 
     let cached = if policy == CachePolicy::NoCache {
         None
@@ -169,6 +178,7 @@ async fn run(
         language_title: session.language_title.clone(),
         params: params.clone(),
         context: session.context.clone(),
+        caller: session.owner.clone(),
     };
     let timeout = Duration::from_millis(session.timeout_ms);
     let started = Instant::now();
@@ -181,6 +191,8 @@ async fn run(
         Ok(_) => "ok",
         Err(runtime::Error::Timeout(_)) => "timeout",
         Err(runtime::Error::OutOfMemory { .. }) => "out_of_memory",
+        Err(runtime::Error::Overloaded { .. }) => "overloaded",
+        Err(runtime::Error::CallerAtShare { .. }) => "rate_limited",
         Err(runtime::Error::Internal(_) | runtime::Error::InvalidComponent(_)) => "error",
         Err(_) => "runtime_error",
     };
@@ -235,14 +247,22 @@ async fn end_or_extend(state: &AppState, session: &Session) {
     state.logs.record(LogRecord::Session(counted));
 }
 
-/// The cache key of a result: the function version and the params, in a
+/// The cache key of a result: everything the result depends on or belongs
+/// to — the function version, the caller (an entry is never served to
+/// another user), the session's context and the params, the JSON in a
 /// canonical form (object keys sorted) so `{"a":1,"b":2}` and
 /// `{"b":2,"a":1}` share an entry.
-pub fn cache_key(component_digest: &str, params: &Value) -> String {
-    let canonical = canonical_json(params);
+pub fn cache_key(session: &Session, params: &Value) -> String {
+    let context = canonical_json(&session.context);
+    let params = canonical_json(params);
     format!(
         "result:{}",
-        Digest::of_fields([component_digest.as_bytes(), canonical.as_bytes()])
+        Digest::of_fields([
+            session.component_digest.as_bytes(),
+            session.owner.as_bytes(),
+            context.as_bytes(),
+            params.as_bytes(),
+        ])
     )
 }
 
@@ -273,39 +293,76 @@ fn canonical_json(value: &Value) -> String {
 mod tests {
     use super::*;
 
+    fn session(version: &str, owner: &str, context: Value) -> Session {
+        let now = Utc::now();
+        Session {
+            request_id: "r".into(),
+            language_title: "rust-f".into(),
+            owner: owner.into(),
+            build_digest: "b".into(),
+            component_digest: version.into(),
+            context,
+            timeout_ms: 1000,
+            retain_session: true,
+            created_at: now,
+            expires_at: now,
+            execution_count: 0,
+            last_executed_at: None,
+        }
+    }
+
     #[test]
-    fn the_cache_key_ignores_key_order_but_not_values_or_versions() {
-        let a = cache_key("v1", &json!({ "a": 1, "b": { "x": [1, 2], "y": null } }));
-        let b = cache_key("v1", &json!({ "b": { "y": null, "x": [1, 2] }, "a": 1 }));
+    fn the_cache_key_ignores_key_order_but_not_values_versions_callers_or_contexts() {
+        let v1 = session("v1", "alice", json!({ "k": 1 }));
+        let a = cache_key(&v1, &json!({ "a": 1, "b": { "x": [1, 2], "y": null } }));
+        let b = cache_key(&v1, &json!({ "b": { "y": null, "x": [1, 2] }, "a": 1 }));
         assert_eq!(a, b);
+        let params = json!({ "a": 1, "b": { "x": [1, 2], "y": null } });
         assert_ne!(
             a,
-            cache_key("v1", &json!({ "a": 2, "b": { "x": [1, 2], "y": null } }))
+            cache_key(&v1, &json!({ "a": 2, "b": { "x": [1, 2], "y": null } }))
         );
+        for other in [
+            session("v2", "alice", json!({ "k": 1 })),
+            session("v1", "mallory", json!({ "k": 1 })),
+            session("v1", "alice", json!({ "k": 2 })),
+        ] {
+            assert_ne!(a, cache_key(&other, &params));
+        }
         assert_ne!(
-            a,
-            cache_key("v2", &json!({ "a": 1, "b": { "x": [1, 2], "y": null } }))
-        );
-        assert_ne!(
-            cache_key("v1", &json!({ "a": [1, 2] })),
-            cache_key("v1", &json!({ "a": [2, 1] }))
+            cache_key(&v1, &json!({ "a": [1, 2] })),
+            cache_key(&v1, &json!({ "a": [2, 1] }))
         );
     }
 
     #[test]
     fn x_cache_control_is_parsed_strictly() {
+        let day = Duration::from_secs(86_400);
         let mut headers = HeaderMap::new();
-        assert_eq!(cache_policy(&headers).unwrap(), CachePolicy::Default);
+        assert_eq!(cache_policy(&headers, day).unwrap(), CachePolicy::Default);
         headers.insert("x-cache-control", "no-cache".parse().unwrap());
-        assert_eq!(cache_policy(&headers).unwrap(), CachePolicy::NoCache);
+        assert_eq!(cache_policy(&headers, day).unwrap(), CachePolicy::NoCache);
         headers.insert("x-cache-control", "max-age=60".parse().unwrap());
         assert_eq!(
-            cache_policy(&headers).unwrap(),
+            cache_policy(&headers, day).unwrap(),
             CachePolicy::MaxAge(Duration::from_secs(60))
         );
-        for bad in ["max-age=0", "max-age=-1", "max-age=soon", "forever"] {
+        // Capped by the server's maximum.
+        headers.insert("x-cache-control", "max-age=31536000".parse().unwrap());
+        assert_eq!(
+            cache_policy(&headers, day).unwrap(),
+            CachePolicy::MaxAge(day)
+        );
+        for bad in [
+            "max-age=0",
+            "max-age=-1",
+            "max-age=soon",
+            "forever",
+            "max-age=18446744073709551615",
+            "max-age=99999999999999999999999",
+        ] {
             headers.insert("x-cache-control", bad.parse().unwrap());
-            assert!(cache_policy(&headers).is_err(), "{bad}");
+            assert!(cache_policy(&headers, day).is_err(), "{bad}");
         }
     }
 }

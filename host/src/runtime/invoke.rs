@@ -23,6 +23,9 @@ pub struct Invocation {
     pub params: Value,
     /// The session's context object.
     pub context: Value,
+    /// Who the execution runs for (a token's `sub`): each caller holds at
+    /// most its share of the instance slots.
+    pub caller: String,
 }
 
 /// A finished execution.

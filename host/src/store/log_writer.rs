@@ -7,6 +7,12 @@
 //! what does not fit in the queue is counted in
 //! `lambda_log_records_dropped_total` and reported in the host's log —
 //! never dropped silently.
+//!
+//! No record can stop the pipeline: values are bounded to the columns
+//! before they are queued ([`LogRecord::bounded`]), and a batch the
+//! database refuses for its data is split until the refused records are
+//! alone; those are quarantined (named in the host's log, counted in
+//! `lambda_log_records_quarantined_total`) and the rest is written.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,9 +52,10 @@ impl LogWriter {
         store: Arc<dyn LogStore>,
         capacity: usize,
         dropped: IntCounter,
+        quarantined: IntCounter,
     ) -> (Self, JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(capacity);
-        let task = tokio::spawn(run(store, receiver));
+        let task = tokio::spawn(run(store, receiver, quarantined));
         (
             Self {
                 sender,
@@ -63,7 +70,7 @@ impl LogWriter {
     pub fn record(&self, record: LogRecord) {
         if self
             .sender
-            .try_send(Message::Record(Box::new(record)))
+            .try_send(Message::Record(Box::new(record.bounded())))
             .is_err()
         {
             self.dropped.inc();
@@ -92,7 +99,11 @@ impl LogWriter {
     }
 }
 
-async fn run(store: Arc<dyn LogStore>, mut receiver: mpsc::Receiver<Message>) {
+async fn run(
+    store: Arc<dyn LogStore>,
+    mut receiver: mpsc::Receiver<Message>,
+    quarantined: IntCounter,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut waiting = Vec::new();
     while let Some(first) = receiver.recv().await {
@@ -105,7 +116,7 @@ async fn run(store: Arc<dyn LogStore>, mut receiver: mpsc::Receiver<Message>) {
                 _ => break,
             }
         }
-        write_with_retry(store.as_ref(), &batch).await;
+        write(store.as_ref(), &batch, &quarantined).await;
         batch.clear();
         for done in waiting.drain(..) {
             let _ = done.send(());
@@ -121,7 +132,9 @@ fn take(message: Message, batch: &mut Vec<LogRecord>, waiting: &mut Vec<oneshot:
     }
 }
 
-async fn write_with_retry(store: &dyn LogStore, batch: &[LogRecord]) {
+/// Writes a batch: retried while the database is unreachable, split when
+/// it refuses the data, down to the records it refuses alone.
+async fn write(store: &dyn LogStore, batch: &[LogRecord], quarantined: &IntCounter) {
     if batch.is_empty() {
         return;
     }
@@ -129,6 +142,22 @@ async fn write_with_retry(store: &dyn LogStore, batch: &[LogRecord]) {
     loop {
         match store.write_batch(batch).await {
             Ok(()) => return,
+            Err(e) if e.refused_for_data() => {
+                if let [record] = batch {
+                    let (kind, request_id) = record.describe();
+                    tracing::error!(
+                        kind,
+                        request_id,
+                        "a log record was refused by the database and is quarantined: {e}"
+                    );
+                    quarantined.inc();
+                    return;
+                }
+                let (first, second) = batch.split_at(batch.len() / 2);
+                Box::pin(write(store, first, quarantined)).await;
+                Box::pin(write(store, second, quarantined)).await;
+                return;
+            }
             Err(e) => {
                 tracing::warn!(
                     records = batch.len(),

@@ -103,13 +103,13 @@ fn push_filters(query: &mut QueryBuilder<'_, Postgres>, filter: &FunctionFilter)
 
 #[async_trait::async_trait]
 impl Registry for PgStore {
-    async fn upsert(&self, f: &FunctionRecord) -> StoreResult<()> {
+    async fn upsert(&self, f: &FunctionRecord) -> StoreResult<bool> {
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(db("starting a registry update"))?;
-        let id: uuid::Uuid = sqlx::query_scalar(
+        let id: Option<uuid::Uuid> = sqlx::query_scalar(
             "INSERT INTO meta.functions (language, title, language_title, description,
                  schema_definition, examples, created_at, updated_at, created_by, kind,
                  build_digest, component_digest, component_size, compile_options)
@@ -123,6 +123,9 @@ impl Registry for PgStore {
                  component_digest = EXCLUDED.component_digest,
                  component_size = EXCLUDED.component_size,
                  compile_options = EXCLUDED.compile_options, is_active = TRUE
+             WHERE EXCLUDED.kind = 'predefined'
+                OR (meta.functions.kind = 'dynamic'
+                    AND meta.functions.created_by IS NOT DISTINCT FROM EXCLUDED.created_by)
              RETURNING id",
         )
         .bind(&f.language)
@@ -139,9 +142,13 @@ impl Registry for PgStore {
         .bind(&f.component_digest)
         .bind(f.component_size as i64)
         .bind(&f.compile_options)
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db("registering a function"))?;
+        let Some(id) = id else {
+            // The name is another owner's: nothing to write.
+            return Ok(false);
+        };
         match &f.script_content {
             Some(content) => {
                 sqlx::query(
@@ -168,7 +175,7 @@ impl Registry for PgStore {
         tx.commit()
             .await
             .map_err(db("committing a registry update"))?;
-        Ok(())
+        Ok(true)
     }
 
     async fn get(&self, language_title: &str) -> StoreResult<Option<FunctionRecord>> {

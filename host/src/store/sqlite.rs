@@ -26,6 +26,10 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database file.
     pub async fn open(path: &Path) -> StoreResult<Self> {
+        // Created private before SQLite opens it: its journal files take
+        // the database's mode.
+        crate::files::ensure_private_file(path)
+            .map_err(|e| StoreError::new("creating the SQLite database", e))?;
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
             .map_err(|e| StoreError::new("parsing the SQLite path", e))?
             .create_if_missing(true)
@@ -102,8 +106,8 @@ fn push_filters(query: &mut QueryBuilder<'_, Sqlite>, filter: &FunctionFilter) {
 
 #[async_trait::async_trait]
 impl Registry for SqliteStore {
-    async fn upsert(&self, f: &FunctionRecord) -> StoreResult<()> {
-        sqlx::query(
+    async fn upsert(&self, f: &FunctionRecord) -> StoreResult<bool> {
+        let written = sqlx::query(
             "INSERT INTO functions (language_title, language, title, kind, owner, description,
                  script_content, build_digest, component_digest, component_size, compile_options,
                  schema, examples, created_at, updated_at)
@@ -114,7 +118,9 @@ impl Registry for SqliteStore {
                  build_digest = excluded.build_digest, component_digest = excluded.component_digest,
                  component_size = excluded.component_size,
                  compile_options = excluded.compile_options, schema = excluded.schema,
-                 examples = excluded.examples, updated_at = excluded.updated_at",
+                 examples = excluded.examples, updated_at = excluded.updated_at
+             WHERE excluded.kind = 'predefined'
+                OR (functions.kind = 'dynamic' AND functions.owner IS excluded.owner)",
         )
         .bind(&f.language_title)
         .bind(&f.language)
@@ -134,7 +140,7 @@ impl Registry for SqliteStore {
         .execute(&self.pool)
         .await
         .map_err(db("registering a function"))?;
-        Ok(())
+        Ok(written.rows_affected() == 1)
     }
 
     async fn get(&self, language_title: &str) -> StoreResult<Option<FunctionRecord>> {
