@@ -98,8 +98,14 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             middleware::rate_limit_functions,
         ));
-    let api = Router::new()
+    let initialize = Router::new()
         .route("/api/v1/initialize", post(initialize::initialize))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::rate_limit_initialize,
+        ));
+    let api = Router::new()
+        .merge(initialize)
         .route("/api/v1/sessions/{request_id}", get(sessions::get))
         .merge(execute)
         .merge(functions)

@@ -159,6 +159,18 @@ enum Command {
         /// Function listing requests per minute per token subject.
         #[arg(long, env = "LAMBDA_RATE_LIMIT_FUNCTIONS", default_value_t = 60)]
         rate_limit_functions: u32,
+        /// Initialize requests per minute per token subject.
+        #[arg(long, env = "LAMBDA_RATE_LIMIT_INITIALIZE", default_value_t = 60)]
+        rate_limit_initialize: u32,
+        /// Initialize requests with a source (builds) per minute per token subject.
+        #[arg(long, env = "LAMBDA_RATE_LIMIT_BUILDS", default_value_t = 10)]
+        rate_limit_builds: u32,
+        /// The largest session context, in bytes of JSON (beyond: 413).
+        #[arg(long, env = "LAMBDA_MAX_CONTEXT_BYTES", default_value_t = 64 << 10)]
+        max_context_bytes: usize,
+        /// What one token subject's live sessions may weigh, in MiB (beyond: 429).
+        #[arg(long, env = "LAMBDA_SESSION_QUOTA_MB", default_value_t = 8)]
+        session_quota_mb: u64,
         /// The largest request body, in bytes.
         #[arg(long, env = "LAMBDA_BODY_LIMIT_BYTES", default_value_t = 2 << 20)]
         body_limit_bytes: usize,
@@ -256,6 +268,10 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             rate_limit_execute,
             rate_limit_execute_anonymous,
             rate_limit_functions,
+            rate_limit_initialize,
+            rate_limit_builds,
+            max_context_bytes,
+            session_quota_mb,
             body_limit_bytes,
             session_ttl,
             cache_ttl,
@@ -274,6 +290,10 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             server.rate_limits.execute_per_subject = rate_limit_execute;
             server.rate_limits.execute_per_anonymous_ip = rate_limit_execute_anonymous;
             server.rate_limits.functions_per_subject = rate_limit_functions;
+            server.rate_limits.initialize_per_subject = rate_limit_initialize;
+            server.rate_limits.builds_per_subject = rate_limit_builds;
+            server.max_context_bytes = max_context_bytes;
+            server.session_quota_bytes = session_quota_mb << 20;
             server.body_limit_bytes = body_limit_bytes;
             server.session_ttl = session_ttl;
             server.cache_ttl = cache_ttl;

@@ -252,12 +252,16 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// How long an initialized session lives.
     pub session_ttl: Duration,
+    /// The largest session context, in bytes of JSON.
+    pub max_context_bytes: usize,
     /// How long a result stays cached unless `X-Cache-Control: max-age` says.
     pub cache_ttl: Duration,
     /// The longest a result stays cached, whatever `max-age` asks.
     pub cache_max_ttl: Duration,
-    /// At most this many live sessions are kept in process.
-    pub max_sessions: u64,
+    /// The live sessions kept in process weigh at most this, in bytes.
+    pub sessions_max_bytes: u64,
+    /// One token subject's live sessions weigh at most this, in bytes.
+    pub session_quota_bytes: u64,
     /// At most this many bytes of results are cached in process.
     pub cache_max_bytes: u64,
     pub rate_limits: RateLimits,
@@ -274,6 +278,10 @@ pub struct RateLimits {
     pub execute_per_anonymous_ip: u32,
     /// `/api/v1/functions` per token subject.
     pub functions_per_subject: u32,
+    /// `/api/v1/initialize` per token subject.
+    pub initialize_per_subject: u32,
+    /// `/api/v1/initialize` with a source (a build) per token subject.
+    pub builds_per_subject: u32,
 }
 
 impl Default for ServerConfig {
@@ -284,14 +292,18 @@ impl Default for ServerConfig {
             cors_origins: vec!["*".to_owned()],
             body_limit_bytes: 2 << 20,
             session_ttl: Duration::from_secs(3600),
+            max_context_bytes: 64 << 10,
             cache_ttl: Duration::from_secs(3600),
             cache_max_ttl: Duration::from_secs(86_400),
-            max_sessions: 100_000,
+            sessions_max_bytes: 256 << 20,
+            session_quota_bytes: 8 << 20,
             cache_max_bytes: 64 << 20,
             rate_limits: RateLimits {
                 execute_per_subject: 100,
                 execute_per_anonymous_ip: 10,
                 functions_per_subject: 60,
+                initialize_per_subject: 60,
+                builds_per_subject: 10,
             },
             // At ~300 bytes a record, 30 MB: a 30-second database outage
             // at 1500 executions per second (two records each).
@@ -314,7 +326,10 @@ impl ServerConfig {
             self.cache_ttl,
             self.cache_max_ttl
         );
-        ensure!(self.max_sessions > 0, "max_sessions must be positive");
+        ensure!(
+            self.sessions_max_bytes > 0 && self.session_quota_bytes > 0,
+            "sessions_max_bytes and session_quota_bytes must be positive"
+        );
         ensure!(
             self.log_queue_capacity > 0,
             "log_queue_capacity must be positive"
@@ -323,7 +338,9 @@ impl ServerConfig {
         ensure!(
             limits.execute_per_subject > 0
                 && limits.execute_per_anonymous_ip > 0
-                && limits.functions_per_subject > 0,
+                && limits.functions_per_subject > 0
+                && limits.initialize_per_subject > 0
+                && limits.builds_per_subject > 0,
             "rate limits must be positive"
         );
         if let Some(secret) = &self.jwt_secret {
@@ -498,6 +515,10 @@ pub const FILE_KEYS: &[&str] = &[
     "rate_limit_execute",
     "rate_limit_execute_anonymous",
     "rate_limit_functions",
+    "rate_limit_initialize",
+    "rate_limit_builds",
+    "max_context_bytes",
+    "session_quota_mb",
     "body_limit_bytes",
     "session_ttl",
     "cache_ttl",

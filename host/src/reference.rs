@@ -217,6 +217,22 @@ mod tests {
             default_of("LAMBDA_RATE_LIMIT_FUNCTIONS"),
             limits.functions_per_subject.to_string()
         );
+        assert_eq!(
+            default_of("LAMBDA_RATE_LIMIT_INITIALIZE"),
+            limits.initialize_per_subject.to_string()
+        );
+        assert_eq!(
+            default_of("LAMBDA_RATE_LIMIT_BUILDS"),
+            limits.builds_per_subject.to_string()
+        );
+        assert_eq!(
+            default_of("LAMBDA_MAX_CONTEXT_BYTES"),
+            server.max_context_bytes.to_string()
+        );
+        assert_eq!(
+            default_of("LAMBDA_SESSION_QUOTA_MB"),
+            (server.session_quota_bytes >> 20).to_string()
+        );
         let runtime = &defaults.runtime;
         assert_eq!(
             default_of("LAMBDA_MEMORY_LIMIT_MB"),

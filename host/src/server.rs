@@ -197,14 +197,14 @@ fn shared_stores(
             let sessions = ResilientSessions::new(
                 redis.clone(),
                 session_records,
-                settings.server.max_sessions,
+                settings.server.sessions_max_bytes,
             );
             Ok((Arc::new(sessions), redis.clone(), redis))
         }
         None => {
             let server = &settings.server;
             Ok((
-                Arc::new(MemorySessions::new(server.max_sessions)),
+                Arc::new(MemorySessions::new(server.sessions_max_bytes)),
                 Arc::new(MemoryResultCache::new(server.cache_max_bytes)),
                 Arc::new(MemoryRateLimiter::new(100_000)),
             ))

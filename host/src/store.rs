@@ -89,11 +89,34 @@ pub struct Session {
     pub last_executed_at: Option<DateTime<Utc>>,
 }
 
+impl Session {
+    /// What the session weighs in a store, in bytes: its context (at most
+    /// `max_context_bytes`) and its fixed fields.
+    pub fn weight(&self) -> u64 {
+        const FIXED_FIELDS: u64 = 512;
+        FIXED_FIELDS + self.context.to_string().len() as u64 + self.owner.len() as u64
+    }
+}
+
+/// What came of [`SessionStore::insert_new`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Insert {
+    Inserted,
+    /// The id is another session's.
+    IdTaken,
+    /// The owner's live sessions weigh too much already to add this one.
+    OverQuota {
+        used_bytes: u64,
+    },
+}
+
 /// Sessions, in memory or in Redis.
 #[async_trait::async_trait]
 pub trait SessionStore: Send + Sync {
-    /// Inserts a session unless its id is taken; false when it was.
-    async fn insert_new(&self, session: &Session) -> StoreResult<bool>;
+    /// Inserts a session unless its id is taken or its owner's live
+    /// sessions would weigh more than `quota_bytes` with it (one check and
+    /// write, so concurrent inserts cannot overshoot together).
+    async fn insert_new(&self, session: &Session, quota_bytes: u64) -> StoreResult<Insert>;
     /// The session, unless it is unknown or expired.
     async fn get(&self, request_id: &str) -> StoreResult<Option<Session>>;
     /// Counts one execution of a live session, atomically (concurrent
@@ -105,7 +128,7 @@ pub trait SessionStore: Send + Sync {
         session: &Session,
         at: DateTime<Utc>,
     ) -> StoreResult<Option<Session>>;
-    async fn remove(&self, request_id: &str) -> StoreResult<()>;
+    async fn remove(&self, session: &Session) -> StoreResult<()>;
     /// How many sessions are live.
     async fn active_count(&self) -> StoreResult<u64>;
     /// "embedded" or "ok"; an error when the backend cannot be reached.

@@ -1238,3 +1238,98 @@ async fn of_two_users_registering_one_new_name_at_once_exactly_one_wins() {
     assert_eq!(body["result"], winner);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn initialize_is_rate_limited_builds_more_tightly_and_a_context_is_capped() {
+    let app = spawn_app_with(|s| {
+        s.server.rate_limits.builds_per_subject = 2;
+        s.server.rate_limits.initialize_per_subject = 5;
+    })
+    .await;
+    let builder = app.token("builder", ALL);
+    let build = |i: usize| {
+        let name = format!("rust-echo_{i}_{}", uuid::Uuid::new_v4().simple());
+        let builder = &builder;
+        let app = &app;
+        async move {
+            app.initialize(
+                builder,
+                &name,
+                json!({ "script_content": fixture_source("rust/echo.rs") }),
+            )
+            .await
+        }
+    };
+    for i in 0..2 {
+        assert_eq!(build(i).await.status(), 200);
+    }
+    let response = build(2).await;
+    assert!(response.headers().contains_key("retry-after"));
+    let (status, code, body) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (429, "RATE_LIMITED"));
+    assert_eq!(body["error"]["details"]["reason"], "builds");
+    // Starting a function without building counts against initialize's
+    // own limit: 3 requests so far, 2 more pass.
+    for _ in 0..2 {
+        let response = app
+            .initialize(&builder, "rust-data_validator", json!({}))
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    let (status, code, _) = error_of(
+        app.initialize(&builder, "rust-data_validator", json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (429, "RATE_LIMITED"));
+    // Another user is not affected.
+    let other = app.token("other", ALL);
+    assert_eq!(
+        app.initialize(&other, "rust-data_validator", json!({}))
+            .await
+            .status(),
+        200
+    );
+    // A context beyond 64 KiB is refused, whatever the body limit allows.
+    let big = json!({ "blob": "x".repeat(70 << 10) });
+    let (status, code, body) = error_of(
+        app.initialize(&other, "rust-data_validator", json!({ "context": big }))
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (413, "INVALID_REQUEST"), "{body}");
+    assert_eq!(body["error"]["details"]["limit_bytes"], 64 << 10);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_user_cannot_fill_the_session_store() {
+    let app = spawn_app_with(|s| s.server.session_quota_bytes = 200 << 10).await;
+    let hoarder = app.token("hoarder", ALL);
+    let context = json!({ "blob": "x".repeat(60 << 10) });
+    // Three sessions of ~60 KiB fit in 200 KiB; the fourth does not.
+    for _ in 0..3 {
+        app.session(
+            &hoarder,
+            "rust-data_validator",
+            json!({ "context": context }),
+        )
+        .await;
+    }
+    let response = app
+        .initialize(
+            &hoarder,
+            "rust-data_validator",
+            json!({ "context": context }),
+        )
+        .await;
+    assert!(response.headers().contains_key("retry-after"));
+    let (status, code, body) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (429, "RATE_LIMITED"), "{body}");
+    assert_eq!(body["error"]["details"]["reason"], "session_quota");
+    // Others still start sessions.
+    let other = app.token("other", ALL);
+    app.session(&other, "rust-data_validator", json!({ "context": context }))
+        .await;
+    app.stop().await;
+}

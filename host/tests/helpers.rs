@@ -55,6 +55,10 @@ pub fn settings(data_dir: &Path) -> Settings {
     // One secret for every test, so what one test sealed into the shared
     // caches (artifacts, AOT entries) the next one trusts.
     settings.server.jwt_secret = Some(lambda_host::config::Secret::new(TEST_SECRET));
+    // Tests build and start many functions as one user within a minute;
+    // the limits on that have a test of their own.
+    settings.server.rate_limits.builds_per_subject = 10_000;
+    settings.server.rate_limits.initialize_per_subject = 10_000;
     settings.validate().unwrap();
     settings
 }

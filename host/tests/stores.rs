@@ -12,8 +12,8 @@ use lambda_host::store::redis::RedisStore;
 use lambda_host::store::resilient::ResilientSessions;
 use lambda_host::store::sqlite::SqliteStore;
 use lambda_host::store::{
-    ErrorLog, FunctionFilter, FunctionKind, FunctionRecord, LogRecord, LogStore, RateDecision,
-    RateLimiter, Registry, RequestLog, ResultCache, Session, SessionStore,
+    ErrorLog, FunctionFilter, FunctionKind, FunctionRecord, Insert, LogRecord, LogStore,
+    RateDecision, RateLimiter, Registry, RequestLog, ResultCache, Session, SessionStore,
 };
 use std::sync::Arc;
 
@@ -64,12 +64,16 @@ fn session(id: &str, ttl: Duration) -> Session {
 async fn session_conformance(store: &dyn SessionStore) {
     let id = uuid::Uuid::new_v4().to_string();
     let first = session(&id, Duration::from_secs(60));
-    assert!(store.insert_new(&first).await.unwrap());
-    assert!(
-        !store
-            .insert_new(&session(&id, Duration::from_secs(60)))
+    assert_eq!(
+        store.insert_new(&first, NO_QUOTA).await.unwrap(),
+        Insert::Inserted
+    );
+    assert_eq!(
+        store
+            .insert_new(&session(&id, Duration::from_secs(60)), NO_QUOTA)
             .await
             .unwrap(),
+        Insert::IdTaken,
         "an id is used once"
     );
     // Timestamps survive at the precision the API shows (milliseconds).
@@ -106,7 +110,7 @@ async fn session_conformance(store: &dyn SessionStore) {
     let before = store.active_count().await.unwrap();
     assert!(before >= 1);
 
-    store.remove(&id).await.unwrap();
+    store.remove(&read).await.unwrap();
     assert_eq!(store.get(&id).await.unwrap(), None);
     assert_eq!(store.active_count().await.unwrap(), before - 1);
     // Counting does not bring a removed session back.
@@ -117,11 +121,12 @@ async fn session_conformance(store: &dyn SessionStore) {
     assert_eq!(store.get(&id).await.unwrap(), None);
 
     let short = uuid::Uuid::new_v4().to_string();
-    assert!(
+    assert_eq!(
         store
-            .insert_new(&session(&short, Duration::from_millis(300)))
+            .insert_new(&session(&short, Duration::from_millis(300)), NO_QUOTA)
             .await
-            .unwrap()
+            .unwrap(),
+        Insert::Inserted
     );
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
@@ -130,6 +135,77 @@ async fn session_conformance(store: &dyn SessionStore) {
         "an expired session is gone"
     );
     assert!(store.health().await.is_ok());
+    quota_conformance(store).await;
+}
+
+const NO_QUOTA: u64 = u64::MAX;
+
+/// An owner's live sessions weigh at most its quota: one more is refused,
+/// other owners are not affected, and what leaves (removed, expired)
+/// makes room again.
+async fn quota_conformance(store: &dyn SessionStore) {
+    let owner = format!("heavy-{}", uuid::Uuid::new_v4().simple());
+    let heavy = |ttl: Duration| {
+        let mut s = session(&uuid::Uuid::new_v4().to_string(), ttl);
+        s.owner = owner.clone();
+        s.context = json!({ "blob": "x".repeat(10_000) });
+        s
+    };
+    let weight = heavy(Duration::from_secs(60)).weight();
+    let quota = weight * 3;
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let s = heavy(Duration::from_secs(60));
+        assert_eq!(store.insert_new(&s, quota).await.unwrap(), Insert::Inserted);
+        kept.push(s);
+    }
+    let short = heavy(Duration::from_millis(300));
+    assert_eq!(
+        store.insert_new(&short, quota).await.unwrap(),
+        Insert::Inserted
+    );
+    assert_eq!(
+        store
+            .insert_new(&heavy(Duration::from_secs(60)), quota)
+            .await
+            .unwrap(),
+        Insert::OverQuota {
+            used_bytes: weight * 3
+        }
+    );
+    // Concurrent inserts cannot overshoot together.
+    let racing: Vec<Session> = (0..8).map(|_| heavy(Duration::from_secs(60))).collect();
+    let outcomes =
+        futures::future::join_all(racing.iter().map(|s| store.insert_new(s, quota))).await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Ok(Insert::OverQuota { .. })))
+    );
+    // Another owner is not affected.
+    let other = session(&uuid::Uuid::new_v4().to_string(), Duration::from_secs(60));
+    assert_eq!(
+        store.insert_new(&other, quota).await.unwrap(),
+        Insert::Inserted
+    );
+    // Removing one makes room for one.
+    store.remove(&kept[0]).await.unwrap();
+    assert_eq!(
+        store
+            .insert_new(&heavy(Duration::from_secs(60)), quota)
+            .await
+            .unwrap(),
+        Insert::Inserted
+    );
+    // So does one that expires.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        store
+            .insert_new(&heavy(Duration::from_secs(60)), quota)
+            .await
+            .unwrap(),
+        Insert::Inserted
+    );
 }
 
 async fn cache_conformance(cache: &dyn ResultCache) {
@@ -405,7 +481,7 @@ async fn artifact_conformance(store: Arc<dyn ArtifactStore>) {
 
 #[tokio::test]
 async fn memory_sessions_conform() {
-    session_conformance(&MemorySessions::new(1000)).await;
+    session_conformance(&MemorySessions::new(64 << 20)).await;
 }
 
 #[tokio::test]
@@ -416,7 +492,7 @@ async fn redis_sessions_conform() {
 #[tokio::test]
 async fn resilient_sessions_over_redis_conform() {
     let shared = std::sync::Arc::new(redis());
-    session_conformance(&ResilientSessions::new(shared, None, 1000)).await;
+    session_conformance(&ResilientSessions::new(shared, None, 64 << 20)).await;
 }
 
 #[tokio::test]

@@ -224,11 +224,7 @@ async fn end_or_extend(state: &AppState, session: &Session) {
     let stored = if session.retain_session {
         state.sessions.record_execution(session, at).await
     } else {
-        state
-            .sessions
-            .remove(&session.request_id)
-            .await
-            .map(|()| None)
+        state.sessions.remove(session).await.map(|()| None)
     };
     let counted = match stored {
         Ok(Some(counted)) => counted,

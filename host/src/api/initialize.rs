@@ -8,11 +8,12 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::ApiError;
+use super::error::{ApiError, Code};
 use super::extract::{Authenticated, JsonBody};
+use super::middleware::check_build_rate;
 use super::{AppState, tagged};
 use crate::language::LanguageTitle;
-use crate::store::{LogRecord, Session};
+use crate::store::{Insert, LogRecord, Session};
 use crate::toolchain::BuildOptions;
 
 const DEFAULT_TIMEOUT_MS: u64 = 30_000;
@@ -75,6 +76,19 @@ pub async fn initialize(
             "context must be a JSON object",
         )));
     }
+    // A session keeps its context for its lifetime, in every store: its
+    // size is bounded apart from the body's.
+    let context_bytes = context.to_string().len();
+    let max_context = state.config.max_context_bytes;
+    if context_bytes > max_context {
+        return Err(fail(
+            ApiError::new(
+                Code::PayloadTooLarge,
+                format!("context is {context_bytes} bytes of JSON, at most {max_context}"),
+            )
+            .with_details(json!({ "limit_bytes": max_context })),
+        ));
+    }
     let options: SessionOptions = serde_json::from_value(context.clone())
         .map_err(|e| fail(ApiError::invalid_request(format!("invalid context: {e}"))))?;
     let max_ms = state.max_timeout.as_millis() as u64;
@@ -89,16 +103,21 @@ pub async fn initialize(
     };
 
     let function = match body.script_content {
-        Some(source) => state
-            .functions
-            .register_dynamic(
-                &language_title,
-                &principal.subject,
-                &source,
-                &options.compile_options.unwrap_or_default(),
-            )
-            .await
-            .map_err(|e| fail(e.into()))?,
+        Some(source) => {
+            check_build_rate(&state, &principal.subject)
+                .await
+                .map_err(fail)?;
+            state
+                .functions
+                .register_dynamic(
+                    &language_title,
+                    &principal.subject,
+                    &source,
+                    &options.compile_options.unwrap_or_default(),
+                )
+                .await
+                .map_err(|e| fail(e.into()))?
+        }
         None => state
             .functions
             .get(&language_title)
@@ -124,7 +143,7 @@ pub async fn initialize(
 
     let now = Utc::now();
     let mut session = Session {
-        request_id: requested_id.unwrap_or_else(new_id),
+        request_id: requested_id.clone().unwrap_or_else(new_id),
         language_title: function.language_title.clone(),
         owner: principal.subject.clone(),
         build_digest: function.build_digest.clone(),
@@ -138,13 +157,35 @@ pub async fn initialize(
         last_executed_at: None,
     };
     // A client id already in use is not reused: the session gets a fresh one.
-    while !state
-        .sessions
-        .insert_new(&session)
-        .await
-        .map_err(ApiError::from)?
-    {
-        session.request_id = new_id();
+    let quota = state.config.session_quota_bytes;
+    loop {
+        match state
+            .sessions
+            .insert_new(&session, quota)
+            .await
+            .map_err(|e| fail(e.into()))?
+        {
+            Insert::Inserted => break,
+            Insert::IdTaken => session.request_id = new_id(),
+            Insert::OverQuota { used_bytes } => {
+                return Err(fail(
+                    ApiError::new(
+                        Code::RateLimited,
+                        format!(
+                            "your live sessions hold {used_bytes} bytes; one more would pass your \
+                             quota of {quota}: let sessions expire, or initialize with \
+                             retain_session: false"
+                        ),
+                    )
+                    .with_details(json!({
+                        "reason": "session_quota",
+                        "used_bytes": used_bytes,
+                        "quota_bytes": quota,
+                    }))
+                    .retry_after(60),
+                ));
+            }
+        }
     }
     state.metrics.sessions_created.inc();
     state.logs.record(LogRecord::Session(session.clone()));

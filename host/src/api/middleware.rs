@@ -66,6 +66,42 @@ pub async fn rate_limit_execute(
     limit_then_run(&state, &key, limit, request, next).await
 }
 
+/// `/api/v1/initialize`: per subject (per IP without a valid token, which
+/// is refused anyway). Builds have a tighter limit of their own, checked by
+/// the handler, which knows whether the request carries a source.
+pub async fn rate_limit_initialize(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response<Body> {
+    let limit = state.config.rate_limits.initialize_per_subject;
+    let key = match subject(&request) {
+        Some(sub) => format!("initialize:sub:{sub}"),
+        None => format!("initialize:ip:{}", client_ip(&request).unwrap_or_default()),
+    };
+    limit_then_run(&state, &key, limit, request, next).await
+}
+
+/// Whether `subject` may start one more build this minute.
+pub async fn check_build_rate(state: &AppState, subject: &str) -> Result<(), ApiError> {
+    let key = format!("build:sub:{subject}");
+    match state
+        .limiter
+        .check(&key, state.config.rate_limits.builds_per_subject, MINUTE)
+        .await
+    {
+        Ok(RateDecision::Allowed) => Ok(()),
+        Ok(RateDecision::Limited { retry_after_secs }) => {
+            Err(ApiError::rate_limited(retry_after_secs)
+                .with_details(serde_json::json!({ "reason": "builds" })))
+        }
+        Err(e) => {
+            tracing::warn!("rate limiter unavailable, build let through: {e}");
+            Ok(())
+        }
+    }
+}
+
 /// `/api/v1/functions`: per subject (per IP without a valid token, which
 /// is refused anyway).
 pub async fn rate_limit_functions(

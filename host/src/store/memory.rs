@@ -2,8 +2,9 @@
 //! limits. Each is a moka cache: entries expire on their own TTL, and the
 //! total is bounded, so a flood of sessions or params cannot exhaust memory.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
@@ -11,7 +12,7 @@ use moka::Expiry;
 use moka::future::Cache;
 use serde_json::Value;
 
-use super::{RateDecision, RateLimiter, ResultCache, Session, SessionStore, StoreResult};
+use super::{Insert, RateDecision, RateLimiter, ResultCache, Session, SessionStore, StoreResult};
 
 /// Expires each entry at its own deadline.
 struct ByDeadline;
@@ -40,36 +41,94 @@ impl<K, V> Expiry<K, (V, Instant)> for ByDeadline {
 /// Sessions in process.
 pub struct MemorySessions {
     sessions: Cache<String, (Session, Instant)>,
+    /// What each owner's live sessions weigh, in bytes: added on insert,
+    /// given back by the cache's listener whenever a session leaves
+    /// (expired, removed, evicted).
+    weights: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl MemorySessions {
-    /// At most `capacity` sessions; past it, the least recently used go.
-    pub fn new(capacity: u64) -> Self {
+    /// Sessions weighing at most `max_bytes` in all; past it, the least
+    /// recently used go (no owner can cause that alone: each has a quota).
+    pub fn new(max_bytes: u64) -> Self {
+        let weights: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+        let listener_weights = weights.clone();
         Self {
             sessions: Cache::builder()
-                .max_capacity(capacity)
+                .max_capacity(max_bytes)
+                .weigher(|_: &String, (session, _): &(Session, Instant)| {
+                    u32::try_from(session.weight()).unwrap_or(u32::MAX)
+                })
                 .expire_after(ByDeadline)
+                .eviction_listener(move |_, (session, _): (Session, Instant), cause| {
+                    // A replaced entry is the same session, counted again.
+                    if cause != moka::notification::RemovalCause::Replaced {
+                        release(&listener_weights, &session.owner, session.weight());
+                    }
+                })
                 .build(),
+            weights,
         }
     }
+}
+
+fn release(weights: &Mutex<HashMap<String, u64>>, owner: &str, weight: u64) {
+    let mut weights = weights.lock().expect("session weights poisoned");
+    if let Some(used) = weights.get_mut(owner) {
+        *used = used.saturating_sub(weight);
+        if *used == 0 {
+            weights.remove(owner);
+        }
+    }
+}
+
+/// Now plus `ttl`, or a year from now for a `ttl` past what an `Instant`
+/// can hold.
+fn deadline_after(ttl: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(ttl)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
 
 fn deadline_of(session: &Session) -> Instant {
     let left = (session.expires_at - Utc::now())
         .to_std()
         .unwrap_or_default();
-    Instant::now() + left
+    deadline_after(left)
 }
 
 #[async_trait::async_trait]
 impl SessionStore for MemorySessions {
-    async fn insert_new(&self, session: &Session) -> StoreResult<bool> {
+    async fn insert_new(&self, session: &Session, quota_bytes: u64) -> StoreResult<Insert> {
+        let weight = session.weight();
+        let reserve = || {
+            let mut weights = self.weights.lock().expect("session weights poisoned");
+            let used = weights.entry(session.owner.clone()).or_insert(0);
+            if used.saturating_add(weight) > quota_bytes {
+                return Err(*used);
+            }
+            *used += weight;
+            Ok(())
+        };
+        if reserve().is_err() {
+            // Expired sessions are given back when the cache does its
+            // housekeeping: do it now, then look again.
+            self.sessions.run_pending_tasks().await;
+            if let Err(used_bytes) = reserve() {
+                return Ok(Insert::OverQuota { used_bytes });
+            }
+        }
         let entry = self
             .sessions
             .entry(session.request_id.clone())
             .or_insert_with(async { (session.clone(), deadline_of(session)) })
             .await;
-        Ok(entry.is_fresh())
+        if entry.is_fresh() {
+            Ok(Insert::Inserted)
+        } else {
+            release(&self.weights, &session.owner, weight);
+            Ok(Insert::IdTaken)
+        }
     }
 
     async fn get(&self, request_id: &str) -> StoreResult<Option<Session>> {
@@ -104,8 +163,8 @@ impl SessionStore for MemorySessions {
         })
     }
 
-    async fn remove(&self, request_id: &str) -> StoreResult<()> {
-        self.sessions.invalidate(request_id).await;
+    async fn remove(&self, session: &Session) -> StoreResult<()> {
+        self.sessions.invalidate(&session.request_id).await;
         Ok(())
     }
 
@@ -151,7 +210,7 @@ impl ResultCache for MemoryResultCache {
         self.results
             .insert(
                 key.to_owned(),
-                (Arc::new(result.clone()), Instant::now() + ttl),
+                (Arc::new(result.clone()), deadline_after(ttl)),
             )
             .await;
         Ok(())

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::memory::current_window;
 use super::{
-    RateDecision, RateLimiter, ResultCache, Session, SessionStore, StoreError, StoreResult,
+    Insert, RateDecision, RateLimiter, ResultCache, Session, SessionStore, StoreError, StoreResult,
 };
 
 /// One connection manager, cheap to clone, shared by the three stores.
@@ -69,6 +69,16 @@ impl RedisStore {
         self.key("sessions")
     }
 
+    /// An owner's live sessions: a sorted set of ids scored by expiry,
+    /// and a hash of their weights.
+    fn owner_index(&self, owner: &str) -> String {
+        self.key(&format!("owner-sessions:{owner}"))
+    }
+
+    fn owner_weights(&self, owner: &str) -> String {
+        self.key(&format!("owner-weights:{owner}"))
+    }
+
     fn connection(&self) -> ConnectionManager {
         self.connection.clone()
     }
@@ -83,6 +93,36 @@ impl RedisStore {
     }
 }
 
+/// Stores a session unless its id is taken or its owner's live sessions
+/// would weigh more than the quota with it; indexes it globally and by
+/// owner. Returns 1 (stored), 0 (id taken) or -(used bytes) - 1 (over the
+/// quota). The owner's expired sessions are dropped from its index first.
+///
+/// KEYS: session, global index, owner index, owner weights.
+/// ARGV: session JSON, expiry (ms), now (ms), id, weight, quota.
+static INSERT_SESSION: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[3])
+        for _, id in ipairs(expired) do redis.call('HDEL', KEYS[4], id) end
+        redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[3])
+        local used = 0
+        for _, weight in ipairs(redis.call('HVALS', KEYS[4])) do used = used + tonumber(weight) end
+        if used + tonumber(ARGV[5]) > tonumber(ARGV[6]) then return -used - 1 end
+        if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', ARGV[2]) then return 0 end
+        redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+        redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
+        redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
+        -- The owner's index lives as long as its last session.
+        local left = tonumber(ARGV[2]) - tonumber(ARGV[3])
+        for _, key in ipairs({KEYS[3], KEYS[4]}) do
+            if redis.call('PTTL', key) < left then redis.call('PEXPIREAT', key, ARGV[2]) end
+        end
+        return 1
+        ",
+    )
+});
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
         .unwrap_or(u64::MAX)
@@ -91,28 +131,32 @@ fn millis(duration: Duration) -> u64 {
 
 #[async_trait::async_trait]
 impl SessionStore for RedisStore {
-    async fn insert_new(&self, session: &Session) -> StoreResult<bool> {
+    /// One script, so the quota check and the write are one step for
+    /// every replica.
+    async fn insert_new(&self, session: &Session, quota_bytes: u64) -> StoreResult<Insert> {
         let json =
             serde_json::to_string(session).map_err(|e| StoreError::new("encoding a session", e))?;
-        let expires_ms = session.expires_at.timestamp_millis();
-        let inserted: Option<String> = redis::cmd("SET")
-            .arg(self.session_key(&session.request_id))
+        let outcome: i64 = INSERT_SESSION
+            .key(self.session_key(&session.request_id))
+            .key(self.session_index())
+            .key(self.owner_index(&session.owner))
+            .key(self.owner_weights(&session.owner))
             .arg(json)
-            .arg("NX")
-            .arg("PXAT")
-            .arg(expires_ms)
-            .query_async(&mut self.connection())
+            .arg(session.expires_at.timestamp_millis())
+            .arg(Utc::now().timestamp_millis())
+            .arg(&session.request_id)
+            .arg(session.weight())
+            .arg(quota_bytes)
+            .invoke_async(&mut self.connection())
             .await
             .map_err(redis_error("storing a session"))?;
-        if inserted.is_none() {
-            return Ok(false);
-        }
-        let _: () = self
-            .connection()
-            .zadd(self.session_index(), &session.request_id, expires_ms)
-            .await
-            .map_err(redis_error("indexing a session"))?;
-        Ok(true)
+        Ok(match outcome {
+            1 => Insert::Inserted,
+            0 => Insert::IdTaken,
+            used => Insert::OverQuota {
+                used_bytes: (-used - 1).max(0) as u64,
+            },
+        })
     }
 
     async fn get(&self, request_id: &str) -> StoreResult<Option<Session>> {
@@ -177,12 +221,15 @@ impl SessionStore for RedisStore {
         Ok(Some(counted))
     }
 
-    async fn remove(&self, request_id: &str) -> StoreResult<()> {
+    async fn remove(&self, session: &Session) -> StoreResult<()> {
+        let request_id = &session.request_id;
         let _: () = redis::pipe()
             .atomic()
             .del(self.session_key(request_id))
             .del(self.session_stats_key(request_id))
             .zrem(self.session_index(), request_id)
+            .zrem(self.owner_index(&session.owner), request_id)
+            .hdel(self.owner_weights(&session.owner), request_id)
             .query_async(&mut self.connection())
             .await
             .map_err(redis_error("removing a session"))?;

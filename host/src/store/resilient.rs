@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::memory::MemorySessions;
-use super::{Session, SessionRecords, SessionStore, StoreResult};
+use super::{Insert, Session, SessionRecords, SessionStore, StoreResult};
 
 pub struct ResilientSessions {
     shared: Arc<dyn SessionStore>,
@@ -42,16 +42,17 @@ impl ResilientSessions {
 
 #[async_trait::async_trait]
 impl SessionStore for ResilientSessions {
-    async fn insert_new(&self, session: &Session) -> StoreResult<bool> {
-        let inserted = match self.shared.insert_new(session).await {
+    async fn insert_new(&self, session: &Session, quota_bytes: u64) -> StoreResult<Insert> {
+        let inserted = match self.shared.insert_new(session, quota_bytes).await {
             Ok(inserted) => inserted,
             Err(e) => {
                 tracing::warn!("session store unavailable, keeping the session in process: {e}");
-                self.local_only.insert_new(session).await?
+                self.local_only.insert_new(session, quota_bytes).await?
             }
         };
-        if inserted {
-            self.mirror.insert_new(session).await?;
+        if inserted == Insert::Inserted {
+            // A copy: the quota was the shared store's to apply.
+            self.mirror.insert_new(session, u64::MAX).await?;
         }
         Ok(inserted)
     }
@@ -74,7 +75,7 @@ impl SessionStore for ResilientSessions {
                 // Keep it in process for the rest of the outage.
                 let record = records.session_record(request_id).await?;
                 if let Some(session) = &record {
-                    self.mirror.insert_new(session).await?;
+                    self.mirror.insert_new(session, u64::MAX).await?;
                 }
                 Ok(record)
             }
@@ -100,10 +101,10 @@ impl SessionStore for ResilientSessions {
         }
     }
 
-    async fn remove(&self, request_id: &str) -> StoreResult<()> {
-        self.mirror.remove(request_id).await?;
-        self.local_only.remove(request_id).await?;
-        if let Err(e) = self.shared.remove(request_id).await {
+    async fn remove(&self, session: &Session) -> StoreResult<()> {
+        self.mirror.remove(session).await?;
+        self.local_only.remove(session).await?;
+        if let Err(e) = self.shared.remove(session).await {
             tracing::warn!("session store unavailable, session removed in process only: {e}");
         }
         Ok(())
