@@ -99,6 +99,69 @@ def wrk(url, connections, seconds, env, sample_pid=None):
     return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}, peak
 
 
+def host_counters(base):
+    """What the host counted: requests served (every endpoint but /metrics,
+    which this scrape is), log records dropped and quarantined."""
+    text = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
+    served = sum(float(value) for labels, value in re.findall(r"^lambda_http_requests_total\{([^}]*)\} (\S+)$", text, re.M)
+                 if 'endpoint="/metrics"' not in labels)
+    counter = lambda name: float((re.search(rf"^{name} (\S+)$", text, re.M) or [0, 0])[1])
+    return int(served), int(counter("lambda_log_records_dropped_total")), int(counter("lambda_log_records_quarantined_total"))
+
+
+def log_pipeline(backend, seconds, connections=64):
+    """Executes at full speed on a host logging to `backend`, stops it (which
+    flushes its log queue), and compares the request-log rows with the
+    requests the host served: every request must have its row."""
+    work = Path(tempfile.mkdtemp())
+    data = work / "data"
+    env = dict(os.environ, LAMBDA_DATA_DIR=str(data), LAMBDA_RUST_TARGET_DIR=str(ROOT / "target/guest-rust"))
+    for cached in ("artifacts", "aot"):
+        if (ROOT / ".lambda" / cached).is_dir():
+            shutil.copytree(ROOT / ".lambda" / cached, data / cached)
+    count_sql = "SELECT COUNT(*) FROM {table} WHERE endpoint <> '/metrics'"
+    services = work / "services"
+    if backend == "postgres":
+        run("scripts/test-services.sh", "start", str(services))
+        service_env = dict(line.removeprefix("export ").split("=", 1) for line in (services / "env").read_text().splitlines())
+        psql = [str(Path(service_env["LAMBDA_TEST_PG_BIN"]) / "psql"), "-At"]
+        server_url = service_env["LAMBDA_TEST_DATABASE_URL"]
+        run(*psql, server_url, "-c", "CREATE DATABASE bench_logs")
+        env["LAMBDA_DATABASE_URL"] = server_url.rsplit("/", 1)[0] + "/bench_logs"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    host = subprocess.Popen([str(HOST), "serve", "--listen", f"127.0.0.1:{port}", "--rate-limit-execute", "1000000000"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(work / "host.log", "w"))
+    try:
+        wait_for(f"{base}/health")
+        token = subprocess.run([str(HOST), "token", "--sub", "bench"], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
+        function = "rust-data_validator"
+        post(f"{base}/api/v1/initialize", {}, {"Authorization": f"Bearer {token}", "Language-Title": function, "X-Request-ID": "bench-logs"})
+        wrk_env = dict(os.environ, TOKEN=token, PARAMS=json.dumps(FUNCTIONS[function]), CACHED="0")
+        numbers, _ = wrk(f"{base}/api/v1/execute/bench-logs", connections, seconds, wrk_env)
+        served, dropped, quarantined = host_counters(base)
+        host.terminate()
+        host.wait(timeout=120)
+        if backend == "postgres":
+            rows = int(subprocess.run([*psql, env["LAMBDA_DATABASE_URL"], "-c", count_sql.format(table="public.request_logs")],
+                                      capture_output=True, text=True, check=True).stdout.strip())
+        else:
+            import sqlite3
+            with sqlite3.connect(data / "lambda.db") as db:
+                rows = db.execute(count_sql.format(table="request_logs")).fetchone()[0]
+    finally:
+        if host.poll() is None:
+            host.kill()
+        if backend == "postgres":
+            run("scripts/test-services.sh", "stop", str(services))
+        shutil.rmtree(work, ignore_errors=True)
+    entry = {"name": f"request log on {backend}: rows written vs requests served", "connections": connections,
+             "rps": numbers["rps"], "served": served, "rows": rows, "dropped": dropped, "quarantined": quarantined}
+    print(f"request log on {backend:8} {connections} conn {numbers['rps']:8.0f} req/s: {served} requests served, {rows} rows written, "
+          f"{dropped} dropped, {quarantined} quarantined", flush=True)
+    return entry
+
+
 def invoke_repeat(function, params, repeat, pooling, env):
     args = [str(HOST), "invoke", function, "--params", json.dumps(params), "--repeat", str(repeat)]
     if not pooling:
@@ -119,7 +182,15 @@ def machine():
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="16 connections only, short runs")
+    parser.add_argument("--logs-only", action="store_true", help="only the request log at peak rate, on SQLite and PostgreSQL")
     options = parser.parse_args()
+    if options.logs_only:
+        run("cargo", "build", "--release", "--locked", "-q")
+        if shutil.which("wrk") is None:
+            run("bash", "-c", "apt-get update -qq && apt-get install -y -qq wrk")
+        for backend in ("sqlite", "postgres"):
+            log_pipeline(backend, 10)
+        return
     seconds = 3 if options.quick else 10
     connection_counts = [16] if options.quick else [1, 16, 64]
     repeat = 300 if options.quick else 2000
@@ -205,6 +276,10 @@ def main():
                 results.append({"name": name, **numbers})
                 print(f"{name}: median {numbers['median_us']} us, p99 {numbers['p99_us']} us", flush=True)
 
+        # After each load run: the request log has a row for every request.
+        for backend in ("sqlite", "postgres"):
+            results.append(log_pipeline(backend, seconds, max(connection_counts)))
+
         results.append({"name": "host RSS idle (3 functions loaded)", "mib": round(idle_rss, 1)})
         results.append({"name": "host RSS peak under load", "mib": round(peak_rss, 1)})
         top = max(connection_counts)
@@ -249,7 +324,7 @@ def write_table(report):
              f"{report['machine']['cores']} cores, {report['machine']['memory_gib']} GiB, {report['machine']['cpu']}.", "",
              "| measurement | connections | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
     for r in report["results"]:
-        if "rps" in r:
+        if "p50_ms" in r:
             lines.append(f"| {r['name']} | {r['connections']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
     lines += ["", "| measurement | value |", "|---|---|"]
     for r in report["results"]:
@@ -259,6 +334,9 @@ def write_table(report):
             lines.append(f"| {r['name']} | median {r['median_us']} µs, p99 {r['p99_us']} µs ({r['calls']} calls) |")
         elif "mib" in r:
             lines.append(f"| {r['name']} | {r['mib']} MiB |")
+        elif "rows" in r:
+            lines.append(f"| {r['name']} | {r['rows']} rows for {r['served']} requests at {r['rps']:.0f} req/s, "
+                         f"{r['connections']} connections ({r['dropped']} dropped, {r['quarantined']} quarantined) |")
     ratios = report["ratios"]
     lines += ["", f"Ratios at 16 connections: ours / `wasmtime serve` req/s **{ratios['rust_execute_vs_wasmtime_serve_rps']}**, "
               f"p99 {ratios['rust_execute_vs_wasmtime_serve_p99']}; ours / plain axum req/s {ratios['rust_execute_vs_plain_axum_rps']}."]

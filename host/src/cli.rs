@@ -195,6 +195,9 @@ enum Command {
         /// Log records that may wait for the database (while it is down), at most.
         #[arg(long, env = "LAMBDA_LOG_QUEUE_CAPACITY", default_value_t = 100_000)]
         log_queue_capacity: usize,
+        /// How long request and error logs and ended sessions' records are kept, e.g. `30d`.
+        #[arg(long, env = "LAMBDA_LOG_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+        log_retention: Duration,
         /// Do not apply database migrations at start (run `lambda-host migrate` instead).
         #[arg(long, env = "LAMBDA_SKIP_MIGRATIONS")]
         skip_migrations: bool,
@@ -281,9 +284,11 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             max_timeout_ms,
             skip_migrations,
             log_queue_capacity,
+            log_retention,
         } => {
             settings.stores.skip_migrations = skip_migrations;
             settings.server.log_queue_capacity = log_queue_capacity;
+            settings.server.log_retention = log_retention;
             let server = &mut settings.server;
             server.listen = listen;
             server.cors_origins = cors_origins;

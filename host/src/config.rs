@@ -267,6 +267,11 @@ pub struct ServerConfig {
     pub rate_limits: RateLimits,
     /// Log records waiting for the database, at most.
     pub log_queue_capacity: usize,
+    /// Request and error logs, and the records of ended sessions, are kept
+    /// this long, then swept.
+    pub log_retention: Duration,
+    /// How often the sweep runs.
+    pub log_sweep_interval: Duration,
 }
 
 /// Requests per minute.
@@ -308,6 +313,8 @@ impl Default for ServerConfig {
             // At ~300 bytes a record, 30 MB: a 30-second database outage
             // at 1500 executions per second (two records each).
             log_queue_capacity: 100_000,
+            log_retention: Duration::from_secs(30 * 24 * 3600),
+            log_sweep_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -333,6 +340,10 @@ impl ServerConfig {
         ensure!(
             self.log_queue_capacity > 0,
             "log_queue_capacity must be positive"
+        );
+        ensure!(
+            !self.log_retention.is_zero() && !self.log_sweep_interval.is_zero(),
+            "log_retention and log_sweep_interval must be positive"
         );
         let limits = &self.rate_limits;
         ensure!(
@@ -528,6 +539,7 @@ pub const FILE_KEYS: &[&str] = &[
     "max_timeout_ms",
     "skip_migrations",
     "log_queue_capacity",
+    "log_retention",
     "redis_url",
     "database_url",
     "jwt_secret",

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -33,6 +34,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     log_task: JoinHandle<()>,
+    /// Deletes logs past their retention, every interval.
+    sweep_task: JoinHandle<()>,
 }
 
 impl Application {
@@ -70,6 +73,11 @@ impl Application {
             );
         }
         let server = &settings.server;
+        let sweep_task = tokio::spawn(sweep_logs(
+            durable.logs.clone(),
+            settings.server.log_retention,
+            settings.server.log_sweep_interval,
+        ));
         let (logs, log_task) = LogWriter::start(
             durable.logs.clone(),
             server.log_queue_capacity,
@@ -95,6 +103,7 @@ impl Application {
             listener,
             state,
             log_task,
+            sweep_task,
         })
     }
 
@@ -120,7 +129,9 @@ impl Application {
             listener,
             state,
             log_task,
+            sweep_task,
         } = self;
+        sweep_task.abort();
         let logs = state.logs.clone();
         let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, app)
@@ -131,6 +142,25 @@ impl Application {
         drop(logs);
         log_task.abort();
         Ok(())
+    }
+}
+
+/// Deletes what is past `retention` from the durable logs, at start and
+/// every `interval`; a failed sweep is retried at the next one.
+async fn sweep_logs(logs: Arc<dyn LogStore>, retention: Duration, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let before = chrono::Utc::now()
+            - chrono::Duration::from_std(retention).unwrap_or(chrono::TimeDelta::MAX);
+        match logs.sweep(before).await {
+            Ok(0) => {}
+            Ok(rows) => {
+                tracing::info!(rows, %before, "swept logs and session records past their retention")
+            }
+            Err(e) => tracing::warn!("cannot sweep old logs, trying again later: {e}"),
+        }
     }
 }
 

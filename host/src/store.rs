@@ -275,6 +275,52 @@ pub enum LogRecord {
     Session(Session),
 }
 
+/// Rows deleted per statement by [`LogStore::sweep`].
+pub const SWEEP_CHUNK: i64 = 10_000;
+
+/// A batch of log records by table, for one multi-row insert per table.
+/// Requests come before errors (an error row refers to its request row);
+/// of the copies of one session only the latest is kept (each execution
+/// queues one, and one statement may not update a row twice).
+pub struct LogBatch<'a> {
+    pub requests: Vec<&'a RequestLog>,
+    pub errors: Vec<&'a ErrorLog>,
+    pub sessions: Vec<&'a Session>,
+}
+
+impl<'a> LogBatch<'a> {
+    /// Rows per statement: well within either database's bound on
+    /// parameters (12 columns at most here).
+    pub const ROWS_PER_STATEMENT: usize = 1000;
+
+    pub fn of(records: &'a [LogRecord]) -> Self {
+        let mut batch = LogBatch {
+            requests: Vec::new(),
+            errors: Vec::new(),
+            sessions: Vec::new(),
+        };
+        let mut latest: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for record in records {
+            match record {
+                LogRecord::Request(r) => batch.requests.push(r),
+                LogRecord::Error(e) => batch.errors.push(e),
+                LogRecord::Session(s) => match latest.get(s.request_id.as_str()) {
+                    Some(&i) => {
+                        if s.execution_count >= batch.sessions[i].execution_count {
+                            batch.sessions[i] = s;
+                        }
+                    }
+                    None => {
+                        latest.insert(&s.request_id, batch.sessions.len());
+                        batch.sessions.push(s);
+                    }
+                },
+            }
+        }
+        batch
+    }
+}
+
 /// The durable copies of sessions (written through the log writer), read
 /// when the live session store cannot be reached.
 #[async_trait::async_trait]
@@ -288,4 +334,9 @@ pub trait SessionRecords: Send + Sync {
 pub trait LogStore: Send + Sync {
     /// Writes a batch in one transaction: all of it or none.
     async fn write_batch(&self, records: &[LogRecord]) -> StoreResult<()>;
+    /// Deletes the request logs (with their error logs) written before
+    /// `before` and the session records that expired before it, in chunks
+    /// of [`SWEEP_CHUNK`] rows, so no statement holds the tables for long.
+    /// Returns how many rows went.
+    async fn sweep(&self, before: DateTime<Utc>) -> StoreResult<u64>;
 }

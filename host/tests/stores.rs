@@ -720,3 +720,75 @@ async fn sqlite_log_pipeline_writes_every_hostile_record() {
         .unwrap();
     assert_eq!(count, 4);
 }
+
+/// Old request logs (with their errors) and the records of long-ended
+/// sessions are swept; recent ones stay.
+async fn sweep_conformance(store: &dyn LogStore) -> u64 {
+    let now = Utc::now();
+    let month = chrono::Duration::days(31);
+    let mut old = log_batch();
+    let mut recent = log_batch();
+    for record in &mut old {
+        match record {
+            LogRecord::Request(r) => {
+                r.created_at = now - month;
+                r.request_id = Some("old".into());
+            }
+            LogRecord::Error(e) => e.created_at = now - month,
+            LogRecord::Session(s) => {
+                s.request_id = "old-session".into();
+                s.expires_at = now - month;
+            }
+        }
+    }
+    for record in &mut recent {
+        if let LogRecord::Request(r) = record {
+            r.request_id = Some("recent".into());
+        }
+    }
+    store.write_batch(&old).await.unwrap();
+    store.write_batch(&recent).await.unwrap();
+    let swept = store.sweep(now - chrono::Duration::days(30)).await.unwrap();
+    assert_eq!(swept, 3, "the old request, its error and the ended session");
+    assert_eq!(
+        store.sweep(now - chrono::Duration::days(30)).await.unwrap(),
+        0
+    );
+    swept
+}
+
+#[tokio::test]
+async fn postgres_sweeps_logs_past_their_retention() {
+    let store = postgres().await;
+    sweep_conformance(&store).await;
+    let left: Vec<(Option<String>,)> = sqlx::query_as("SELECT request_id FROM public.request_logs")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, [(Some("recent".to_owned()),)]);
+    let (errors, sessions): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM public.error_logs), (SELECT COUNT(*) FROM meta.sessions)",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!((errors, sessions), (1, 1));
+}
+
+#[tokio::test]
+async fn sqlite_sweeps_logs_past_their_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir).await;
+    sweep_conformance(&store).await;
+    let left: Vec<(Option<String>,)> = sqlx::query_as("SELECT request_id FROM request_logs")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, [(Some("recent".to_owned()),)]);
+    let (errors, sessions): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT COUNT(*) FROM error_logs), (SELECT COUNT(*) FROM sessions)")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!((errors, sessions), (1, 1));
+}

@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use super::{LogRecord, LogStore};
 
 /// Records written per transaction, at most.
-const BATCH: usize = 256;
+const BATCH: usize = 1000;
 /// How long a batch waits to fill up before it is written anyway.
 const LINGER: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);

@@ -10,8 +10,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 use super::{
-    FunctionFilter, FunctionKind, FunctionRecord, LogRecord, LogStore, Registry, Session,
-    SessionRecords, StoreError, StoreResult,
+    FunctionFilter, FunctionKind, FunctionRecord, LogBatch, LogRecord, LogStore, Registry,
+    SWEEP_CHUNK, Session, SessionRecords, StoreError, StoreResult,
 };
 use crate::digest::Digest;
 use crate::toolchain::{ArtifactStore, SealedArtifact};
@@ -226,76 +226,143 @@ impl Registry for PgStore {
 
 #[async_trait::async_trait]
 impl LogStore for PgStore {
+    /// One transaction; one multi-row statement per table and thousand
+    /// rows (a statement per record would cap the writer far below the
+    /// host's execution rate).
     async fn write_batch(&self, records: &[LogRecord]) -> StoreResult<()> {
+        let batch = LogBatch::of(records);
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(db("starting a log batch"))?;
-        for record in records {
-            let query = match record {
-                LogRecord::Request(r) => sqlx::query(
-                    "INSERT INTO public.request_logs (id, request_id, language_title, timestamp,
-                         client_ip, user_id, status_code, duration_ms, cached, endpoint, method)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(r.id)
-                .bind(&r.request_id)
-                .bind(r.language_title.clone().unwrap_or_default())
-                .bind(r.created_at)
-                .bind(&r.client_ip)
-                .bind(&r.user_id)
-                .bind(i32::from(r.status))
-                .bind(r.duration_ms.round() as i32)
-                .bind(r.cached.unwrap_or(false))
-                .bind(&r.endpoint)
-                .bind(&r.method),
-                LogRecord::Error(e) => sqlx::query(
-                    "INSERT INTO public.error_logs (request_log_id, timestamp, error_code,
-                         error_message, stack_trace, context)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(e.request_log_id)
-                .bind(e.created_at)
-                .bind(&e.code)
-                .bind(&e.message)
-                .bind(e.details.get("stack_trace").and_then(|s| s.as_str()))
-                .bind(serde_json::json!({
-                    "request_id": e.request_id,
-                    "endpoint": e.endpoint,
-                    "details": e.details,
-                })),
-                LogRecord::Session(s) => sqlx::query(
-                    "INSERT INTO meta.sessions (request_id, language_title, user_id, created_at,
-                         expires_at, last_executed_at, execution_count, status, context,
-                         build_digest, component_digest, timeout_ms, retain_session)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, $9, $10, $11, $12)
-                     ON CONFLICT (request_id) DO UPDATE SET
-                         execution_count = GREATEST(meta.sessions.execution_count, EXCLUDED.execution_count),
-                         last_executed_at = EXCLUDED.last_executed_at,
-                         expires_at = EXCLUDED.expires_at",
-                )
-                .bind(&s.request_id)
-                .bind(&s.language_title)
-                .bind(&s.owner)
-                .bind(s.created_at)
-                .bind(s.expires_at)
-                .bind(s.last_executed_at)
-                .bind(s.execution_count as i32)
-                .bind(&s.context)
-                .bind(&s.build_digest)
-                .bind(&s.component_digest)
-                .bind(s.timeout_ms as i64)
-                .bind(s.retain_session),
-            };
-            query
-                .execute(&mut *tx)
-                .await
-                .map_err(db("writing a log record"))?;
+        for rows in batch.requests.chunks(LogBatch::ROWS_PER_STATEMENT) {
+            QueryBuilder::<Postgres>::new(
+                "INSERT INTO public.request_logs (id, request_id, language_title, timestamp,
+                     client_ip, user_id, status_code, duration_ms, cached, endpoint, method) ",
+            )
+            .push_values(rows, |mut row, r| {
+                row.push_bind(r.id)
+                    .push_bind(&r.request_id)
+                    .push_bind(r.language_title.clone().unwrap_or_default())
+                    .push_bind(r.created_at)
+                    .push_bind(&r.client_ip)
+                    .push_bind(&r.user_id)
+                    .push_bind(i32::from(r.status))
+                    .push_bind(r.duration_ms.round() as i32)
+                    .push_bind(r.cached.unwrap_or(false))
+                    .push_bind(&r.endpoint)
+                    .push_bind(&r.method);
+            })
+            .push(" ON CONFLICT (id) DO NOTHING")
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(db("writing request logs"))?;
+        }
+        for rows in batch.errors.chunks(LogBatch::ROWS_PER_STATEMENT) {
+            QueryBuilder::<Postgres>::new(
+                "INSERT INTO public.error_logs (request_log_id, timestamp, error_code,
+                     error_message, stack_trace, context) ",
+            )
+            .push_values(rows, |mut row, e| {
+                row.push_bind(e.request_log_id)
+                    .push_bind(e.created_at)
+                    .push_bind(&e.code)
+                    .push_bind(&e.message)
+                    .push_bind(e.details.get("stack_trace").and_then(|s| s.as_str()))
+                    .push_bind(serde_json::json!({
+                        "request_id": e.request_id,
+                        "endpoint": e.endpoint,
+                        "details": e.details,
+                    }));
+            })
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(db("writing error logs"))?;
+        }
+        for rows in batch.sessions.chunks(LogBatch::ROWS_PER_STATEMENT) {
+            QueryBuilder::<Postgres>::new(
+                "INSERT INTO meta.sessions (request_id, language_title, user_id, created_at,
+                     expires_at, last_executed_at, execution_count, status, context,
+                     build_digest, component_digest, timeout_ms, retain_session) ",
+            )
+            .push_values(rows, |mut row, s| {
+                row.push_bind(&s.request_id)
+                    .push_bind(&s.language_title)
+                    .push_bind(&s.owner)
+                    .push_bind(s.created_at)
+                    .push_bind(s.expires_at)
+                    .push_bind(s.last_executed_at)
+                    .push_bind(i32::try_from(s.execution_count).unwrap_or(i32::MAX))
+                    .push_bind("active")
+                    .push_bind(&s.context)
+                    .push_bind(&s.build_digest)
+                    .push_bind(&s.component_digest)
+                    .push_bind(i64::try_from(s.timeout_ms).unwrap_or(i64::MAX))
+                    .push_bind(s.retain_session);
+            })
+            .push(
+                " ON CONFLICT (request_id) DO UPDATE SET
+                     execution_count = GREATEST(meta.sessions.execution_count, EXCLUDED.execution_count),
+                     last_executed_at = EXCLUDED.last_executed_at,
+                     expires_at = EXCLUDED.expires_at",
+            )
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(db("writing session records"))?;
         }
         tx.commit().await.map_err(db("committing a log batch"))?;
         Ok(())
+    }
+
+    async fn sweep(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let mut deleted = 0;
+        // A request's errors go with it, in the same statement (they refer
+        // to its row; the reference is checked at the statement's end).
+        loop {
+            let (errors, requests): (i64, i64) = sqlx::query_as(
+                "WITH old AS (SELECT id FROM public.request_logs WHERE timestamp < $1 LIMIT $2),
+                      errors AS (DELETE FROM public.error_logs
+                                 WHERE request_log_id IN (SELECT id FROM old) RETURNING 1),
+                      requests AS (DELETE FROM public.request_logs
+                                   WHERE id IN (SELECT id FROM old) RETURNING 1)
+                 SELECT (SELECT COUNT(*) FROM errors), (SELECT COUNT(*) FROM requests)",
+            )
+            .bind(before)
+            .bind(SWEEP_CHUNK)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("sweeping old request logs"))?;
+            deleted += (errors + requests) as u64;
+            if requests < SWEEP_CHUNK {
+                break;
+            }
+        }
+        let statements = [
+            "DELETE FROM public.error_logs WHERE id IN
+                 (SELECT id FROM public.error_logs WHERE timestamp < $1 LIMIT $2)",
+            "DELETE FROM meta.sessions WHERE request_id IN
+                 (SELECT request_id FROM meta.sessions WHERE expires_at < $1 LIMIT $2)",
+        ];
+        for statement in statements {
+            loop {
+                let rows = sqlx::query(statement)
+                    .bind(before)
+                    .bind(SWEEP_CHUNK)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db("sweeping old logs"))?
+                    .rows_affected();
+                deleted += rows;
+                if rows < SWEEP_CHUNK as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
     }
 }
 

@@ -10,8 +10,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::{
-    FunctionFilter, FunctionKind, FunctionRecord, LogRecord, LogStore, Registry, StoreError,
-    StoreResult,
+    FunctionFilter, FunctionKind, FunctionRecord, LogBatch, LogRecord, LogStore, Registry,
+    SWEEP_CHUNK, StoreError, StoreResult,
 };
 
 /// The migrations of `migrations/sqlite`, compiled into the host.
@@ -190,71 +190,121 @@ impl Registry for SqliteStore {
 
 #[async_trait::async_trait]
 impl LogStore for SqliteStore {
+    /// One transaction; one multi-row statement per table and thousand
+    /// rows.
     async fn write_batch(&self, records: &[LogRecord]) -> StoreResult<()> {
+        let batch = LogBatch::of(records);
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(db("starting a log batch"))?;
-        for record in records {
-            let query = match record {
-                LogRecord::Request(r) => sqlx::query(
-                    "INSERT INTO request_logs (log_id, request_id, method, endpoint, status,
-                         duration_ms, user_id, language_title, cached, client_ip, created_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(r.id.to_string())
-                .bind(&r.request_id)
-                .bind(&r.method)
-                .bind(&r.endpoint)
-                .bind(i64::from(r.status))
-                .bind(r.duration_ms)
-                .bind(&r.user_id)
-                .bind(&r.language_title)
-                .bind(r.cached)
-                .bind(&r.client_ip)
-                .bind(r.created_at.to_rfc3339()),
-                LogRecord::Error(e) => sqlx::query(
-                    "INSERT INTO error_logs (request_log_id, request_id, endpoint, code, message,
-                         details, created_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(e.request_log_id.to_string())
-                .bind(&e.request_id)
-                .bind(&e.endpoint)
-                .bind(&e.code)
-                .bind(&e.message)
-                .bind(e.details.to_string())
-                .bind(e.created_at.to_rfc3339()),
-                LogRecord::Session(s) => sqlx::query(
-                    "INSERT INTO sessions (request_id, language_title, user_id, build_digest,
-                         component_digest, context, timeout_ms, retain_session, created_at,
-                         expires_at, execution_count, last_executed_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                     ON CONFLICT (request_id) DO UPDATE SET
-                         execution_count = excluded.execution_count,
-                         last_executed_at = excluded.last_executed_at,
-                         expires_at = excluded.expires_at",
-                )
-                .bind(&s.request_id)
-                .bind(&s.language_title)
-                .bind(&s.owner)
-                .bind(&s.build_digest)
-                .bind(&s.component_digest)
-                .bind(s.context.to_string())
-                .bind(s.timeout_ms as i64)
-                .bind(s.retain_session)
-                .bind(s.created_at.to_rfc3339())
-                .bind(s.expires_at.to_rfc3339())
-                .bind(s.execution_count as i64)
-                .bind(s.last_executed_at.map(|t| t.to_rfc3339())),
-            };
-            query
-                .execute(&mut *tx)
-                .await
-                .map_err(db("writing a log record"))?;
+        for rows in batch.requests.chunks(LogBatch::ROWS_PER_STATEMENT) {
+            QueryBuilder::<Sqlite>::new(
+                "INSERT INTO request_logs (log_id, request_id, method, endpoint, status,
+                     duration_ms, user_id, language_title, cached, client_ip, created_at) ",
+            )
+            .push_values(rows, |mut row, r| {
+                row.push_bind(r.id.to_string())
+                    .push_bind(&r.request_id)
+                    .push_bind(&r.method)
+                    .push_bind(&r.endpoint)
+                    .push_bind(i64::from(r.status))
+                    .push_bind(r.duration_ms)
+                    .push_bind(&r.user_id)
+                    .push_bind(&r.language_title)
+                    .push_bind(r.cached)
+                    .push_bind(&r.client_ip)
+                    .push_bind(r.created_at.to_rfc3339());
+            })
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(db("writing request logs"))?;
+        }
+        for rows in batch.errors.chunks(LogBatch::ROWS_PER_STATEMENT) {
+            QueryBuilder::<Sqlite>::new(
+                "INSERT INTO error_logs (request_log_id, request_id, endpoint, code, message,
+                     details, created_at) ",
+            )
+            .push_values(rows, |mut row, e| {
+                row.push_bind(e.request_log_id.to_string())
+                    .push_bind(&e.request_id)
+                    .push_bind(&e.endpoint)
+                    .push_bind(&e.code)
+                    .push_bind(&e.message)
+                    .push_bind(e.details.to_string())
+                    .push_bind(e.created_at.to_rfc3339());
+            })
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(db("writing error logs"))?;
+        }
+        for rows in batch.sessions.chunks(LogBatch::ROWS_PER_STATEMENT) {
+            QueryBuilder::<Sqlite>::new(
+                "INSERT INTO sessions (request_id, language_title, user_id, build_digest,
+                     component_digest, context, timeout_ms, retain_session, created_at,
+                     expires_at, execution_count, last_executed_at) ",
+            )
+            .push_values(rows, |mut row, s| {
+                row.push_bind(&s.request_id)
+                    .push_bind(&s.language_title)
+                    .push_bind(&s.owner)
+                    .push_bind(&s.build_digest)
+                    .push_bind(&s.component_digest)
+                    .push_bind(s.context.to_string())
+                    .push_bind(i64::try_from(s.timeout_ms).unwrap_or(i64::MAX))
+                    .push_bind(s.retain_session)
+                    .push_bind(s.created_at.to_rfc3339())
+                    .push_bind(s.expires_at.to_rfc3339())
+                    .push_bind(i64::try_from(s.execution_count).unwrap_or(i64::MAX))
+                    .push_bind(s.last_executed_at.map(|t| t.to_rfc3339()));
+            })
+            .push(
+                " ON CONFLICT (request_id) DO UPDATE SET
+                     execution_count = MAX(sessions.execution_count, excluded.execution_count),
+                     last_executed_at = excluded.last_executed_at,
+                     expires_at = excluded.expires_at",
+            )
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(db("writing session records"))?;
         }
         tx.commit().await.map_err(db("committing a log batch"))?;
         Ok(())
+    }
+
+    /// Times are stored as RFC 3339 text in UTC, which sorts as time does.
+    async fn sweep(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let statements = [
+            "DELETE FROM error_logs WHERE request_log_id IN
+                 (SELECT log_id FROM request_logs WHERE created_at < ?1 LIMIT ?2)",
+            "DELETE FROM request_logs WHERE rowid IN
+                 (SELECT rowid FROM request_logs WHERE created_at < ?1 LIMIT ?2)",
+            "DELETE FROM error_logs WHERE rowid IN
+                 (SELECT rowid FROM error_logs WHERE created_at < ?1 LIMIT ?2)",
+            "DELETE FROM sessions WHERE rowid IN
+                 (SELECT rowid FROM sessions WHERE expires_at < ?1 LIMIT ?2)",
+        ];
+        let before = before.to_rfc3339();
+        let mut deleted = 0;
+        for statement in statements {
+            loop {
+                let rows = sqlx::query(statement)
+                    .bind(&before)
+                    .bind(SWEEP_CHUNK)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db("sweeping old logs"))?
+                    .rows_affected();
+                deleted += rows;
+                if rows < SWEEP_CHUNK as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
     }
 }
