@@ -8,6 +8,7 @@ mod functions;
 mod health;
 mod initialize;
 mod middleware;
+mod openapi;
 mod sessions;
 
 use std::sync::Arc;
@@ -16,9 +17,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::routing::{get, post};
+use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_scalar::{Scalar, Servable as _};
 
 pub use error::{ApiError, Code};
 
@@ -83,41 +88,57 @@ async fn owned_session(
         .ok_or_else(|| ApiError::not_found("no such session, or it has expired"))
 }
 
-/// The whole API.
+/// The whole API, and its OpenAPI document.
 pub fn router(state: AppState) -> Router {
-    let execute = Router::new()
-        .route("/api/v1/execute/{request_id}", post(execute::execute))
+    router_and_document(state).0
+}
+
+/// The router and the document its handlers describe: every route is
+/// registered through `routes!`, which adds the handler's entry.
+pub fn router_and_document(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let execute = OpenApiRouter::new()
+        .routes(routes!(execute::execute))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::rate_limit_execute,
         ));
-    let functions = Router::new()
-        .route("/api/v1/functions", get(functions::list))
-        .route("/api/v1/functions/{language_title}", get(functions::detail))
+    let functions = OpenApiRouter::new()
+        .routes(routes!(functions::list))
+        .routes(routes!(functions::detail))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::rate_limit_functions,
         ));
-    let initialize = Router::new()
-        .route("/api/v1/initialize", post(initialize::initialize))
+    let initialize = OpenApiRouter::new()
+        .routes(routes!(initialize::initialize))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::rate_limit_initialize,
         ));
-    let api = Router::new()
+    let api = OpenApiRouter::new()
         .merge(initialize)
-        .route("/api/v1/sessions/{request_id}", get(sessions::get))
+        .routes(routes!(sessions::get))
         .merge(execute)
         .merge(functions)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::authenticate,
         ));
-
-    Router::new()
+    let (routes, mut document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(api)
-        .route("/health", get(health::health))
-        .route("/metrics", get(health::metrics))
+        .routes(routes!(health::health))
+        .routes(routes!(health::metrics))
+        .split_for_parts();
+    // The document describes itself too; the route serves it from here.
+    document.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    let served = openapi::Document(Arc::new(document.clone()));
+    let docs: Router<AppState> = Scalar::with_url("/docs", document.clone()).into();
+    let router = routes
+        .route(
+            "/api/v1/openapi.json",
+            get(openapi::document).with_state(served),
+        )
+        .merge(docs)
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
@@ -128,7 +149,8 @@ pub fn router(state: AppState) -> Router {
             middleware::observe,
         ))
         .layer(cors(&state.config))
-        .with_state(state)
+        .with_state(state);
+    (router, document)
 }
 
 fn cors(config: &ServerConfig) -> CorsLayer {

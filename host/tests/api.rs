@@ -1333,3 +1333,88 @@ async fn one_user_cannot_fill_the_session_store() {
         .await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_covers_every_route_and_error_code() {
+    let app = spawn_app().await;
+    let (status, document) = status_and_body(
+        app.client
+            .get(app.url("/api/v1/openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        document["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        document["openapi"]
+    );
+    // Every route of API.md, and these operations only.
+    let mut operations: Vec<String> = document["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| format!("{} {path}", method.to_uppercase()))
+        })
+        .collect();
+    operations.sort();
+    assert_eq!(
+        operations,
+        [
+            "GET /api/v1/functions",
+            "GET /api/v1/functions/{language_title}",
+            "GET /api/v1/openapi.json",
+            "GET /api/v1/sessions/{request_id}",
+            "GET /health",
+            "GET /metrics",
+            "POST /api/v1/execute/{request_id}",
+            "POST /api/v1/initialize",
+        ]
+    );
+    // Every error code is named, and every status an error can have is
+    // documented on some operation.
+    let codes: Vec<&str> = document["components"]["schemas"]["ErrorCode"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let statuses: std::collections::HashSet<String> = document["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .flat_map(|operation| operation["responses"].as_object().unwrap().keys().cloned())
+        .collect();
+    for code in lambda_host::api::Code::ALL {
+        assert!(
+            codes.contains(&code.as_str()),
+            "{code:?} is not in ErrorCode"
+        );
+        let status = code.status().as_u16().to_string();
+        assert!(
+            statuses.contains(&status),
+            "no operation documents {status} ({code:?})"
+        );
+    }
+    // Protected operations say so.
+    assert_eq!(
+        document["paths"]["/api/v1/execute/{request_id}"]["post"]["security"],
+        json!([{ "bearer": [] }])
+    );
+    assert_eq!(
+        document["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    // And a browsable page of it.
+    let page = app.client.get(app.url("/docs")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("/api/v1/openapi.json"));
+    app.stop().await;
+}

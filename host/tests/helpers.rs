@@ -21,6 +21,12 @@ pub fn repo_root() -> PathBuf {
 /// The `lambda-host` binary, run from the repository root over a data
 /// directory, sharing the Rust target directory of every test.
 pub fn lambda_host(data_dir: &Path) -> std::process::Command {
+    // A data directory as an operator keeps it (the host warns on stderr,
+    // where these tests read errors, about one open to other users).
+    if data_dir.is_dir() {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lambda-host"));
     command
         .current_dir(repo_root())

@@ -6,14 +6,16 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use crate::functions::FunctionError;
 use crate::runtime;
 use crate::store::StoreError;
 use crate::toolchain::BuildError;
 
-/// The error codes of API.md.
+/// The error codes of API.md, each with its HTTP status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Code {
     InvalidRequest,
@@ -30,7 +32,60 @@ pub enum Code {
     Timeout,
 }
 
+/// The `error.code` of a body: what clients match on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    InvalidRequest,
+    InvalidParams,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    CompileError,
+    RateLimited,
+    Overloaded,
+    RuntimeError,
+    InternalError,
+    Timeout,
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The session the request was about, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    pub error: ErrorObject,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorObject {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Depends on the code: a guest error's `message`, `stack_trace`,
+    /// `line` and `column`; a compile error's `diagnostics`; a limit's
+    /// `reason` and `limit`.
+    #[schema(value_type = Object)]
+    pub details: Value,
+}
+
 impl Code {
+    /// Every code, for the contract's tests.
+    pub const ALL: [Code; 12] = [
+        Code::InvalidRequest,
+        Code::PayloadTooLarge,
+        Code::InvalidParams,
+        Code::Unauthorized,
+        Code::Forbidden,
+        Code::NotFound,
+        Code::CompileError,
+        Code::RateLimited,
+        Code::Overloaded,
+        Code::RuntimeError,
+        Code::Internal,
+        Code::Timeout,
+    ];
+
     pub fn status(self) -> StatusCode {
         match self {
             Code::InvalidRequest | Code::InvalidParams => StatusCode::BAD_REQUEST,
@@ -46,20 +101,36 @@ impl Code {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub fn name(self) -> ErrorCode {
         match self {
             // A body over the limit is an invalid request, answered with 413.
-            Code::InvalidRequest | Code::PayloadTooLarge => "INVALID_REQUEST",
-            Code::InvalidParams => "INVALID_PARAMS",
-            Code::Unauthorized => "UNAUTHORIZED",
-            Code::Forbidden => "FORBIDDEN",
-            Code::NotFound => "NOT_FOUND",
-            Code::CompileError => "COMPILE_ERROR",
-            Code::RateLimited => "RATE_LIMITED",
-            Code::Overloaded => "OVERLOADED",
-            Code::RuntimeError => "RUNTIME_ERROR",
-            Code::Internal => "INTERNAL_ERROR",
-            Code::Timeout => "TIMEOUT",
+            Code::InvalidRequest | Code::PayloadTooLarge => ErrorCode::InvalidRequest,
+            Code::InvalidParams => ErrorCode::InvalidParams,
+            Code::Unauthorized => ErrorCode::Unauthorized,
+            Code::Forbidden => ErrorCode::Forbidden,
+            Code::NotFound => ErrorCode::NotFound,
+            Code::CompileError => ErrorCode::CompileError,
+            Code::RateLimited => ErrorCode::RateLimited,
+            Code::Overloaded => ErrorCode::Overloaded,
+            Code::RuntimeError => ErrorCode::RuntimeError,
+            Code::Internal => ErrorCode::InternalError,
+            Code::Timeout => ErrorCode::Timeout,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self.name() {
+            ErrorCode::InvalidRequest => "INVALID_REQUEST",
+            ErrorCode::InvalidParams => "INVALID_PARAMS",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::CompileError => "COMPILE_ERROR",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::Overloaded => "OVERLOADED",
+            ErrorCode::RuntimeError => "RUNTIME_ERROR",
+            ErrorCode::InternalError => "INTERNAL_ERROR",
+            ErrorCode::Timeout => "TIMEOUT",
         }
     }
 }
@@ -155,12 +226,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let error = *self.0;
-        let mut body = json!({
-            "error": { "code": error.code.as_str(), "message": error.message, "details": error.details },
-        });
-        if let Some(request_id) = &error.request_id {
-            body["request_id"] = json!(request_id);
-        }
+        let body = ErrorBody {
+            request_id: error.request_id.clone(),
+            error: ErrorObject {
+                code: error.code.name(),
+                message: error.message.clone(),
+                details: error.details.clone(),
+            },
+        };
         let mut response = (error.code.status(), axum::Json(body)).into_response();
         if let Some(secs) = error.retry_after_secs {
             response
@@ -248,6 +321,13 @@ impl From<FunctionError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_code_serializes_as_its_name() {
+        for code in Code::ALL {
+            assert_eq!(json!(code.name()), json!(code.as_str()));
+        }
+    }
 
     #[test]
     fn every_code_maps_to_the_status_of_api_md() {

@@ -8,10 +8,11 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::Utc;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{Authenticated, JsonBody};
 use super::{AppState, Cached, owned_session, tagged};
 use crate::digest::Digest;
@@ -19,10 +20,24 @@ use crate::language::{Language, LanguageTitle};
 use crate::runtime::{self, Invocation};
 use crate::store::{LogRecord, Session};
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, ToSchema)]
 pub struct ExecuteRequest {
+    /// The function's input: a JSON object.
     #[serde(default)]
+    #[schema(value_type = Object)]
     params: Option<Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ExecuteResponse {
+    request_id: String,
+    language_title: String,
+    /// Milliseconds, from the request to the result.
+    execution_time: u64,
+    /// Whether the result came from the result cache.
+    cached: bool,
+    /// What the function returned: any JSON.
+    result: Value,
 }
 
 /// What `X-Cache-Control` asks for.
@@ -65,6 +80,30 @@ fn cache_policy(headers: &HeaderMap, max_ttl: Duration) -> Result<CachePolicy, A
     )))
 }
 
+/// Runs a session's function once, or answers from the result cache.
+#[utoipa::path(
+    post,
+    path = "/api/v1/execute/{request_id}",
+    tag = "sessions",
+    params(
+        ("request_id" = String, Path, description = "The session id from initialize"),
+        ("X-Cache-Control" = Option<String>, Header, description = "`no-cache` or `max-age=<seconds>`"),
+    ),
+    request_body(content = ExecuteRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The function's result", body = ExecuteResponse),
+        (status = 400, description = "INVALID_PARAMS or INVALID_REQUEST", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: no execute scope for the language", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND: no such session of the caller's, or it expired", body = ErrorBody),
+        (status = 413, description = "INVALID_REQUEST: the body is too large", body = ErrorBody),
+        (status = 429, description = "RATE_LIMITED: too many executions, or the caller's share of the slots is in use", body = ErrorBody),
+        (status = 500, description = "RUNTIME_ERROR (the function failed) or INTERNAL_ERROR", body = ErrorBody),
+        (status = 503, description = "OVERLOADED: no execution slot became free in time", body = ErrorBody),
+        (status = 504, description = "TIMEOUT: the function ran past its deadline", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn execute(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
@@ -128,13 +167,13 @@ pub async fn execute(
         end_or_extend(&state, &session).await;
     }
 
-    let body = Json(json!({
-        "request_id": session.request_id,
-        "language_title": session.language_title,
-        "execution_time": started.elapsed().as_millis() as u64,
-        "cached": from_cache,
-        "result": result,
-    }));
+    let body = Json(ExecuteResponse {
+        request_id: session.request_id.clone(),
+        language_title: session.language_title.clone(),
+        execution_time: started.elapsed().as_millis() as u64,
+        cached: from_cache,
+        result,
+    });
     let mut response = tagged(body, session.request_id, session.language_title);
     response.extensions_mut().insert(Cached(from_cache));
     Ok(response)
@@ -288,6 +327,7 @@ fn canonical_json(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn session(version: &str, owner: &str, context: Value) -> Session {
         let now = Utc::now();

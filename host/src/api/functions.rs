@@ -5,10 +5,12 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use chrono::SecondsFormat;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::Authenticated;
 use crate::language::{Language, LanguageTitle};
 use crate::store::{FunctionFilter, FunctionKind, FunctionRecord};
@@ -25,11 +27,74 @@ fn require_read(principal: &crate::auth::Principal) -> Result<(), ApiError> {
     }
 }
 
+/// A registered function, as listed.
+#[derive(Serialize, ToSchema)]
+pub struct FunctionSummary {
+    language: String,
+    title: String,
+    language_title: String,
+    description: String,
+    /// `predefined` or `dynamic`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// RFC 3339, milliseconds.
+    created_at: String,
+    updated_at: String,
+    /// The owner of a dynamic function.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FunctionList {
+    total: u64,
+    page: u32,
+    per_page: u32,
+    functions: Vec<FunctionSummary>,
+}
+
+/// A registered function, whole.
+#[derive(Serialize, ToSchema)]
+pub struct FunctionDetail {
+    #[serde(flatten)]
+    summary: FunctionSummary,
+    /// The source of a dynamic function.
+    script_content: Option<String>,
+    /// `{"params": <JSON Schema>, "result": <JSON Schema>}` where known.
+    schema: Value,
+    examples: Value,
+    compile_options: Value,
+    component_digest: String,
+    component_size: u64,
+}
+
+/// One page of the registered functions, by name.
+#[utoipa::path(
+    get,
+    path = "/api/v1/functions",
+    tag = "functions",
+    params(
+        ("language" = Option<String>, Query, description = "nodejs, python or rust"),
+        ("user_id" = Option<String>, Query, description = "The owner of dynamic functions"),
+        ("type" = Option<String>, Query, description = "predefined or dynamic"),
+        ("page" = Option<u32>, Query, description = "1-based, default 1"),
+        ("per_page" = Option<u32>, Query, description = "1 to 100, default 20"),
+    ),
+    responses(
+        (status = 200, description = "One page", body = FunctionList),
+        (status = 400, description = "INVALID_REQUEST: a bad filter or page", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token does not grant read:functions", body = ErrorBody),
+        (status = 429, description = "RATE_LIMITED", body = ErrorBody),
+        (status = 500, description = "INTERNAL_ERROR", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FunctionList>, ApiError> {
     require_read(&principal)?;
     let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
     let number = |name: &str, default: u32| -> Result<u32, ApiError> {
@@ -63,19 +128,36 @@ pub async fn list(
         )));
     }
     let (total, functions) = state.functions.registry().list(&filter).await?;
-    Ok(Json(json!({
-        "total": total,
-        "page": filter.page,
-        "per_page": filter.per_page,
-        "functions": functions.iter().map(summary).collect::<Vec<_>>(),
-    })))
+    Ok(Json(FunctionList {
+        total,
+        page: filter.page,
+        per_page: filter.per_page,
+        functions: functions.iter().map(summary).collect(),
+    }))
 }
 
+/// One registered function, with its source, schema and examples.
+#[utoipa::path(
+    get,
+    path = "/api/v1/functions/{language_title}",
+    tag = "functions",
+    params(("language_title" = String, Path, description = "`<language>-<title>`")),
+    responses(
+        (status = 200, description = "The function", body = FunctionDetail),
+        (status = 400, description = "INVALID_REQUEST: not a language title", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: the token does not grant read:functions", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND", body = ErrorBody),
+        (status = 429, description = "RATE_LIMITED", body = ErrorBody),
+        (status = 500, description = "INTERNAL_ERROR", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn detail(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
     Path(language_title): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FunctionDetail>, ApiError> {
     require_read(&principal)?;
     let language_title = LanguageTitle::parse(&language_title)
         .map_err(|e| ApiError::invalid_request(e.to_string()))?;
@@ -84,29 +166,29 @@ pub async fn detail(
         .get(&language_title)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no function {language_title}")))?;
-    let mut body = summary(&function);
-    body["script_content"] = json!(function.script_content);
-    body["schema"] = function.schema.clone();
-    body["examples"] = function.examples.clone();
-    body["compile_options"] = function.compile_options.clone();
-    body["component_digest"] = json!(function.component_digest);
-    body["component_size"] = json!(function.component_size);
-    Ok(Json(body))
+    Ok(Json(FunctionDetail {
+        summary: summary(&function),
+        script_content: function.script_content.clone(),
+        schema: function.schema.clone(),
+        examples: function.examples.clone(),
+        compile_options: function.compile_options.clone(),
+        component_digest: function.component_digest.clone(),
+        component_size: function.component_size,
+    }))
 }
 
-fn summary(function: &FunctionRecord) -> Value {
+fn summary(function: &FunctionRecord) -> FunctionSummary {
     let time = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
-    let mut entry = json!({
-        "language": function.language,
-        "title": function.title,
-        "language_title": function.language_title,
-        "description": function.description,
-        "type": function.kind.as_str(),
-        "created_at": time(function.created_at),
-        "updated_at": time(function.updated_at),
-    });
-    if function.kind == FunctionKind::Dynamic {
-        entry["user_id"] = json!(function.owner);
+    FunctionSummary {
+        language: function.language.clone(),
+        title: function.title.clone(),
+        language_title: function.language_title.clone(),
+        description: function.description.clone(),
+        kind: function.kind.as_str(),
+        created_at: time(function.created_at),
+        updated_at: time(function.updated_at),
+        user_id: (function.kind == FunctionKind::Dynamic)
+            .then(|| function.owner.clone())
+            .flatten(),
     }
-    entry
 }

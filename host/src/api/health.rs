@@ -10,10 +10,21 @@ use super::AppState;
 use crate::language::Language;
 use crate::toolchain::SandboxState;
 
+/// The host's health.
+///
 /// 200 when the host can serve: `ok`, or `degraded` when a store is
 /// unreachable or a toolchain missing (loaded functions still execute, from
 /// the in-process fallbacks). 503 when it cannot serve at all: no language
 /// has a toolchain.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Serving: `ok` or `degraded`, with each component's state", body = Object),
+        (status = 503, description = "Cannot serve: no language has a toolchain", body = Object),
+    ),
+)]
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let sessions = match state.sessions.health().await {
         Ok(status) => status.to_owned(),
@@ -76,6 +87,12 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// The Prometheus text exposition.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")),
+)]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let metrics = &state.metrics;
     if let Ok(active) = state.sessions.active_count().await {

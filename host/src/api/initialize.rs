@@ -5,10 +5,11 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::Utc;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
-use super::error::{ApiError, Code};
+use super::error::{ApiError, Code, ErrorBody};
 use super::extract::{Authenticated, JsonBody};
 use super::middleware::check_build_rate;
 use super::{AppState, tagged};
@@ -18,12 +19,27 @@ use crate::toolchain::BuildOptions;
 
 const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, ToSchema)]
 pub struct InitializeRequest {
+    /// A JSON object every execution of the session sees; the host reads
+    /// `timeout_ms`, `retain_session` and `compile_options` from it.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     context: Option<Value>,
+    /// The function's source: creates the dynamic function named by
+    /// `Language-Title`, or replaces the caller's own.
     #[serde(default)]
     script_content: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InitializeResponse {
+    /// The session id, for execute.
+    request_id: String,
+    /// Always `initialized`.
+    status: &'static str,
+    /// RFC 3339, seconds.
+    expires_at: String,
 }
 
 /// What initialize reads from `context`; the rest is kept for the handler.
@@ -34,6 +50,29 @@ struct SessionOptions {
     compile_options: Option<BuildOptions>,
 }
 
+/// Resolves or builds a function and starts a session of it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/initialize",
+    tag = "sessions",
+    params(
+        ("Language-Title" = String, Header, description = "`<language>-<title>`: nodejs, python or rust, then a title of letters, digits and `_`"),
+        ("X-Request-ID" = Option<String>, Header, description = "A session id of the caller's choosing: 1 to 64 letters, digits, `-` or `_`"),
+    ),
+    request_body(content = Option<InitializeRequest>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The session started", body = InitializeResponse),
+        (status = 400, description = "INVALID_REQUEST: a bad header, context or body", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED: no valid token", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: no execute scope for the language, or another user's function", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND: no such function and no source", body = ErrorBody),
+        (status = 413, description = "INVALID_REQUEST: the body or the context is too large", body = ErrorBody),
+        (status = 422, description = "COMPILE_ERROR: the source does not build", body = ErrorBody),
+        (status = 429, description = "RATE_LIMITED: too many initializes or builds, or the session quota is full", body = ErrorBody),
+        (status = 500, description = "INTERNAL_ERROR", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn initialize(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
@@ -190,11 +229,13 @@ pub async fn initialize(
     state.metrics.sessions_created.inc();
     state.logs.record(LogRecord::Session(session.clone()));
 
-    let body = Json(json!({
-        "request_id": session.request_id,
-        "status": "initialized",
-        "expires_at": session.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    }));
+    let body = Json(InitializeResponse {
+        request_id: session.request_id.clone(),
+        status: "initialized",
+        expires_at: session
+            .expires_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    });
     Ok(tagged(body, session.request_id, session.language_title))
 }
 
