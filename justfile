@@ -79,6 +79,10 @@ test: setup
     trap 'scripts/test-services.sh stop "$services"' EXIT
     source "$services/env"
     cargo test --workspace --locked
+    # The API fuzzed from its own OpenAPI document (schemathesis), on the
+    # embedded stores and on Redis + PostgreSQL: a minute each.
+    scripts/fuzz.sh embedded 60
+    scripts/fuzz.sh production 60
     # The deployment files, then the dashboard against a real stack: two
     # replicas of the host just built, Redis, PostgreSQL, Caddy, Prometheus.
     deploy/check-deploy.sh
@@ -88,6 +92,19 @@ test: setup
 # Serve the REST API on 127.0.0.1:8080 with the embedded stores (state in .lambda/).
 run: build
     {{host}} serve
+
+# The API fuzzed from its OpenAPI document for longer: SECONDS on each kind of stores.
+fuzz seconds="600": setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --locked -p lambda-host
+    services=target/test-services
+    scripts/test-services.sh stop "$services"
+    scripts/test-services.sh start "$services"
+    trap 'scripts/test-services.sh stop "$services"' EXIT
+    source "$services/env"
+    scripts/fuzz.sh embedded {{seconds}}
+    scripts/fuzz.sh production {{seconds}}
 
 # Benchmarks (about 10 minutes): bench/results.json and docs/benchmarks.md.
 bench: setup

@@ -103,7 +103,7 @@ def host_counters(base):
     """What the host counted: requests served (every endpoint but /metrics,
     which this scrape is), log records dropped and quarantined."""
     text = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
-    served = sum(float(value) for labels, value in re.findall(r"^lambda_http_requests_total\{([^}]*)\} (\S+)$", text, re.M)
+    served = sum(float(value) for labels, value in re.findall(r"^lambda_http_requests_total\{(.*)\} (\S+)$", text, re.M)
                  if 'endpoint="/metrics"' not in labels)
     counter = lambda name: float((re.search(rf"^{name} (\S+)$", text, re.M) or [0, 0])[1])
     return int(served), int(counter("lambda_log_records_dropped_total")), int(counter("lambda_log_records_quarantined_total"))
@@ -120,7 +120,8 @@ def log_pipeline(backend, seconds, connections=64):
         if (ROOT / ".lambda" / cached).is_dir():
             shutil.copytree(ROOT / ".lambda" / cached, data / cached)
     count_sql = "SELECT COUNT(*) FROM {table} WHERE endpoint <> '/metrics'"
-    services = work / "services"
+    # PostgreSQL runs as its own user, which must reach its directory.
+    services = ROOT / "target/bench-services"
     if backend == "postgres":
         run("scripts/test-services.sh", "start", str(services))
         service_env = dict(line.removeprefix("export ").split("=", 1) for line in (services / "env").read_text().splitlines())

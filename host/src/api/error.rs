@@ -20,6 +20,8 @@ use crate::toolchain::BuildError;
 pub enum Code {
     InvalidRequest,
     PayloadTooLarge,
+    /// A method the route does not serve: 405, with `Allow`.
+    MethodNotAllowed,
     InvalidParams,
     Unauthorized,
     Forbidden,
@@ -71,9 +73,10 @@ pub struct ErrorObject {
 
 impl Code {
     /// Every code, for the contract's tests.
-    pub const ALL: [Code; 12] = [
+    pub const ALL: [Code; 13] = [
         Code::InvalidRequest,
         Code::PayloadTooLarge,
+        Code::MethodNotAllowed,
         Code::InvalidParams,
         Code::Unauthorized,
         Code::Forbidden,
@@ -90,6 +93,7 @@ impl Code {
         match self {
             Code::InvalidRequest | Code::InvalidParams => StatusCode::BAD_REQUEST,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::Forbidden => StatusCode::FORBIDDEN,
             Code::NotFound => StatusCode::NOT_FOUND,
@@ -103,8 +107,11 @@ impl Code {
 
     pub fn name(self) -> ErrorCode {
         match self {
-            // A body over the limit is an invalid request, answered with 413.
-            Code::InvalidRequest | Code::PayloadTooLarge => ErrorCode::InvalidRequest,
+            // A body over the limit, or a method the route does not serve,
+            // is an invalid request, answered with 413 or 405.
+            Code::InvalidRequest | Code::PayloadTooLarge | Code::MethodNotAllowed => {
+                ErrorCode::InvalidRequest
+            }
             Code::InvalidParams => ErrorCode::InvalidParams,
             Code::Unauthorized => ErrorCode::Unauthorized,
             Code::Forbidden => ErrorCode::Forbidden,
@@ -334,6 +341,7 @@ mod tests {
         let expected = [
             (Code::InvalidRequest, 400, "INVALID_REQUEST"),
             (Code::PayloadTooLarge, 413, "INVALID_REQUEST"),
+            (Code::MethodNotAllowed, 405, "INVALID_REQUEST"),
             (Code::InvalidParams, 400, "INVALID_PARAMS"),
             (Code::Unauthorized, 401, "UNAUTHORIZED"),
             (Code::Forbidden, 403, "FORBIDDEN"),

@@ -24,7 +24,7 @@ use crate::store::{LogRecord, Session};
 pub struct ExecuteRequest {
     /// The function's input: a JSON object.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, required = true)]
     params: Option<Value>,
 }
 
@@ -87,7 +87,7 @@ fn cache_policy(headers: &HeaderMap, max_ttl: Duration) -> Result<CachePolicy, A
     tag = "sessions",
     params(
         ("request_id" = String, Path, description = "The session id from initialize"),
-        ("X-Cache-Control" = Option<String>, Header, description = "`no-cache` or `max-age=<seconds>`"),
+        ("X-Cache-Control" = Option<String>, Header, nullable = false, description = "`no-cache` or `max-age=<seconds>` (capped by the server's maximum)", pattern = "^(no-cache|max-age=[1-9][0-9]{0,7})$"),
     ),
     request_body(content = ExecuteRequest, content_type = "application/json"),
     responses(

@@ -9,8 +9,9 @@ use serde::de::DeserializeOwned;
 use super::error::{ApiError, Code};
 use crate::auth::{AuthError, Principal};
 
-/// A JSON body; an empty body is `T::default()`. Malformed JSON, wrong
-/// types and oversized bodies are answered with our error format.
+/// A JSON body; an empty body or `null` is `T::default()`. Malformed
+/// JSON, wrong types and oversized bodies are answered with our error
+/// format.
 pub struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
@@ -31,8 +32,14 @@ where
                 ApiError::invalid_request(format!("cannot read the request body: {rejection}"))
             }
         })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        let body = bytes.trim_ascii();
+        if body.is_empty() || body == b"null" {
             return Ok(Self(T::default()));
+        }
+        // Every body of the API is an object (serde would also read a
+        // struct from an array).
+        if !body.starts_with(b"{") {
+            return Err(ApiError::invalid_request("the body must be a JSON object"));
         }
         serde_json::from_slice(&bytes).map(Self).map_err(|e| {
             ApiError::invalid_request(format!("the body is not valid JSON for this request: {e}"))

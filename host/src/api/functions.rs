@@ -16,6 +16,8 @@ use crate::language::{Language, LanguageTitle};
 use crate::store::{FunctionFilter, FunctionKind, FunctionRecord};
 
 const MAX_PER_PAGE: u32 = 100;
+/// Far past any registry; keeps the offset a sane number.
+const MAX_PAGE: u32 = 1_000_000;
 
 fn require_read(principal: &crate::auth::Principal) -> Result<(), ApiError> {
     if principal.may_read_functions() {
@@ -74,11 +76,11 @@ pub struct FunctionDetail {
     path = "/api/v1/functions",
     tag = "functions",
     params(
-        ("language" = Option<String>, Query, description = "nodejs, python or rust"),
-        ("user_id" = Option<String>, Query, description = "The owner of dynamic functions"),
-        ("type" = Option<String>, Query, description = "predefined or dynamic"),
-        ("page" = Option<u32>, Query, description = "1-based, default 1"),
-        ("per_page" = Option<u32>, Query, description = "1 to 100, default 20"),
+        ("language" = Option<String>, Query, nullable = false, description = "nodejs, python or rust", pattern = "^(nodejs|python|rust)$"),
+        ("user_id" = Option<String>, Query, nullable = false, description = "The owner of dynamic functions"),
+        ("type" = Option<String>, Query, nullable = false, description = "predefined or dynamic", pattern = "^(predefined|dynamic)$"),
+        ("page" = Option<u32>, Query, nullable = false, description = "1-based, default 1", minimum = 1, maximum = 1000000),
+        ("per_page" = Option<u32>, Query, nullable = false, description = "1 to 100, default 20", minimum = 1, maximum = 100),
     ),
     responses(
         (status = 200, description = "One page", body = FunctionList),
@@ -122,6 +124,11 @@ pub async fn list(
         page: number("page", 1)?,
         per_page: number("per_page", 20)?,
     };
+    if filter.page > MAX_PAGE {
+        return Err(ApiError::invalid_request(format!(
+            "page is at most {MAX_PAGE}"
+        )));
+    }
     if filter.per_page > MAX_PER_PAGE {
         return Err(ApiError::invalid_request(format!(
             "per_page is at most {MAX_PER_PAGE}"
@@ -141,7 +148,7 @@ pub async fn list(
     get,
     path = "/api/v1/functions/{language_title}",
     tag = "functions",
-    params(("language_title" = String, Path, description = "`<language>-<title>`")),
+    params(("language_title" = String, Path, description = "`<language>-<title>`", pattern = "^(nodejs|python|rust)-[a-z0-9_-]{1,64}$")),
     responses(
         (status = 200, description = "The function", body = FunctionDetail),
         (status = 400, description = "INVALID_REQUEST: not a language title", body = ErrorBody),

@@ -56,8 +56,8 @@ struct SessionOptions {
     path = "/api/v1/initialize",
     tag = "sessions",
     params(
-        ("Language-Title" = String, Header, description = "`<language>-<title>`: nodejs, python or rust, then a title of letters, digits and `_`"),
-        ("X-Request-ID" = Option<String>, Header, description = "A session id of the caller's choosing: 1 to 64 letters, digits, `-` or `_`"),
+        ("Language-Title" = String, Header, description = "`<language>-<title>`: nodejs, python or rust, then a title of lowercase letters, digits, `_` and `-`", pattern = "^(nodejs|python|rust)-[a-z0-9_-]{1,64}$"),
+        ("X-Request-ID" = Option<String>, Header, nullable = false, description = "A session id of the caller's choosing: 1 to 64 letters, digits, `-` or `_`", pattern = "^[A-Za-z0-9_-]{1,64}$"),
     ),
     request_body(content = Option<InitializeRequest>, content_type = "application/json"),
     responses(

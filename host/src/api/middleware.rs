@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::IntoResponse;
 use chrono::Utc;
 
-use super::error::{ApiError, ErrorRecord};
+use super::error::{ApiError, Code, ErrorRecord};
 use super::extract::AuthOutcome;
 use super::{AppState, Cached, FunctionName, RequestId};
 use crate::auth::AuthError;
@@ -250,7 +250,10 @@ pub async fn not_found() -> ApiError {
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::invalid_request("method not allowed on this endpoint")
+    ApiError::new(
+        Code::MethodNotAllowed,
+        "method not allowed on this endpoint",
+    )
 }
 
 /// A panic in a handler: a bug of ours, answered as an internal error.
