@@ -212,11 +212,31 @@ pub async fn run(
             column,
         }) => Err(Error::Guest(GuestError {
             message,
-            stack_trace,
+            stack_trace: stack_trace.map(|trace| without_build_paths(&trace)),
             line,
             column,
         })),
     }
+}
+
+/// A stack trace without the paths of the machine that built the
+/// component: componentize-js names its own glue by the absolute path it
+/// had in the build's scratch directory (`export_handle@/…/sources/
+/// initializer.js:138:28`), which would tell every caller where the host
+/// keeps its data.
+fn without_build_paths(trace: &str) -> String {
+    const MARKER: &str = "/sources/";
+    trace
+        .lines()
+        .map(|line| match line.find("@/") {
+            Some(at) => match line[at..].find(MARKER) {
+                Some(end) => format!("{}{}", &line[..=at], &line[at + end + MARKER.len()..]),
+                None => line.to_owned(),
+            },
+            None => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Names the reason a call trapped.
@@ -251,4 +271,19 @@ fn classify_trap(
         format!("{panic} ({trap})")
     };
     Error::Trap { message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_build_paths;
+
+    #[test]
+    fn stack_traces_lose_the_build_machines_paths() {
+        let trace = "calculator@handler.js:19:11\nhandle@index.js:34:20\n\
+                     export_handle@/var/lib/lambda/builds/build-70DXOY/tmp/21cc/sources/initializer.js:138:28";
+        assert_eq!(
+            without_build_paths(trace),
+            "calculator@handler.js:19:11\nhandle@index.js:34:20\nexport_handle@initializer.js:138:28"
+        );
+    }
 }
