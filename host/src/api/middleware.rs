@@ -56,13 +56,11 @@ pub async fn rate_limit_execute(
     next: Next,
 ) -> Response<Body> {
     let limits = &state.config.rate_limits;
-    let (key, limit) = match subject(&request) {
-        Some(sub) => (format!("execute:sub:{sub}"), limits.execute_per_subject),
-        None => (
-            format!("execute:ip:{}", client_ip(&request).unwrap_or_default()),
-            limits.execute_per_anonymous_ip,
-        ),
+    let limit = match subject(&request) {
+        Some(_) => limits.execute_per_subject,
+        None => limits.execute_per_anonymous_ip,
     };
+    let key = caller_key("execute", &request);
     limit_then_run(&state, &key, limit, request, next).await
 }
 
@@ -75,10 +73,7 @@ pub async fn rate_limit_initialize(
     next: Next,
 ) -> Response<Body> {
     let limit = state.config.rate_limits.initialize_per_subject;
-    let key = match subject(&request) {
-        Some(sub) => format!("initialize:sub:{sub}"),
-        None => format!("initialize:ip:{}", client_ip(&request).unwrap_or_default()),
-    };
+    let key = caller_key("initialize", &request);
     limit_then_run(&state, &key, limit, request, next).await
 }
 
@@ -110,11 +105,17 @@ pub async fn rate_limit_functions(
     next: Next,
 ) -> Response<Body> {
     let limit = state.config.rate_limits.functions_per_subject;
-    let key = match subject(&request) {
-        Some(sub) => format!("functions:sub:{sub}"),
-        None => format!("functions:ip:{}", client_ip(&request).unwrap_or_default()),
-    };
+    let key = caller_key("functions", &request);
     limit_then_run(&state, &key, limit, request, next).await
+}
+
+/// The limiter's key of a request to `endpoint`: its subject's, or its
+/// client IP's without a valid token.
+fn caller_key(endpoint: &str, request: &Request) -> String {
+    match subject(request) {
+        Some(sub) => format!("{endpoint}:sub:{sub}"),
+        None => format!("{endpoint}:ip:{}", client_ip(request).unwrap_or_default()),
+    }
 }
 
 async fn limit_then_run(
