@@ -195,7 +195,7 @@ enum Command {
         /// Log records that may wait for the database (while it is down), at most.
         #[arg(long, env = "LAMBDA_LOG_QUEUE_CAPACITY", default_value_t = 100_000)]
         log_queue_capacity: usize,
-        /// How long request and error logs and ended sessions' records are kept, e.g. `30d`.
+        /// How long request and error logs, ended sessions' records, and built components and native code no function uses are kept, e.g. `30d`.
         #[arg(long, env = "LAMBDA_LOG_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
         log_retention: Duration,
         /// Do not apply database migrations at start (run `lambda-host migrate` instead).

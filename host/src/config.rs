@@ -267,7 +267,8 @@ pub struct ServerConfig {
     pub rate_limits: RateLimits,
     /// Log records waiting for the database, at most.
     pub log_queue_capacity: usize,
-    /// Request and error logs, and the records of ended sessions, are kept
+    /// Request and error logs, the records of ended sessions, and built
+    /// components and native code no registered function uses are kept
     /// this long, then swept.
     pub log_retention: Duration,
     /// How often the sweep runs.

@@ -2,6 +2,7 @@
 //! the runtime that loads them. The API's handlers call this; it knows
 //! nothing of HTTP.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -90,6 +91,34 @@ impl Functions {
 
     pub fn registry(&self) -> &dyn Registry {
         self.registry.as_ref()
+    }
+
+    /// Removes the built components and native code that no registered
+    /// function uses and that were written before `written_before`.
+    /// Returns how many artifacts and native-code files went.
+    pub async fn remove_unused_builds(
+        &self,
+        written_before: chrono::DateTime<Utc>,
+    ) -> Result<(u64, u64), FunctionError> {
+        let mut builds = HashSet::new();
+        let mut components = HashSet::new();
+        for (build, component) in self.registry.digests().await? {
+            // A digest the registry holds is one we wrote; one that does
+            // not parse keeps nothing.
+            builds.extend(build.parse::<Digest>().ok());
+            components.extend(component.parse::<Digest>().ok());
+        }
+        let artifacts = self
+            .toolchains
+            .artifacts()
+            .remove_unused(&builds, written_before)
+            .await;
+        let native = self
+            .runtime
+            .remove_unused_native_code(components, written_before.into())
+            .await
+            .map_err(|e| FunctionError::Runtime(runtime::Error::Internal(e)))?;
+        Ok((artifacts, native))
     }
 
     /// Builds (or reuses), registers and loads every predefined function. A

@@ -19,6 +19,7 @@ mod invoke;
 mod limits;
 mod slots;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,6 +169,18 @@ impl Runtime {
             .min(self.config.max_timeout);
         let _slot = self.slots.acquire(&invocation.caller).await?;
         invoke::run(&self.engine, &self.config, function, invocation, timeout).await
+    }
+
+    /// Removes native code no function needs (see
+    /// [`cache::ComponentCache::remove_unused`]); returns how many files went.
+    pub async fn remove_unused_native_code(
+        self: &Arc<Self>,
+        keep: HashSet<Digest>,
+        written_before: std::time::SystemTime,
+    ) -> anyhow::Result<u64> {
+        let runtime = self.clone();
+        tokio::task::spawn_blocking(move || runtime.cache.remove_unused(&keep, written_before))
+            .await?
     }
 
     /// Counters of the component cache: compilations, AOT hits, loads.

@@ -73,8 +73,9 @@ impl Application {
             );
         }
         let server = &settings.server;
-        let sweep_task = tokio::spawn(sweep_logs(
+        let sweep_task = tokio::spawn(sweep(
             durable.logs.clone(),
+            functions.clone(),
             settings.server.log_retention,
             settings.server.log_sweep_interval,
         ));
@@ -145,9 +146,16 @@ impl Application {
     }
 }
 
-/// Deletes what is past `retention` from the durable logs, at start and
-/// every `interval`; a failed sweep is retried at the next one.
-async fn sweep_logs(logs: Arc<dyn LogStore>, retention: Duration, interval: Duration) {
+/// Deletes what is past `retention`, at start and every `interval`: the
+/// durable logs and ended sessions' records, and the built components and
+/// native code no registered function uses. A failed sweep is retried at
+/// the next one.
+async fn sweep(
+    logs: Arc<dyn LogStore>,
+    functions: Arc<Functions>,
+    retention: Duration,
+    interval: Duration,
+) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -160,6 +168,16 @@ async fn sweep_logs(logs: Arc<dyn LogStore>, retention: Duration, interval: Dura
                 tracing::info!(rows, %before, "swept logs and session records past their retention")
             }
             Err(e) => tracing::warn!("cannot sweep old logs, trying again later: {e}"),
+        }
+        match functions.remove_unused_builds(before).await {
+            Ok((0, 0)) => {}
+            Ok((artifacts, native)) => tracing::info!(
+                artifacts,
+                native,
+                %before,
+                "removed built components and native code no function uses"
+            ),
+            Err(e) => tracing::warn!("cannot sweep unused builds, trying again later: {e}"),
         }
     }
 }

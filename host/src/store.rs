@@ -231,6 +231,9 @@ pub trait Registry: Send + Sync {
     async fn get(&self, language_title: &str) -> StoreResult<Option<FunctionRecord>>;
     /// The total matching the filter and one page of them, by name.
     async fn list(&self, filter: &FunctionFilter) -> StoreResult<(u64, Vec<FunctionRecord>)>;
+    /// The build and component digests of every registered function: what
+    /// the stores of built components and native code must keep.
+    async fn digests(&self) -> StoreResult<Vec<(String, String)>>;
     async fn health(&self) -> StoreResult<&'static str>;
 }
 

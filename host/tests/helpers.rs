@@ -61,6 +61,9 @@ pub fn settings(data_dir: &Path) -> Settings {
     // One secret for every test, so what one test sealed into the shared
     // caches (artifacts, AOT entries) the next one trusts.
     settings.server.jwt_secret = Some(lambda_host::config::Secret::new(TEST_SECRET));
+    // The artifact store and AOT cache above are shared by every test's
+    // own registry: none of them may sweep what it does not know of.
+    settings.server.log_retention = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
     // Tests build and start many functions as one user within a minute;
     // the limits on that have a test of their own.
     settings.server.rate_limits.builds_per_subject = 10_000;

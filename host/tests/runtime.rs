@@ -15,6 +15,47 @@ fn private_aot_runtime(dir: &std::path::Path) -> Runtime {
     Runtime::new(&private_aot_settings(dir).runtime).unwrap()
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn native_code_no_function_uses_is_swept_and_what_is_used_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = std::sync::Arc::new(private_aot_runtime(dir.path()));
+    let echo = runtime.load(rust_fixture("echo").await).await.unwrap();
+    let sleeper = runtime.load(rust_fixture("sleeper").await).await.unwrap();
+    let entries = || std::fs::read_dir(dir.path().join("aot")).unwrap().count();
+    let before = entries();
+    assert!(before >= 2, "{before} AOT files");
+    let soon = std::time::SystemTime::now() + Duration::from_secs(60);
+    let day_ago = std::time::SystemTime::now() - Duration::from_secs(86_400);
+    // Nothing is that old.
+    let keep = std::collections::HashSet::new();
+    assert_eq!(
+        runtime
+            .remove_unused_native_code(keep, day_ago)
+            .await
+            .unwrap(),
+        0
+    );
+    // The echo's native code is kept, the sleeper's (entry and lock) goes.
+    let keep = std::collections::HashSet::from([echo.digest()]);
+    let removed = runtime.remove_unused_native_code(keep, soon).await.unwrap();
+    assert!(removed >= 1);
+    assert_eq!(entries(), before - removed as usize);
+    let left: Vec<String> = std::fs::read_dir(dir.path().join("aot"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.iter()
+            .any(|n| n.starts_with(&echo.digest().to_string()) && n.ends_with(".cwasm.sealed"))
+    );
+    assert!(
+        !left
+            .iter()
+            .any(|n| n.starts_with(&sleeper.digest().to_string())),
+        "{left:?}"
+    );
+}
+
 /// Fails a test that hangs instead of letting the suite stall.
 const TEST_GUARD: Duration = Duration::from_secs(60);
 

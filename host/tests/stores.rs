@@ -2,6 +2,7 @@
 //! production backend alike: memory and Redis, SQLite and PostgreSQL (real
 //! servers, started by `just test`).
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -443,7 +444,8 @@ fn log_batch() -> Vec<LogRecord> {
 }
 
 async fn artifact_conformance(store: Arc<dyn ArtifactStore>) {
-    let digest = Digest::of(uuid::Uuid::new_v4().as_bytes());
+    let first = Digest::of(uuid::Uuid::new_v4().as_bytes());
+    let digest = first;
     assert!(store.get(digest).await.unwrap().is_none());
     let artifact = SealedArtifact {
         component: vec![0u8, 97, 115, 109, 255].into(),
@@ -477,6 +479,22 @@ async fn artifact_conformance(store: Arc<dyn ArtifactStore>) {
         artifacts.get(digest).await.as_deref(),
         Some(b"the component".as_slice())
     );
+
+    // The sweep: nothing is older than a day ago, so nothing goes; with a
+    // cutoff past every entry, all but the kept ones go.
+    let day_ago = Utc::now() - chrono::Duration::days(1);
+    assert_eq!(
+        store.remove_unused(&HashSet::new(), day_ago).await.unwrap(),
+        0
+    );
+    let unused = Digest::of(uuid::Uuid::new_v4().as_bytes());
+    store.put(unused, &artifact).await.unwrap();
+    let soon = Utc::now() + chrono::Duration::minutes(1);
+    let keep = HashSet::from([digest]);
+    assert_eq!(store.remove_unused(&keep, soon).await.unwrap(), 2);
+    assert!(store.get(first).await.unwrap().is_none());
+    assert!(store.get(unused).await.unwrap().is_none());
+    assert!(store.get(digest).await.unwrap().is_some());
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@
 //! seal ([`crate::integrity`]) makes sure the host wrote it, since
 //! deserializing is mapping native code and running it as it is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -185,6 +185,44 @@ impl ComponentCache {
             self.loaded.entry_count(),
             self.loaded.weighted_size() * 1024,
         )
+    }
+
+    /// Removes the AOT entries (and their lock files) written before
+    /// `written_before`, except this engine's entries of the components in
+    /// `keep`: native code of components no function uses, and of engines
+    /// that are gone (an upgrade changes the fingerprint). Entries of
+    /// another engine are kept as long as any other: a replica of the
+    /// previous version may share the directory during an upgrade.
+    /// Blocking: a walk of the directory.
+    pub fn remove_unused(
+        &self,
+        keep: &HashSet<Digest>,
+        written_before: std::time::SystemTime,
+    ) -> anyhow::Result<u64> {
+        let Some(dir) = &self.aot_dir else {
+            return Ok(0);
+        };
+        let kept: HashSet<String> = keep
+            .iter()
+            .flat_map(|digest| {
+                let stem = format!("{digest}-{}", self.engine_fingerprint);
+                [format!("{stem}.cwasm.sealed"), format!("{stem}.lock")]
+            })
+            .collect();
+        let mut removed = 0;
+        for entry in dir.entries()? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.into_std() < written_before);
+            if old && !kept.contains(&name) && entry.file_type()?.is_file() {
+                dir.remove_file(&name)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// The AOT entry of a component: its directory and name.

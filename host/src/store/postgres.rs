@@ -3,6 +3,7 @@
 //! (`meta.sessions`) and logs (`public.request_logs`, `public.error_logs`)
 //! in PostgreSQL, in the seed's schemas. Every query is parameterised.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -187,6 +188,13 @@ impl Registry for PgStore {
         .await
         .map_err(db("reading a function"))?;
         row.as_ref().map(function_from_row).transpose()
+    }
+
+    async fn digests(&self) -> StoreResult<Vec<(String, String)>> {
+        sqlx::query_as("SELECT build_digest, component_digest FROM meta.functions")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading the registered digests"))
     }
 
     async fn list(&self, filter: &FunctionFilter) -> StoreResult<(u64, Vec<FunctionRecord>)> {
@@ -384,6 +392,23 @@ impl ArtifactStore for PgStore {
             component: bytes.into(),
             seal: seal.unwrap_or_default(),
         }))
+    }
+
+    async fn remove_unused(
+        &self,
+        keep: &HashSet<Digest>,
+        written_before: DateTime<Utc>,
+    ) -> anyhow::Result<u64> {
+        let keep: Vec<String> = keep.iter().map(Digest::to_string).collect();
+        let removed = sqlx::query(
+            "DELETE FROM meta.artifacts WHERE created_at < $1 AND NOT (digest = ANY($2))",
+        )
+        .bind(written_before)
+        .bind(&keep)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(removed)
     }
 
     async fn put(&self, digest: Digest, artifact: &SealedArtifact) -> anyhow::Result<()> {

@@ -143,6 +143,13 @@ impl Registry for SqliteStore {
         Ok(written.rows_affected() == 1)
     }
 
+    async fn digests(&self) -> StoreResult<Vec<(String, String)>> {
+        sqlx::query_as("SELECT build_digest, component_digest FROM functions")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading the registered digests"))
+    }
+
     async fn get(&self, language_title: &str) -> StoreResult<Option<FunctionRecord>> {
         let row = sqlx::query("SELECT * FROM functions WHERE language_title = ?")
             .bind(language_title)

@@ -8,12 +8,14 @@
 //! [`Artifacts`] checks it on each tier, and an entry that fails is skipped
 //! as if it were missing, logged and counted.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
 use cap_std::fs::Dir;
+use chrono::{DateTime, Utc};
 
 use crate::digest::Digest;
 use crate::files::{read_file, write_atomically};
@@ -36,6 +38,13 @@ pub trait ArtifactStore: Send + Sync {
     async fn get(&self, digest: Digest) -> anyhow::Result<Option<SealedArtifact>>;
     /// Stores an entry; storing the same digest again replaces it.
     async fn put(&self, digest: Digest, artifact: &SealedArtifact) -> anyhow::Result<()>;
+    /// Removes the entries written before `written_before` whose digest is
+    /// not in `keep`; returns how many went.
+    async fn remove_unused(
+        &self,
+        keep: &HashSet<Digest>,
+        written_before: DateTime<Utc>,
+    ) -> anyhow::Result<u64>;
 }
 
 /// The artifact stores of a host, nearest first, behind their seals.
@@ -103,6 +112,26 @@ impl Artifacts {
         None
     }
 
+    /// Removes from every store the components no registered function uses
+    /// that were written before `written_before` (a session runs the
+    /// version it started with for at most its lifetime, far shorter).
+    pub async fn remove_unused(
+        &self,
+        keep: &HashSet<Digest>,
+        written_before: DateTime<Utc>,
+    ) -> u64 {
+        let mut removed = 0;
+        for tier in &self.tiers {
+            match tier.remove_unused(keep, written_before).await {
+                Ok(n) => removed += n,
+                Err(e) => {
+                    tracing::warn!(store = tier.name(), "cannot sweep unused artifacts: {e:#}")
+                }
+            }
+        }
+        removed
+    }
+
     /// Seals and stores a component in every store, the shared one first.
     pub async fn put(&self, digest: Digest, component: &[u8]) -> anyhow::Result<()> {
         let artifact = SealedArtifact {
@@ -161,6 +190,35 @@ impl ArtifactStore for DiskArtifacts {
                 component: component.into(),
                 seal: seal.to_vec(),
             }))
+        })
+        .await?
+    }
+
+    /// Entries by their file's modification time; temporary files a crash
+    /// left behind go too once they are as old.
+    async fn remove_unused(
+        &self,
+        keep: &HashSet<Digest>,
+        written_before: DateTime<Utc>,
+    ) -> anyhow::Result<u64> {
+        let dir = self.dir.clone();
+        let keep: HashSet<String> = keep.iter().map(|d| Self::file_name(*d)).collect();
+        let cutoff = std::time::SystemTime::from(written_before);
+        tokio::task::spawn_blocking(move || {
+            let mut removed = 0;
+            for entry in dir.entries()? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.into_std() < cutoff);
+                if old && !keep.contains(&name) && entry.file_type()?.is_file() {
+                    dir.remove_file(&name)?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
         })
         .await?
     }
