@@ -382,13 +382,17 @@ async fn more_concurrent_executions_than_pool_slots_wait_for_a_slot() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = std::sync::Arc::new(runtime(dir.path(), |s| s.runtime.max_instances = 2));
     let function = runtime.load(rust_fixture("echo").await).await.unwrap();
+    // Sixteen callers, so no one's share of the slots stands in the way:
+    // each waits (within the bounded wait) for one of the two slots.
     let calls: Vec<_> = (0..16)
         .map(|i| {
             let runtime = runtime.clone();
             let function = function.clone();
             tokio::spawn(async move {
+                let mut call = invocation("rust-echo", json!({ "i": i }));
+                call.caller = format!("caller-{i}");
                 runtime
-                    .invoke(&function, &invocation("rust-echo", json!({ "i": i })), None)
+                    .invoke(&function, &call, None)
                     .await
                     .map(|e| e.result["params"]["i"].clone())
             })
