@@ -106,6 +106,13 @@ fuzz seconds="600": setup
     scripts/fuzz.sh embedded {{seconds}}
     scripts/fuzz.sh production {{seconds}}
 
+# A mixed load for 10 minutes on Redis + PostgreSQL: RSS over time, unexpected statuses, log rows.
+soak seconds="600": setup
+    python3 bench/soak.py --seconds {{seconds}}
+
+# The soak for one minute.
+soak-quick: (soak "60")
+
 # Benchmarks (about 10 minutes): bench/results.json and docs/benchmarks.md.
 bench: setup
     python3 bench/run.py
