@@ -1472,6 +1472,15 @@ async fn what_the_fuzzer_found_is_answered_by_the_contract() {
     // Pages past any registry are refused, as the document says.
     let response = app
         .client
+        .get(app.url("/api/v1/functions?user_id=a%00b"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (400, "INVALID_REQUEST"));
+    let response = app
+        .client
         .get(app.url("/api/v1/functions?page=2147483648"))
         .bearer_auth(&token)
         .send()

@@ -77,7 +77,7 @@ pub struct FunctionDetail {
     tag = "functions",
     params(
         ("language" = Option<String>, Query, nullable = false, description = "nodejs, python or rust", pattern = "^(nodejs|python|rust)$"),
-        ("user_id" = Option<String>, Query, nullable = false, description = "The owner of dynamic functions"),
+        ("user_id" = Option<String>, Query, nullable = false, description = "The owner of dynamic functions", pattern = "^[^\\u0000]*$"),
         ("type" = Option<String>, Query, nullable = false, description = "predefined or dynamic", pattern = "^(predefined|dynamic)$"),
         ("page" = Option<u32>, Query, nullable = false, description = "1-based, default 1", minimum = 1, maximum = 1000000),
         ("per_page" = Option<u32>, Query, nullable = false, description = "1 to 100, default 20", minimum = 1, maximum = 100),
@@ -113,7 +113,18 @@ pub async fn list(
             .map(|l| l.parse::<Language>().map(|l| l.as_str().to_owned()))
             .transpose()
             .map_err(|e| ApiError::invalid_request(e.to_string()))?,
-        owner: query.get("user_id").cloned(),
+        // PostgreSQL refuses a NUL character in text: a filter with one
+        // matches no owner, and is refused as such rather than failing.
+        owner: query
+            .get("user_id")
+            .map(|owner| {
+                if owner.contains('\0') {
+                    Err(ApiError::invalid_request("user_id must not contain NUL"))
+                } else {
+                    Ok(owner.clone())
+                }
+            })
+            .transpose()?,
         kind: query
             .get("type")
             .map(|t| {
