@@ -1441,6 +1441,18 @@ async fn what_the_fuzzer_found_is_answered_by_the_contract() {
         .unwrap();
     let (status, code, _) = error_of(response).await;
     assert_eq!((status, code.as_str()), (400, "INVALID_REQUEST"));
+    // A source with a NUL character is no source (and PostgreSQL would
+    // refuse to store it).
+    let (status, code, _) = error_of(
+        app.initialize(
+            &token,
+            "nodejs-nul",
+            json!({ "script_content": "export default () => 'a\u{0}b';" }),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (400, "INVALID_REQUEST"));
     // `null` is no body.
     let response = app
         .client

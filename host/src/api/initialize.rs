@@ -143,6 +143,13 @@ pub async fn initialize(
 
     let function = match body.script_content {
         Some(source) => {
+            // No language's source holds a NUL character, and PostgreSQL
+            // would refuse to store one: refused before any build.
+            if source.contains('\0') {
+                return Err(fail(ApiError::invalid_request(
+                    "script_content must not contain NUL characters",
+                )));
+            }
             check_build_rate(&state, &principal.subject)
                 .await
                 .map_err(fail)?;
