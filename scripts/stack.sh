@@ -70,8 +70,10 @@ up() {
     export LAMBDA_JWT_SECRET
     LAMBDA_JWT_SECRET=$(cat "$dir/jwt-secret")
     export LAMBDA_DATA_DIR=$dir/data LAMBDA_LOG_FORMAT=json LAMBDA_LOG=info
-    # The dashboard check drives hundreds of executions a minute.
+    # The dashboard check drives hundreds of executions and initializes a
+    # minute from one user.
     export LAMBDA_RATE_LIMIT_EXECUTE=1000000 LAMBDA_RATE_LIMIT_FUNCTIONS=1000000
+    export LAMBDA_RATE_LIMIT_INITIALIZE=1000000 LAMBDA_RATE_LIMIT_BUILDS=1000
 
     # The first replica migrates and builds the predefined functions; the
     # second starts on what the first stored.
