@@ -67,6 +67,30 @@ pub fn ensure_private_file(path: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot make {} private", path.display()))
 }
 
+/// Removes the regular files beneath `dir` last modified before `before`
+/// whose names are not in `keep`; returns how many went. Never follows a
+/// link (an entry that is one is not a regular file of the directory).
+pub fn remove_old_files(
+    dir: &Dir,
+    keep: &std::collections::HashSet<String>,
+    before: std::time::SystemTime,
+) -> std::io::Result<u64> {
+    let mut removed = 0;
+    for entry in dir.entries()? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.into_std() < before);
+        if old && !keep.contains(&name) && entry.file_type()?.is_file() {
+            dir.remove_file(&name)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Writes `name` beneath `dir` through a temporary file and a rename; the
 /// file is its user's only (0600).
 pub fn write_atomically(dir: &Dir, name: &str, bytes: &[u8]) -> anyhow::Result<()> {

@@ -209,20 +209,7 @@ impl ComponentCache {
                 [format!("{stem}.cwasm.sealed"), format!("{stem}.lock")]
             })
             .collect();
-        let mut removed = 0;
-        for entry in dir.entries()? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.into_std() < written_before);
-            if old && !kept.contains(&name) && entry.file_type()?.is_file() {
-                dir.remove_file(&name)?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        Ok(crate::files::remove_old_files(dir, &kept, written_before)?)
     }
 
     /// The AOT entry of a component: its directory and name.

@@ -18,7 +18,7 @@ use cap_std::fs::Dir;
 use chrono::{DateTime, Utc};
 
 use crate::digest::Digest;
-use crate::files::{read_file, write_atomically};
+use crate::files::{read_file, remove_old_files, write_atomically};
 use crate::integrity::{self, IntegrityKey, Kind};
 
 /// A component with the seal it was stored with.
@@ -204,23 +204,9 @@ impl ArtifactStore for DiskArtifacts {
         let dir = self.dir.clone();
         let keep: HashSet<String> = keep.iter().map(|d| Self::file_name(*d)).collect();
         let cutoff = std::time::SystemTime::from(written_before);
-        tokio::task::spawn_blocking(move || {
-            let mut removed = 0;
-            for entry in dir.entries()? {
-                let entry = entry?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let old = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t.into_std() < cutoff);
-                if old && !keep.contains(&name) && entry.file_type()?.is_file() {
-                    dir.remove_file(&name)?;
-                    removed += 1;
-                }
-            }
-            Ok(removed)
-        })
-        .await?
+        let removed =
+            tokio::task::spawn_blocking(move || remove_old_files(&dir, &keep, cutoff)).await??;
+        Ok(removed)
     }
 
     /// Atomic: readers see all of the file or none of it.
