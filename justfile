@@ -38,15 +38,8 @@ setup-js:
 setup-python:
     #!/usr/bin/env bash
     set -euo pipefail
-    cd toolchains/python
-    stamp=.venv/.requirements-sha256
-    want=$(sha256sum requirements.txt | cut -d' ' -f1)
-    if [[ ! -f $stamp || $(cat $stamp) != "$want" ]]; then
-        rm -rf .venv
-        python3 -m venv .venv
-        .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
-        echo "$want" > $stamp
-    fi
+    source scripts/lib.sh
+    ensure_venv toolchains/python/.venv toolchains/python/requirements.txt
 
 # Build the host in release mode.
 build: setup

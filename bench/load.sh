@@ -6,19 +6,21 @@
 # Prints wrk's summary (requests/s, latency percentiles) and the host's RSS
 # idle and right after each run.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 cd "$(dirname "$0")/.."
 host=target/release/lambda-host
 connections=("${@:-16}")
 duration=${DURATION:-10s}
 data=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 export LAMBDA_DATA_DIR=$data LAMBDA_RUST_TARGET_DIR=$PWD/target/guest-rust
 # Reuse the components built by earlier runs.
 [[ -d .lambda/artifacts ]] && mkdir -p "$data" && cp -r .lambda/artifacts .lambda/aot "$data"/ 2>/dev/null || true
 $host serve --listen 127.0.0.1:$port --rate-limit-execute 1000000000 > "$data/host.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 600); do curl -sf http://127.0.0.1:$port/health >/dev/null && break; sleep 0.5; done
+wait_for_http "http://127.0.0.1:$port/health" 300 || true # if not up, wrk reports it
 rss() { awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' /proc/$pid/status; }
 export TOKEN=$($host token --sub bench)
 declare -A params=(

@@ -10,6 +10,8 @@
 # Each validator must first reject a broken file, so none passes by accident.
 # Missing tools are installed with apt-get.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 cd "$(dirname "$0")/.."
 
 tmp=$(mktemp -d)
@@ -26,7 +28,7 @@ must_fail() {
     echo "guard: rejected as it must be: $what"
 }
 
-scripts/install-missing.sh docker-compose=docker-compose caddy=caddy promtool=prometheus
+install_missing docker-compose=docker-compose caddy=caddy promtool=prometheus
 
 echo "==> docker-compose.yml ($(docker-compose version --short))"
 mkdir -p "$tmp/compose"

@@ -12,17 +12,11 @@ repo=$(dirname "$deploy")
 manifests=$deploy/kubernetes
 venv=$deploy/.venv
 k8s_version=${K8S_VERSION:-1.31.0}
+# shellcheck source=scripts/lib.sh
+source "$repo/scripts/lib.sh"
 
 # --- tools: deploy/.venv, rebuilt only when requirements.txt changed --------
-stamp=$venv/.requirements-sha256
-want=$(sha256sum "$deploy/requirements.txt" | cut -d' ' -f1)
-if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
-    echo "==> installing deploy/requirements.txt into deploy/.venv"
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$deploy/requirements.txt"
-    echo "$want" > "$stamp"
-fi
+ensure_venv "$venv" "$deploy/requirements.txt"
 validator=$venv/bin/kubernetes-validate
 python=$venv/bin/python
 

@@ -12,17 +12,14 @@
 # response the document does not describe, or a hang (90 s per request; a
 # build may take 60).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "$0")/.."
 stores=${1:?usage: $0 embedded|production SECONDS}
 seconds=${2:?usage: $0 embedded|production SECONDS}
 
 venv=fuzz/.venv
-if ! cmp -s fuzz/requirements.txt "$venv/installed.txt" 2>/dev/null; then
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check -r fuzz/requirements.txt
-    cp fuzz/requirements.txt "$venv/installed.txt"
-fi
+ensure_venv "$venv" fuzz/requirements.txt
 
 host=${LAMBDA_HOST_BIN:-target/debug/lambda-host}
 # Kept between runs: the predefined functions are built and compiled once.
@@ -39,7 +36,7 @@ if [[ $stores == production ]]; then
     export LAMBDA_REDIS_URL=$LAMBDA_TEST_REDIS_URL
 fi
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 # Rate limits lifted (they have tests of their own, and a 429 hides what a
 # request would have met), except the one on builds, which bounds the CPU
 # the run spends compiling random sources.
@@ -48,11 +45,11 @@ LAMBDA_BUILD_TIMEOUT_SECS=60 "$host" serve --listen "127.0.0.1:$port" \
     --rate-limit-initialize 1000000000 > "$data/host.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
-for _ in $(seq 600); do
-    curl -sf "http://127.0.0.1:$port/health" > /dev/null && break
-    kill -0 $pid 2>/dev/null || { cat "$data/host.log"; exit 1; }
-    sleep 0.5
-done
+# A host that exits shows its log; one that does not answer in time fails the
+# fuzzing run below.
+if ! wait_for_http "http://127.0.0.1:$port/health" 300 "$pid"; then
+    kill -0 "$pid" 2>/dev/null || { cat "$data/host.log"; exit 1; }
+fi
 token=$("$host" token --sub fuzz)
 
 # Without the coverage phase: in schemathesis 4.32.5 it sends header values

@@ -4,6 +4,8 @@
 #   scripts/replica-demo.sh [outage-seconds]     (default 30)
 # Starts everything it needs on free ports and stops it at the end.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "$0")/.."
 outage=${1:-30}
 host=$PWD/target/release/lambda-host
@@ -16,8 +18,6 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-as_postgres() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 say() { printf '\n### %s\n' "$*"; }
 
 redis_port=$(free_port); pg_port=$(free_port); port_a=$(free_port); port_b=$(free_port)
@@ -26,8 +26,8 @@ start_redis() {
         --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log"
     sleep 0.3
 }
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-mkdir -p "$work/pg"; [[ $(id -u) == 0 ]] && chown postgres "$work/pg"
+pg_bin=$(postgres_bin_dir)
+mkdir -p "$work/pg"; give_to_postgres "$work/pg"
 as_postgres "$pg_bin/initdb" -D "$work/pg" -U postgres -A trust >/dev/null
 pg() { as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg/server.log" -w \
         -o "-p $pg_port -k $work/pg -c listen_addresses=127.0.0.1" "$@" >/dev/null; }
@@ -42,7 +42,7 @@ serve() { # name port
     LAMBDA_DATA_DIR=$work/$1 $host serve --listen 127.0.0.1:$2 --rate-limit-execute 1000000 \
         >"$work/$1.log" 2>&1 &
     pids+=($!)
-    for _ in $(seq 600); do curl -sf "http://127.0.0.1:$2/health" >/dev/null && return; sleep 0.5; done
+    wait_for_http "http://127.0.0.1:$2/health" 300 && return
     echo "$1 did not start"; cat "$work/$1.log"; exit 1
 }
 say "host A on :$port_a (builds the predefined functions into PostgreSQL)"

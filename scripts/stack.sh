@@ -14,6 +14,8 @@
 # STACK_PROMETHEUS_PORT (9090). The binary: LAMBDA_HOST_BIN
 # (target/release/lambda-host). The state: STACK_DIR (target/stack).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "$0")/.."
 
 dir=$(realpath -m "${STACK_DIR:-target/stack}")
@@ -22,15 +24,8 @@ proxy_port=${STACK_PROXY_PORT:-8080}
 read -r -a host_ports <<<"${STACK_HOST_PORTS:-8081 8082}"
 prometheus_port=${STACK_PROMETHEUS_PORT:-9090}
 
-port_free() {
-    python3 -c 'import socket, sys; s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
-}
-
 wait_for() { # URL SECONDS WHAT
-    for _ in $(seq "$2"); do
-        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-        sleep 1
-    done
+    wait_for_http "$1" "$2" && return 0
     echo "$3 did not come up ($1); logs in $dir" >&2
     return 1
 }
@@ -51,9 +46,9 @@ up() {
         exit 1
     fi
     for port in "$proxy_port" "${host_ports[@]}" "$prometheus_port"; do
-        port_free "$port" || { echo "port $port is taken" >&2; exit 1; }
+        port_is_free "$port" || { echo "port $port is taken" >&2; exit 1; }
     done
-    scripts/install-missing.sh prometheus=prometheus caddy=caddy
+    install_missing prometheus=prometheus caddy=caddy
     mkdir -p "$dir"
 
     # Redis and PostgreSQL: the throwaway servers of the tests, and a
@@ -151,14 +146,7 @@ down() {
 # The whole round on free ports, always stopped: what `just test` runs.
 smoke() {
     local ports
-    read -r -a ports <<<"$(python3 - <<'PY'
-import socket
-sockets = [socket.socket() for _ in range(4)]
-for s in sockets:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in sockets))
-PY
-)"
+    read -r -a ports <<<"$(free_ports 4)"
     proxy_port=${ports[0]} host_ports=("${ports[1]}" "${ports[2]}") prometheus_port=${ports[3]}
     trap down EXIT
     down

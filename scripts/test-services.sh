@@ -10,50 +10,34 @@
 # LAMBDA_TEST_REDIS_SERVER / LAMBDA_TEST_PG_BIN, so tests that stop and
 # start servers can run their own instances.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 command=${1:?usage: $0 start|stop DIR}
 dir=$(realpath -m "${2:?usage: $0 start|stop DIR}")
 
-as_postgres() {
-    # PostgreSQL refuses to run as root.
-    if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-
-pg_bin() {
-    local bin
-    bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-    [[ -n $bin && -x $bin/initdb ]] && echo "$bin"
-}
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-install_missing() {
+# The servers' packages, when missing. PostgreSQL's programs are not on PATH
+# (postgres_bin_dir finds them), hence no install_missing.
+install_servers() {
     local packages=()
     command -v redis-server >/dev/null || packages+=(redis-server)
-    pg_bin >/dev/null || packages+=(postgresql)
-    if ((${#packages[@]})); then
-        echo "installing ${packages[*]}" >&2
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >&2
-        apt-get install -y -qq "${packages[@]}" >&2
-    fi
-    # Debian's packages start their own services; the tests use theirs only.
+    postgres_bin_dir >/dev/null || packages+=(postgresql)
+    apt_install "${packages[@]}"
 }
 
 start() {
-    install_missing
+    install_servers
     mkdir -p "$dir"
     local redis_port pg_port bin
     redis_port=$(free_port)
     redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
         --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --dir "$dir"
 
-    bin=$(pg_bin)
+    bin=$(postgres_bin_dir)
     pg_port=$(free_port)
     mkdir -p "$dir/pg" "$dir/pg-socket"
-    [[ $(id -u) == 0 ]] && chown postgres "$dir/pg" "$dir/pg-socket" && chmod 755 "$dir"
+    give_to_postgres "$dir/pg" "$dir/pg-socket"
+    if is_root; then chmod 755 "$dir"; fi # for postgres to reach them
     as_postgres "$bin/initdb" -D "$dir/pg" -U postgres -A trust --no-sync >"$dir/initdb.log"
     as_postgres "$bin/pg_ctl" -D "$dir/pg" -l "$dir/pg/server.log" -w \
         -o "-p $pg_port -k $dir/pg-socket -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
@@ -73,7 +57,7 @@ ENV
 
 stop() {
     local bin
-    bin=$(pg_bin || true)
+    bin=$(postgres_bin_dir || true)
     if [[ -n $bin && -f $dir/pg/postmaster.pid ]]; then
         as_postgres "$bin/pg_ctl" -D "$dir/pg" -m immediate stop >/dev/null 2>&1 || true
     fi
