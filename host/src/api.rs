@@ -1,7 +1,7 @@
 //! The REST API of `shared/API.md`: [`router`] builds it over an
 //! [`AppState`], so tests can drive it with or without a socket.
 
-mod error;
+pub mod error;
 mod execute;
 mod extract;
 mod functions;
@@ -44,6 +44,8 @@ pub struct AppState {
     pub keys: Arc<JwtKeys>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<ServerConfig>,
+    /// The deadline of a session that asks for none.
+    pub default_timeout: Duration,
     /// The longest deadline a session may ask for.
     pub max_timeout: Duration,
 }

@@ -2,7 +2,7 @@
 //! components directory, holding the source (`handler.rs`, `handler.js` or
 //! `handler.py`) and a `manifest.json` that describes it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
@@ -50,8 +50,6 @@ pub struct PredefinedFunction {
     pub language_title: LanguageTitle,
     pub source: String,
     pub manifest: Manifest,
-    /// The folder it was read from.
-    pub dir: PathBuf,
 }
 
 /// Reads the one predefined function of this name, if there is one.
@@ -104,6 +102,5 @@ fn read(dir: &Path, language_title: LanguageTitle) -> anyhow::Result<PredefinedF
         language_title,
         source,
         manifest,
-        dir: dir.to_owned(),
     })
 }

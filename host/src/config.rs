@@ -1,63 +1,148 @@
-//! Typed settings. Every part of the host is built from these, and they are
-//! validated before anything starts, so a bad value fails at start with a
-//! message instead of at the first request.
+//! Typed settings, defined once. Each field is a setting: its doc comment is
+//! the help of its flag, its attributes name the flag, the `LAMBDA_*`
+//! environment variable (whose lower-case name without the prefix is the
+//! config-file key) and the default. The command line, the config file
+//! ([`file`]), the library's defaults ([`Settings::defaults`]) and the
+//! reference table ([`reference`]) are all read from these definitions.
+//!
+//! Everything is validated before anything starts, so a bad value fails at
+//! start with a message instead of at the first request.
 
-use std::path::{Path, PathBuf};
+pub mod file;
+pub mod reference;
+
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
+use clap::{Args, FromArgMatches};
 
 use crate::integrity::IntegrityKey;
 use crate::sandbox::{Isolation, Limits};
 
 /// Settings of the whole host.
-#[derive(Clone, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct Settings {
-    /// Where the host keeps its state: the AOT cache, build artifacts,
-    /// build working directories.
+    /// Where the host keeps its state: AOT cache, build artifacts.
+    #[arg(
+        long,
+        global = true,
+        env = "LAMBDA_DATA_DIR",
+        default_value = ".lambda"
+    )]
     pub data_dir: PathBuf,
-    /// The predefined functions: one folder per `Language-Title`.
+    /// The predefined functions, one folder per Language-Title.
+    #[arg(
+        long,
+        global = true,
+        env = "LAMBDA_COMPONENTS_DIR",
+        default_value = "components"
+    )]
     pub components_dir: PathBuf,
+    #[command(flatten)]
     pub runtime: RuntimeConfig,
+    #[command(flatten)]
     pub toolchain: ToolchainConfig,
+    #[command(flatten)]
     pub server: ServerConfig,
+    #[command(flatten)]
     pub stores: StoreConfig,
 }
 
 /// Which backends hold the host's state. Neither URL set: the embedded
 /// defaults (in process + SQLite in the data directory).
-#[derive(Clone, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct StoreConfig {
-    /// Sessions, result cache, rate limits: `redis://host:port`.
+    /// Redis for sessions, the result cache and rate limits (`redis://[:password@]host:port/`); unset: in process. From the environment or the config file only.
+    #[arg(long, global = true, env = "LAMBDA_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Secret>,
-    /// Registry, artifacts, session records, logs: `postgres://...`.
+    /// PostgreSQL for the registry, artifacts, session records and logs (`postgres://user:password@host/db`); unset: SQLite in `<data-dir>/lambda.db`. From the environment or the config file only.
+    #[arg(
+        long,
+        global = true,
+        env = "LAMBDA_DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<Secret>,
-    /// Skip applying migrations at start (`lambda-host migrate` does it).
+    /// Do not apply database migrations at start (run `lambda-host migrate` instead).
+    #[arg(long, global = true, env = "LAMBDA_SKIP_MIGRATIONS")]
     pub skip_migrations: bool,
     /// The prefix of every Redis key, so several deployments (or test
     /// runs) can share one Redis.
+    #[arg(skip = "lambda:".to_owned())]
     pub redis_prefix: String,
 }
 
+/// The settings that hold credentials: they must not be given as flags,
+/// which any user of the machine sees in `ps`.
+pub const SECRET_SETTINGS: &[&str] = &["jwt_secret", "redis_url", "database_url"];
+
+/// What `--rust-target-dir` says by default: resolved against the data
+/// directory once it is known.
+const IN_DATA_DIR: &str = "<data-dir>/";
+
 impl Settings {
-    /// Defaults for a data directory and a components directory; the caller
-    /// overrides single fields (from the CLI or the environment) afterwards.
+    /// The defaults of every setting: what the command line gives when no
+    /// flag, variable or file says anything (the environment is not read).
+    pub fn defaults() -> Self {
+        let command =
+            Self::augment_args(clap::Command::new("defaults")).mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from(["defaults"])
+            .expect("every setting has a default or is optional");
+        let mut settings =
+            Self::from_arg_matches(&matches).expect("the defaults parse as settings");
+        settings.resolve_paths();
+        settings
+    }
+
+    /// The defaults for a data directory and a components directory; the
+    /// caller overrides single fields (tests, embedders) afterwards.
     pub fn new(data_dir: impl Into<PathBuf>, components_dir: impl Into<PathBuf>) -> Self {
-        let data_dir = data_dir.into();
-        Self {
-            runtime: RuntimeConfig::defaults_in(&data_dir),
-            toolchain: ToolchainConfig::defaults_in(&data_dir),
-            server: ServerConfig::default(),
-            stores: StoreConfig::default(),
-            components_dir: components_dir.into(),
-            data_dir,
+        let mut settings = Self::defaults();
+        settings.data_dir = data_dir.into();
+        settings.components_dir = components_dir.into();
+        settings.toolchain = ToolchainConfig {
+            rust_target_dir: PathBuf::from(format!("{IN_DATA_DIR}rust-target")),
+            artifacts_dir: PathBuf::new(),
+            work_dir: PathBuf::new(),
+            cache_dir: PathBuf::new(),
+            ..settings.toolchain
+        };
+        settings.runtime.aot_cache_dir = None;
+        settings.resolve_paths();
+        settings
+    }
+
+    /// Fills in the paths that live in the data directory unless set.
+    fn resolve_paths(&mut self) {
+        let data_dir = &self.data_dir;
+        let toolchain = &mut self.toolchain;
+        if let Ok(rest) = toolchain
+            .rust_target_dir
+            .strip_prefix(IN_DATA_DIR.trim_end_matches('/'))
+        {
+            toolchain.rust_target_dir = data_dir.join(rest);
         }
+        for (path, name) in [
+            (&mut toolchain.artifacts_dir, "artifacts"),
+            (&mut toolchain.work_dir, "builds"),
+            (&mut toolchain.cache_dir, "toolchain-cache"),
+        ] {
+            if path.as_os_str().is_empty() {
+                *path = data_dir.join(name);
+            }
+        }
+        self.runtime
+            .aot_cache_dir
+            .get_or_insert_with(|| data_dir.join("aot"));
     }
 
     /// Checks every value, creates the directories the host writes to and
     /// makes every path absolute (child processes such as cargo run in
     /// other directories, where a relative path would mean something else).
     pub fn validate(&mut self) -> anyhow::Result<()> {
+        self.resolve_paths();
         self.runtime.validate()?;
         self.toolchain.validate()?;
         self.server.validate()?;
@@ -106,62 +191,75 @@ impl Settings {
     }
 }
 
+/// The deadline of an execution whose session does not set one, unless
+/// the maximum is lower.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Settings of the wasmtime runtime.
-#[derive(Clone, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct RuntimeConfig {
-    /// Use the pooling instance allocator: instance slots, memories and
-    /// stacks are reserved once and reused, which makes instantiation a
-    /// matter of microseconds. Off, every instance maps fresh memory.
-    pub pooling: bool,
-    /// How many instances may run at once: the size of the pool and of the
-    /// semaphore in front of instantiation.
+    // Pooling: instance slots, memories and stacks are reserved once and
+    // reused, which makes instantiation a matter of microseconds. Off,
+    // every instance maps fresh memory.
+    /// Turn the pooling instance allocator off.
+    #[arg(long, global = true, env = "LAMBDA_NO_POOLING")]
+    pub no_pooling: bool,
+    /// How many executions may run at once: the size of the instance pool.
+    #[arg(long, global = true, env = "LAMBDA_MAX_INSTANCES", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_instances: u32,
-    /// The most linear memory one execution may hold, summed over all the
-    /// memories of its component.
+    /// The memory cap of one execution (all the memories of its component together), in MiB.
+    #[arg(long = "memory-limit-mb", global = true, env = "LAMBDA_MEMORY_LIMIT_MB", default_value = "256", value_parser = mebibytes)]
     pub memory_limit_bytes: u64,
-    /// How long an execution may run when the caller does not say.
-    pub default_timeout: Duration,
-    /// The longest deadline a caller may ask for.
+    /// The deadline of an execution whose session sets none, in milliseconds [default: 30000, or max-timeout-ms if lower].
+    #[arg(long = "default-timeout-ms", global = true, env = "LAMBDA_DEFAULT_TIMEOUT_MS", value_parser = milliseconds)]
+    pub default_timeout: Option<Duration>,
+    /// The longest deadline a session may ask for, in milliseconds.
+    #[arg(long = "max-timeout-ms", global = true, env = "LAMBDA_MAX_TIMEOUT_MS", default_value = "300000", value_parser = milliseconds)]
     pub max_timeout: Duration,
-    /// How long an execution waits for a free instance slot before the
-    /// host answers that it is overloaded.
+    /// How long an execution waits for a free instance slot before 503 OVERLOADED, e.g. `5s`.
+    #[arg(long, global = true, env = "LAMBDA_SLOT_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub slot_wait: Duration,
-    /// The fraction of the slots one caller may hold at once (at least one).
+    /// The fraction of the instance slots one token subject may hold at once (beyond: 429).
+    #[arg(
+        long,
+        global = true,
+        env = "LAMBDA_CALLER_SLOT_SHARE",
+        default_value_t = 0.25
+    )]
     pub caller_slot_share: f64,
-    /// The period of the engine's epoch ticker: the granularity of deadlines
-    /// and how often a running guest yields to the async executor.
+    /// The period of the engine's epoch ticker: the granularity of
+    /// deadlines and how often a running guest yields to the executor.
+    #[arg(skip = Duration::from_millis(10))]
     pub epoch_tick: Duration,
-    /// How many bytes of stdout, of stderr and of log lines an execution may
-    /// leave; the rest is cut.
+    /// How many bytes of stdout, of stderr and of log lines an execution
+    /// may leave; the rest is cut.
+    #[arg(skip = 64usize << 10)]
     pub output_limit_bytes: usize,
-    /// The loaded functions kept in memory, by the summed size of their
-    /// components; the least recently used beyond it are dropped (and
-    /// loaded again from the AOT cache when asked for).
+    // The least recently used functions beyond it are dropped (and loaded
+    // again from the AOT cache when asked for).
+    /// The loaded functions kept in memory, by the summed size of their components, in MiB.
+    #[arg(long = "loaded-components-mb", global = true, env = "LAMBDA_LOADED_COMPONENTS_MB", default_value = "1024", value_parser = mebibytes)]
     pub loaded_components_max_bytes: u64,
     /// Where compiled components are serialized ahead of time, keyed by
-    /// component digest and engine fingerprint. `None` turns the AOT cache off.
+    /// component digest and engine fingerprint (`<data-dir>/aot`).
+    #[arg(skip)]
     pub aot_cache_dir: Option<PathBuf>,
     /// Seals the AOT cache's entries: native code is loaded only if this
     /// host (or a replica with the same secret) wrote it.
+    #[arg(skip)]
     pub integrity_key: IntegrityKey,
 }
 
 impl RuntimeConfig {
-    fn defaults_in(data_dir: &Path) -> Self {
-        Self {
-            pooling: true,
-            max_instances: 64,
-            memory_limit_bytes: 256 << 20,
-            default_timeout: Duration::from_secs(30),
-            max_timeout: Duration::from_secs(300),
-            slot_wait: Duration::from_secs(5),
-            caller_slot_share: 0.25,
-            epoch_tick: Duration::from_millis(10),
-            output_limit_bytes: 64 << 10,
-            loaded_components_max_bytes: 1 << 30,
-            aot_cache_dir: Some(data_dir.join("aot")),
-            integrity_key: IntegrityKey::default(),
-        }
+    /// Whether the pooling instance allocator is used.
+    pub fn pooling(&self) -> bool {
+        !self.no_pooling
+    }
+
+    /// The deadline of an execution whose session sets none.
+    pub fn default_timeout(&self) -> Duration {
+        self.default_timeout
+            .unwrap_or(DEFAULT_TIMEOUT.min(self.max_timeout))
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -186,14 +284,15 @@ impl RuntimeConfig {
             "loaded_components_max_bytes must be at least 1 MiB (got {})",
             self.loaded_components_max_bytes
         );
+        ensure!(!self.max_timeout.is_zero(), "max_timeout must be positive");
         ensure!(
-            !self.default_timeout.is_zero(),
+            !self.default_timeout().is_zero(),
             "default_timeout must be positive"
         );
         ensure!(
-            self.default_timeout <= self.max_timeout,
+            self.default_timeout() <= self.max_timeout,
             "default_timeout ({:?}) exceeds max_timeout ({:?})",
-            self.default_timeout,
+            self.default_timeout(),
             self.max_timeout
         );
         ensure!(
@@ -221,103 +320,131 @@ impl Secret {
     }
 }
 
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("[redacted]")
     }
 }
 
-impl Default for StoreConfig {
-    fn default() -> Self {
-        Self {
-            redis_url: None,
-            database_url: None,
-            skip_migrations: false,
-            redis_prefix: "lambda:".to_owned(),
-        }
-    }
-}
-
 /// Settings of the REST API.
-#[derive(Clone, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct ServerConfig {
-    /// Where `serve` listens.
+    /// The address `serve` listens on.
+    #[arg(
+        long,
+        global = true,
+        env = "LAMBDA_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: std::net::SocketAddr,
-    /// The HS256 secret; `None` uses (and on first start creates)
-    /// `<data-dir>/jwt-secret`.
+    /// The HS256 token secret, at least 32 bytes and generated (placeholders and patterns are refused: `openssl rand -base64 48`); the same on every replica. Unset: generated into `<data-dir>/jwt-secret`. From the environment or the config file only.
+    #[arg(long, global = true, env = "LAMBDA_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
-    /// Origins allowed by CORS; `*` allows any.
+    /// Allowed CORS origins, comma-separated; `*` allows any.
+    #[arg(
+        long,
+        global = true,
+        env = "LAMBDA_CORS_ORIGINS",
+        default_value = "*",
+        value_delimiter = ','
+    )]
     pub cors_origins: Vec<String>,
-    /// The largest request body accepted; larger ones get 413.
+    /// The largest request body, in bytes (beyond: 413).
+    #[arg(long, global = true, env = "LAMBDA_BODY_LIMIT_BYTES", default_value_t = 2 << 20)]
     pub body_limit_bytes: usize,
-    /// How long an initialized session lives.
+    /// How long a session lives, e.g. `1h`.
+    #[arg(long, global = true, env = "LAMBDA_SESSION_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub session_ttl: Duration,
-    /// The largest session context, in bytes of JSON.
+    /// The largest session context, in bytes of JSON (beyond: 413).
+    #[arg(long, global = true, env = "LAMBDA_MAX_CONTEXT_BYTES", default_value_t = 64 << 10)]
     pub max_context_bytes: usize,
-    /// How long a result stays cached unless `X-Cache-Control: max-age` says.
+    /// How long a result stays cached unless X-Cache-Control says, e.g. `1h`.
+    #[arg(long, global = true, env = "LAMBDA_CACHE_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub cache_ttl: Duration,
-    /// The longest a result stays cached, whatever `max-age` asks.
+    /// The longest a result may stay cached, whatever X-Cache-Control asks, e.g. `1d`.
+    #[arg(long, global = true, env = "LAMBDA_CACHE_MAX_TTL", default_value = "1d", value_parser = humantime::parse_duration)]
     pub cache_max_ttl: Duration,
     /// The live sessions kept in process weigh at most this, in bytes.
+    #[arg(skip = 256u64 << 20)]
     pub sessions_max_bytes: u64,
-    /// One token subject's live sessions weigh at most this, in bytes.
+    /// What one token subject's live sessions may weigh, in MiB (beyond: 429).
+    #[arg(long = "session-quota-mb", global = true, env = "LAMBDA_SESSION_QUOTA_MB", default_value = "8", value_parser = mebibytes)]
     pub session_quota_bytes: u64,
     /// At most this many bytes of results are cached in process.
+    #[arg(skip = 64u64 << 20)]
     pub cache_max_bytes: u64,
+    #[command(flatten)]
     pub rate_limits: RateLimits,
-    /// Log records waiting for the database, at most.
+    // At ~300 bytes a record, 30 MB: a 30-second database outage at 1500
+    // executions per second (two records each).
+    /// Log records that may wait for the database (while it is down), at most.
+    #[arg(
+        long,
+        global = true,
+        env = "LAMBDA_LOG_QUEUE_CAPACITY",
+        default_value_t = 100_000
+    )]
     pub log_queue_capacity: usize,
-    /// Request and error logs, the records of ended sessions, and built
-    /// components and native code no registered function uses are kept
-    /// this long, then swept.
+    /// How long request and error logs, ended sessions' records, and built components and native code no function uses are kept, e.g. `30d`.
+    #[arg(long, global = true, env = "LAMBDA_LOG_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
     pub log_retention: Duration,
-    /// How often the sweep runs.
+    /// How long stopping waits for queued log records to reach the database; what is still queued then is lost (and its count logged), e.g. `10s`.
+    #[arg(long, global = true, env = "LAMBDA_SHUTDOWN_LOG_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_log_timeout: Duration,
+    /// How often the sweep of what outlived the retention runs.
+    #[arg(skip = Duration::from_secs(3600))]
     pub log_sweep_interval: Duration,
 }
 
 /// Requests per minute.
-#[derive(Clone, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct RateLimits {
-    /// `/api/v1/execute` per token subject.
+    /// Execute requests per minute per token subject.
+    #[arg(
+        long = "rate-limit-execute",
+        global = true,
+        env = "LAMBDA_RATE_LIMIT_EXECUTE",
+        default_value_t = 100
+    )]
     pub execute_per_subject: u32,
-    /// `/api/v1/execute` per client IP, without a valid token.
+    /// Execute requests per minute per client IP without a valid token.
+    #[arg(
+        long = "rate-limit-execute-anonymous",
+        global = true,
+        env = "LAMBDA_RATE_LIMIT_EXECUTE_ANONYMOUS",
+        default_value_t = 10
+    )]
     pub execute_per_anonymous_ip: u32,
-    /// `/api/v1/functions` per token subject.
+    /// Function listing requests per minute per token subject.
+    #[arg(
+        long = "rate-limit-functions",
+        global = true,
+        env = "LAMBDA_RATE_LIMIT_FUNCTIONS",
+        default_value_t = 60
+    )]
     pub functions_per_subject: u32,
-    /// `/api/v1/initialize` per token subject.
+    /// Initialize requests per minute per token subject.
+    #[arg(
+        long = "rate-limit-initialize",
+        global = true,
+        env = "LAMBDA_RATE_LIMIT_INITIALIZE",
+        default_value_t = 60
+    )]
     pub initialize_per_subject: u32,
-    /// `/api/v1/initialize` with a source (a build) per token subject.
+    /// Initialize requests with a source (builds) per minute per token subject.
+    #[arg(
+        long = "rate-limit-builds",
+        global = true,
+        env = "LAMBDA_RATE_LIMIT_BUILDS",
+        default_value_t = 10
+    )]
     pub builds_per_subject: u32,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
-            jwt_secret: None,
-            cors_origins: vec!["*".to_owned()],
-            body_limit_bytes: 2 << 20,
-            session_ttl: Duration::from_secs(3600),
-            max_context_bytes: 64 << 10,
-            cache_ttl: Duration::from_secs(3600),
-            cache_max_ttl: Duration::from_secs(86_400),
-            sessions_max_bytes: 256 << 20,
-            session_quota_bytes: 8 << 20,
-            cache_max_bytes: 64 << 20,
-            rate_limits: RateLimits {
-                execute_per_subject: 100,
-                execute_per_anonymous_ip: 10,
-                functions_per_subject: 60,
-                initialize_per_subject: 60,
-                builds_per_subject: 10,
-            },
-            // At ~300 bytes a record, 30 MB: a 30-second database outage
-            // at 1500 executions per second (two records each).
-            log_queue_capacity: 100_000,
-            log_retention: Duration::from_secs(30 * 24 * 3600),
-            log_sweep_interval: Duration::from_secs(3600),
-        }
-    }
 }
 
 impl ServerConfig {
@@ -370,72 +497,85 @@ impl ServerConfig {
 }
 
 /// Settings of the toolchains that build components from source.
-#[derive(Clone, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct ToolchainConfig {
-    /// Built components, content addressed: `<build digest>.wasm`.
+    /// Built components, content addressed: `<build digest>.wasm`
+    /// (`<data-dir>/artifacts`).
+    #[arg(skip)]
     pub artifacts_dir: PathBuf,
-    /// Parent of the empty directories each build runs in.
+    /// Parent of the empty directories each build runs in
+    /// (`<data-dir>/builds`).
+    #[arg(skip)]
     pub work_dir: PathBuf,
-    /// The cargo target directory where the dependencies every Rust
-    /// function uses (serde, serde_json, wit-bindgen) are built once, by a
-    /// trusted run of the template; user builds read it, never write it.
+    // Built once by a trusted run of the template (serde, serde_json,
+    // wit-bindgen); user builds read it, never write it.
+    /// The cargo target directory of the dependencies every Rust function links.
+    #[arg(
+        long,
+        global = true,
+        env = "LAMBDA_RUST_TARGET_DIR",
+        default_value = "<data-dir>/rust-target"
+    )]
     pub rust_target_dir: PathBuf,
     /// What trusted preparation runs leave for every build of a toolchain
     /// (the JavaScript toolchain's compiled-code cache); read-only to
-    /// builds of user source.
+    /// builds of user source (`<data-dir>/toolchain-cache`).
+    #[arg(skip)]
     pub cache_dir: PathBuf,
-    /// Our build drivers and their pinned tools: `js/` (node_modules),
-    /// `python/` (.venv).
+    /// The build drivers and their pinned tools (js/node_modules, python/.venv).
+    #[arg(
+        long,
+        global = true,
+        env = "LAMBDA_TOOLCHAINS_DIR",
+        default_value = "toolchains"
+    )]
     pub toolchains_dir: PathBuf,
-    /// The longest a build may take, counted from the request, the wait
-    /// for a build slot included.
+    /// The longest a build may take, counted from the request (the wait for a build slot included), in seconds.
+    #[arg(long = "build-timeout-secs", global = true, env = "LAMBDA_BUILD_TIMEOUT_SECS", default_value = "300", value_parser = seconds)]
     pub build_timeout: Duration,
-    /// The resident memory of a build's whole process tree.
+    /// The resident memory of a build's whole process tree, in MiB.
+    #[arg(long = "build-memory-mb", global = true, env = "LAMBDA_BUILD_MEMORY_MB", default_value = "2048", value_parser = mebibytes)]
     pub build_memory_bytes: u64,
-    /// The CPU time of a build's whole process tree.
+    // Two cores busy for the whole default timeout.
+    /// The CPU time of a build's whole process tree, in seconds.
+    #[arg(long = "build-cpu-secs", global = true, env = "LAMBDA_BUILD_CPU_SECS", default_value = "600", value_parser = seconds)]
     pub build_cpu: Duration,
     /// The processes and threads a build may have at once.
+    #[arg(
+        long,
+        global = true,
+        env = "LAMBDA_BUILD_MAX_TASKS",
+        default_value_t = 128
+    )]
     pub build_max_tasks: u32,
-    /// What a build may write: its scratch directory in all, and so the
-    /// largest component.
+    /// What a build may write (its scratch directory, and so its component), in MiB.
+    #[arg(long = "build-output-mb", global = true, env = "LAMBDA_BUILD_OUTPUT_MB", default_value = "256", value_parser = mebibytes)]
     pub build_output_bytes: u64,
-    /// Whether toolchains run confined (see [`crate::sandbox`]).
+    /// `required`: every toolchain runs in the OS sandbox, and builds are refused where the kernel cannot confine them; `off`: unconfined, only for a machine whose every user is trusted.
+    #[arg(
+        long = "build-sandbox",
+        global = true,
+        env = "LAMBDA_BUILD_SANDBOX",
+        default_value = "required"
+    )]
     pub isolation: Isolation,
     /// The binary that runs the sandbox's supervisor (`sandbox-exec`): the
     /// host's own, unless a library user (a test binary) says otherwise.
+    #[arg(skip = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("lambda-host")))]
     pub sandbox_supervisor: PathBuf,
     /// The Rust source guard, the fast first line in front of the sandbox.
     /// Only tests turn it off, to show that the sandbox holds alone.
+    #[arg(skip = true)]
     pub rust_source_guard: bool,
     /// The largest source accepted, in bytes.
+    #[arg(skip = 1usize << 20)]
     pub max_source_bytes: usize,
     /// Seals built components in the artifact stores.
+    #[arg(skip)]
     pub integrity_key: IntegrityKey,
 }
 
 impl ToolchainConfig {
-    fn defaults_in(data_dir: &Path) -> Self {
-        Self {
-            artifacts_dir: data_dir.join("artifacts"),
-            work_dir: data_dir.join("builds"),
-            rust_target_dir: data_dir.join("rust-target"),
-            cache_dir: data_dir.join("toolchain-cache"),
-            toolchains_dir: PathBuf::from("toolchains"),
-            build_timeout: Duration::from_secs(300),
-            build_memory_bytes: 2048 << 20,
-            // Two cores busy for the whole default timeout.
-            build_cpu: Duration::from_secs(600),
-            build_max_tasks: 128,
-            build_output_bytes: 256 << 20,
-            isolation: Isolation::Required,
-            sandbox_supervisor: std::env::current_exe()
-                .unwrap_or_else(|_| PathBuf::from("lambda-host")),
-            rust_source_guard: true,
-            max_source_bytes: 1 << 20,
-            integrity_key: IntegrityKey::default(),
-        }
-    }
-
     /// The limits of a build, its wall time the whole timeout.
     pub fn build_limits(&self) -> Limits {
         Limits {
@@ -476,14 +616,65 @@ impl ToolchainConfig {
     }
 }
 
+/// A size given in MiB, as bytes.
+fn mebibytes(text: &str) -> Result<u64, String> {
+    let mib: u64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number of MiB"))?;
+    mib.checked_mul(1 << 20)
+        .ok_or_else(|| format!("{mib} MiB is too large"))
+}
+
+/// A duration given in milliseconds.
+fn milliseconds(text: &str) -> Result<Duration, String> {
+    text.parse()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("`{text}` is not a whole number of milliseconds"))
+}
+
+/// A positive duration given in seconds.
+fn seconds(text: &str) -> Result<Duration, String> {
+    match text.parse() {
+        Ok(0) => Err("must be at least 1 second".to_owned()),
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => Err(format!("`{text}` is not a whole number of seconds")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
     fn defaults_are_valid() {
         let dir = tempfile::tempdir().unwrap();
         Settings::new(dir.path(), "components").validate().unwrap();
+    }
+
+    #[test]
+    fn the_defaults_come_from_the_definitions_and_paths_from_the_data_directory() {
+        let settings = Settings::new("/srv/lambda", "components");
+        assert_eq!(settings.runtime.memory_limit_bytes, 256 << 20);
+        assert_eq!(settings.runtime.max_timeout, Duration::from_secs(300));
+        assert_eq!(settings.runtime.default_timeout(), Duration::from_secs(30));
+        assert_eq!(settings.server.session_quota_bytes, 8 << 20);
+        assert_eq!(settings.server.rate_limits.builds_per_subject, 10);
+        assert_eq!(settings.toolchain.build_timeout, Duration::from_secs(300));
+        assert!(settings.runtime.pooling());
+        assert_eq!(
+            settings.toolchain.rust_target_dir,
+            Path::new("/srv/lambda/rust-target")
+        );
+        assert_eq!(
+            settings.runtime.aot_cache_dir.as_deref(),
+            Some(Path::new("/srv/lambda/aot"))
+        );
+        assert_eq!(
+            settings.toolchain.artifacts_dir,
+            Path::new("/srv/lambda/artifacts")
+        );
     }
 
     #[test]
@@ -496,127 +687,33 @@ mod tests {
         assert!(settings.components_dir.is_absolute());
     }
 
+    /// The bug: the 30 s default deadline was a constant no setting
+    /// reached, so a maximum under it stopped the host from starting.
     #[test]
-    fn a_default_timeout_above_the_maximum_is_refused_at_start() {
+    fn a_maximum_deadline_under_the_default_lowers_the_default() {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = Settings::new(dir.path(), "components");
-        settings.runtime.default_timeout = Duration::from_secs(600);
+        settings.runtime.max_timeout = Duration::from_secs(10);
+        settings.validate().unwrap();
+        assert_eq!(settings.runtime.default_timeout(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn an_explicit_default_deadline_above_the_maximum_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::new(dir.path(), "components");
+        settings.runtime.default_timeout = Some(Duration::from_secs(600));
         let err = settings.validate().unwrap_err().to_string();
         assert!(err.contains("exceeds max_timeout"), "{err}");
     }
-}
-
-/// The keys a config file may set: each is the `LAMBDA_<KEY>` environment
-/// variable (and the flag) of the same name.
-pub const FILE_KEYS: &[&str] = &[
-    "data_dir",
-    "components_dir",
-    "toolchains_dir",
-    "rust_target_dir",
-    "memory_limit_mb",
-    "loaded_components_mb",
-    "no_pooling",
-    "build_timeout_secs",
-    "build_memory_mb",
-    "build_cpu_secs",
-    "build_max_tasks",
-    "build_output_mb",
-    "build_sandbox",
-    "listen",
-    "cors_origins",
-    "rate_limit_execute",
-    "rate_limit_execute_anonymous",
-    "rate_limit_functions",
-    "rate_limit_initialize",
-    "rate_limit_builds",
-    "max_context_bytes",
-    "session_quota_mb",
-    "body_limit_bytes",
-    "session_ttl",
-    "cache_ttl",
-    "cache_max_ttl",
-    "slot_wait",
-    "caller_slot_share",
-    "max_timeout_ms",
-    "skip_migrations",
-    "log_queue_capacity",
-    "log_retention",
-    "redis_url",
-    "database_url",
-    "jwt_secret",
-    "log",
-    "log_format",
-];
-
-/// Reads a TOML config file (`key = value`, keys from [`FILE_KEYS`]) into
-/// `LAMBDA_*` variables, the ones the environment does not set already:
-/// flags beat the environment, the environment beats the file, the file
-/// beats the defaults. Unknown keys and values that are not scalars (or
-/// lists, joined with commas) are refused.
-pub fn file_settings(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the config file {}", path.display()))?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
-    let mut settings = Vec::new();
-    for (key, value) in table {
-        ensure!(
-            FILE_KEYS.contains(&key.as_str()),
-            "unknown setting `{key}` in {}; the settings are: {}",
-            path.display(),
-            FILE_KEYS.join(", ")
-        );
-        let scalar = |value: &toml::Value| -> anyhow::Result<String> {
-            Ok(match value {
-                toml::Value::String(s) => s.clone(),
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Boolean(b) => b.to_string(),
-                toml::Value::Float(f) => f.to_string(),
-                other => anyhow::bail!("`{key}` must be a string, number or boolean, not {other}"),
-            })
-        };
-        let value = match &value {
-            toml::Value::Array(items) => items
-                .iter()
-                .map(scalar)
-                .collect::<anyhow::Result<Vec<_>>>()?
-                .join(","),
-            other => scalar(other)?,
-        };
-        settings.push((format!("LAMBDA_{}", key.to_uppercase()), value));
-    }
-    Ok(settings)
-}
-
-#[cfg(test)]
-mod file_tests {
-    use super::*;
 
     #[test]
-    fn a_config_file_names_lambda_variables_and_refuses_unknown_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("lambda.toml");
-        std::fs::write(
-            &path,
-            "listen = \"0.0.0.0:9000\"\nrate_limit_execute = 500\ncors_origins = [\"https://a.example\", \"https://b.example\"]\nno_pooling = true\n",
-        )
-        .unwrap();
-        let mut settings = file_settings(&path).unwrap();
-        settings.sort();
-        assert_eq!(
-            settings,
-            [
-                (
-                    "LAMBDA_CORS_ORIGINS".into(),
-                    "https://a.example,https://b.example".into()
-                ),
-                ("LAMBDA_LISTEN".into(), "0.0.0.0:9000".into()),
-                ("LAMBDA_NO_POOLING".into(), "true".into()),
-                ("LAMBDA_RATE_LIMIT_EXECUTE".into(), "500".into()),
-            ]
-        );
-        std::fs::write(&path, "redis = \"redis://x\"\n").unwrap();
-        let error = file_settings(&path).unwrap_err().to_string();
-        assert!(error.contains("unknown setting `redis`"), "{error}");
+    fn sizes_and_durations_in_their_units() {
+        assert_eq!(mebibytes("3"), Ok(3 << 20));
+        assert!(mebibytes("-1").is_err());
+        assert!(mebibytes(&u64::MAX.to_string()).is_err());
+        assert_eq!(milliseconds("1500"), Ok(Duration::from_millis(1500)));
+        assert!(seconds("0").is_err());
+        assert_eq!(seconds("2"), Ok(Duration::from_secs(2)));
     }
 }

@@ -14,9 +14,8 @@ use crate::catalog;
 use crate::digest::Digest;
 use crate::language::{Language, LanguageTitle};
 use crate::runtime::{self, LoadedFunction, Runtime};
-use crate::sandbox::Limit;
 use crate::store::{FunctionKind, FunctionRecord, Registry, StoreError};
-use crate::telemetry::Metrics;
+use crate::telemetry::{BuildOutcome, Metrics};
 use crate::toolchain::{Artifact, BuildError, BuildOptions, Toolchains};
 
 /// Why a function could not be registered or loaded.
@@ -268,7 +267,7 @@ impl Functions {
         component_digest: &str,
     ) -> Result<Arc<LoadedFunction>, FunctionError> {
         if let Ok(digest) = component_digest.parse::<Digest>()
-            && let Some(loaded) = self.runtime.loaded(digest)
+            && let Some(loaded) = self.runtime.loaded(digest).await
         {
             return Ok(loaded);
         }
@@ -331,21 +330,12 @@ impl Functions {
         let started = Instant::now();
         let result = self.toolchains.build(language, source, options).await;
         let outcome = match &result {
-            Ok(artifact) if artifact.built => Some("ok"),
+            Ok(artifact) if artifact.built => Some(BuildOutcome::Ok),
             Ok(_) => None,
-            Err(BuildError::Compile(_)) => Some("compile_error"),
-            Err(BuildError::LimitExceeded {
-                limit: Limit::Time, ..
-            }) => Some("timeout"),
-            Err(BuildError::LimitExceeded { .. }) => Some("limit_exceeded"),
-            Err(BuildError::Unavailable { .. }) => None,
-            Err(BuildError::Internal(_)) => Some("error"),
+            Err(e) => e.outcome(),
         };
         if let Some(outcome) = outcome {
-            self.metrics
-                .builds
-                .with_label_values(&[language.as_str(), outcome])
-                .inc();
+            self.metrics.count_build(language, outcome);
             self.metrics
                 .build_duration
                 .with_label_values(&[language.as_str()])

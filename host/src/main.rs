@@ -2,11 +2,8 @@
 //! run it. The work itself lives in the library.
 
 mod cli;
-mod reference;
 
 use std::process::ExitCode;
-
-use clap::Parser;
 
 fn main() -> ExitCode {
     // The build sandbox's supervisor: single-threaded, before anything else
@@ -18,11 +15,17 @@ fn main() -> ExitCode {
     {
         return lambda_host::sandbox::supervisor::main();
     }
-    if let Err(e) = load_config_file() {
-        eprintln!("error: {e:#}");
-        return ExitCode::FAILURE;
-    }
-    let args = cli::Args::parse();
+    let args = match lambda_host::config::file::parse::<cli::Args>(std::env::args_os()) {
+        Ok(args) => args,
+        // Help, version and bad flags: clap prints them its own way.
+        Err(e) => match e.downcast_ref::<clap::Error>() {
+            Some(clap_error) => clap_error.exit(),
+            None => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     init_logging(&args);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -34,12 +37,11 @@ fn main() -> ExitCode {
     runtime.block_on(cli::run(args))
 }
 
-/// Logs go to stderr, filtered by `LAMBDA_LOG` (a tracing filter such as
+/// Logs go to stderr, filtered by `--log`/`LAMBDA_LOG` (a tracing filter such as
 /// `info` or `lambda_host=debug,sqlx=warn`), as text for people or as one
 /// JSON object per line for log collectors (`--log-format json`).
 fn init_logging(args: &cli::Args) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LAMBDA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(args.default_log_filter()));
+    let filter = tracing_subscriber::EnvFilter::new(args.log_filter());
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);
@@ -57,31 +59,4 @@ fn init_logging(args: &cli::Args) {
             .with_span_list(false)
             .init(),
     }
-}
-
-/// Applies `--config FILE` (or `LAMBDA_CONFIG`) before the command line is
-/// parsed: its settings become `LAMBDA_*` variables wherever the
-/// environment says nothing, so flags and the environment still win.
-fn load_config_file() -> anyhow::Result<()> {
-    let mut args = std::env::args_os().skip(1);
-    let mut path = std::env::var_os("LAMBDA_CONFIG").map(std::path::PathBuf::from);
-    while let Some(arg) = args.next() {
-        if arg == "--config" {
-            path = args.next().map(Into::into);
-        } else if let Some(value) = arg.to_str().and_then(|a| a.strip_prefix("--config=")) {
-            path = Some(value.into());
-        }
-    }
-    let Some(path) = path else {
-        return Ok(());
-    };
-    for (key, value) in lambda_host::config::file_settings(&path)? {
-        if std::env::var_os(&key).is_none() {
-            // SAFETY: nothing else runs yet: no thread has been started
-            // (the async runtime comes later), so no one reads the
-            // environment concurrently.
-            unsafe { std::env::set_var(key, value) };
-        }
-    }
-    Ok(())
 }

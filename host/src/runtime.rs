@@ -61,6 +61,42 @@ pub enum Error {
     Internal(anyhow::Error),
 }
 
+impl Error {
+    /// The same error, for each of the callers that waited for one load.
+    pub(crate) fn copy_of(error: &Error) -> Self {
+        match error {
+            Error::Overloaded { waited } => Error::Overloaded { waited: *waited },
+            Error::CallerAtShare { share } => Error::CallerAtShare { share: *share },
+            Error::Timeout(limit) => Error::Timeout(*limit),
+            Error::OutOfMemory { limit_bytes } => Error::OutOfMemory {
+                limit_bytes: *limit_bytes,
+            },
+            Error::Guest(guest) => Error::Guest(guest.clone()),
+            Error::Trap { message } => Error::Trap {
+                message: message.clone(),
+            },
+            Error::InvalidResult(text) => Error::InvalidResult(text.clone()),
+            Error::InvalidComponent(e) => Error::InvalidComponent(anyhow::anyhow!("{e:#}")),
+            Error::Internal(e) => Error::Internal(anyhow::anyhow!("{e:#}")),
+        }
+    }
+
+    /// How the failed execution is counted in the metrics.
+    pub fn outcome(&self) -> crate::telemetry::ExecutionOutcome {
+        use crate::telemetry::ExecutionOutcome;
+        match self {
+            Error::Timeout(_) => ExecutionOutcome::Timeout,
+            Error::OutOfMemory { .. } => ExecutionOutcome::OutOfMemory,
+            Error::Overloaded { .. } => ExecutionOutcome::Overloaded,
+            Error::CallerAtShare { .. } => ExecutionOutcome::RateLimited,
+            Error::Internal(_) | Error::InvalidComponent(_) => ExecutionOutcome::Error,
+            Error::Guest(_) | Error::Trap { .. } | Error::InvalidResult(_) => {
+                ExecutionOutcome::RuntimeError
+            }
+        }
+    }
+}
+
 /// A failure reported by the function itself, as the WIT `error-info`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct GuestError {
@@ -141,13 +177,13 @@ impl Runtime {
     }
 
     /// The function of this component digest, if it is loaded already.
-    pub fn loaded(&self, digest: Digest) -> Option<Arc<LoadedFunction>> {
-        self.cache.loaded(digest)
+    pub async fn loaded(&self, digest: Digest) -> Option<Arc<LoadedFunction>> {
+        self.cache.loaded(digest).await
     }
 
     /// How many components are loaded, and their summed size in bytes.
-    pub fn loaded_components(&self) -> (u64, u64) {
-        self.cache.loaded_components()
+    pub async fn loaded_components(&self) -> (u64, u64) {
+        self.cache.loaded_components().await
     }
 
     /// How many executions hold an instance right now.
@@ -165,7 +201,7 @@ impl Runtime {
         timeout: Option<Duration>,
     ) -> Result<Execution, Error> {
         let timeout = timeout
-            .unwrap_or(self.config.default_timeout)
+            .unwrap_or_else(|| self.config.default_timeout())
             .min(self.config.max_timeout);
         let _slot = self.slots.acquire(&invocation.caller).await?;
         invoke::run(&self.engine, &self.config, function, invocation, timeout).await

@@ -18,13 +18,14 @@ use crate::functions::Functions;
 use crate::runtime::Runtime;
 use crate::store::memory::{MemoryRateLimiter, MemoryResultCache, MemorySessions};
 use crate::store::postgres::PgStore;
+use crate::store::recorded::RecordedSessions;
 use crate::store::redis::RedisStore;
 use crate::store::resilient::ResilientSessions;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
     LogStore, LogWriter, RateLimiter, Registry, ResultCache, SessionRecords, SessionStore,
 };
-use crate::telemetry::Metrics;
+use crate::telemetry::{CountedElsewhere, Metrics};
 use crate::toolchain::{ArtifactStore, Toolchains};
 
 /// The database file of the embedded registry and logs.
@@ -55,6 +56,18 @@ impl Application {
             toolchains = toolchains.with_shared_artifacts(shared.clone());
         }
         let toolchains = Arc::new(toolchains);
+        metrics.read_at_scrape({
+            let runtime = runtime.clone();
+            let toolchains = toolchains.clone();
+            move || {
+                let stats = runtime.cache_stats();
+                CountedElsewhere {
+                    compiles: stats.compiles,
+                    compile_seconds: stats.compile_micros as f64 / 1e6,
+                    integrity_failures: [toolchains.artifacts().rejected(), stats.aot_rejected],
+                }
+            }
+        });
         let functions = Arc::new(Functions::new(
             runtime,
             toolchains,
@@ -95,6 +108,7 @@ impl Application {
             keys,
             metrics,
             config: Arc::new(server.clone()),
+            default_timeout: settings.runtime.default_timeout(),
             max_timeout: settings.runtime.max_timeout,
         };
         let listener = TcpListener::bind(server.listen)
@@ -132,14 +146,27 @@ impl Application {
             log_task,
             sweep_task,
         } = self;
-        sweep_task.abort();
+        let flush_limit = state.config.shutdown_log_timeout;
         let logs = state.logs.clone();
         let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app)
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
-            .context("serving")?;
-        logs.flush().await;
+            .context("serving");
+        // The sweep runs for as long as the host serves, no longer.
+        sweep_task.abort();
+        served?;
+        // Bounded: with the database down the writer would retry forever,
+        // and a host that does not stop is killed, losing everything.
+        if tokio::time::timeout(flush_limit, logs.flush())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                queued = logs.queued(),
+                "stopping without the log records still queued: the database did not take them within {flush_limit:?}"
+            );
+        }
         drop(logs);
         log_task.abort();
         Ok(())
@@ -189,8 +216,9 @@ struct Durable {
     logs: Arc<dyn LogStore>,
     /// The store replicas share built components through, if any.
     artifacts: Option<Arc<dyn ArtifactStore>>,
-    /// Durable session records to fall back on while Redis is down.
-    session_records: Option<Arc<dyn SessionRecords>>,
+    /// What decides whether a session exists when the live store does
+    /// not know it.
+    session_records: Arc<dyn SessionRecords>,
 }
 
 async fn durable_stores(settings: &Settings) -> anyhow::Result<Durable> {
@@ -207,16 +235,16 @@ async fn durable_stores(settings: &Settings) -> anyhow::Result<Durable> {
                 registry: postgres.clone(),
                 logs: postgres.clone(),
                 artifacts: Some(postgres.clone()),
-                session_records: Some(postgres),
+                session_records: postgres,
             })
         }
         None => {
             let sqlite = Arc::new(SqliteStore::open(&settings.data_dir.join(SQLITE_FILE)).await?);
             Ok(Durable {
                 registry: sqlite.clone(),
-                logs: sqlite,
+                logs: sqlite.clone(),
                 artifacts: None,
-                session_records: None,
+                session_records: sqlite,
             })
         }
     }
@@ -232,9 +260,9 @@ type SharedStores = (
 /// by every replica), else in process.
 fn shared_stores(
     settings: &Settings,
-    session_records: Option<Arc<dyn SessionRecords>>,
+    session_records: Arc<dyn SessionRecords>,
 ) -> anyhow::Result<SharedStores> {
-    match &settings.stores.redis_url {
+    let (live, cache, limiter): SharedStores = match &settings.stores.redis_url {
         Some(url) => {
             let redis = Arc::new(RedisStore::connect(
                 url.expose(),
@@ -242,22 +270,21 @@ fn shared_stores(
             )?);
             // Sessions fall back to process memory while Redis is down;
             // the cache and the rate limiter degrade on their own.
-            let sessions = ResilientSessions::new(
-                redis.clone(),
-                session_records,
-                settings.server.sessions_max_bytes,
-            );
-            Ok((Arc::new(sessions), redis.clone(), redis))
+            let sessions =
+                ResilientSessions::new(redis.clone(), settings.server.sessions_max_bytes);
+            (Arc::new(sessions), redis.clone(), redis)
         }
         None => {
             let server = &settings.server;
-            Ok((
+            (
                 Arc::new(MemorySessions::new(server.sessions_max_bytes)),
                 Arc::new(MemoryResultCache::new(server.cache_max_bytes)),
                 Arc::new(MemoryRateLimiter::new(100_000)),
-            ))
+            )
         }
-    }
+    };
+    let sessions = Arc::new(RecordedSessions::new(live, session_records));
+    Ok((sessions, cache, limiter))
 }
 
 /// Applies the migrations of the configured database (`lambda-host migrate`).
@@ -274,8 +301,21 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<&'static str> {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
+/// Resolves on the first Ctrl-C or SIGTERM, and then exits the process at
+/// once on a second one: the operator's way out of a graceful stop that
+/// waits too long.
 pub async fn shutdown_signal() {
+    stop_signal().await;
+    tracing::info!("shutting down (a second signal exits at once)");
+    tokio::spawn(async {
+        stop_signal().await;
+        tracing::warn!("second signal: exiting without finishing requests or writing logs");
+        std::process::exit(130);
+    });
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stop_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -294,5 +334,4 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
-    tracing::info!("shutting down");
 }

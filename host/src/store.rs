@@ -12,6 +12,7 @@ mod bounded;
 mod log_writer;
 pub mod memory;
 pub mod postgres;
+pub mod recorded;
 pub mod redis;
 pub mod resilient;
 pub mod sqlite;
@@ -324,12 +325,28 @@ impl<'a> LogBatch<'a> {
     }
 }
 
-/// The durable copies of sessions (written through the log writer), read
-/// when the live session store cannot be reached.
+/// The durable records of sessions, in the database: what decides whether
+/// a session exists when the live store (in process or Redis) does not
+/// know it — Redis restarted empty, a key evicted, an outage, a restarted
+/// host. A session is gone only once its record has ended or expired.
 #[async_trait::async_trait]
 pub trait SessionRecords: Send + Sync {
-    /// The recorded session, if it exists and has not expired.
-    async fn session_record(&self, request_id: &str) -> StoreResult<Option<Session>>;
+    /// Writes a new session's record. False, writing nothing, when the id
+    /// is an active, unexpired session's (an ended or expired record is
+    /// replaced). Later copies (execution counts) reach the records through
+    /// the log writer, which never revives an ended session.
+    async fn create(&self, session: &Session) -> StoreResult<bool>;
+    /// The session, if its record is active and has not expired.
+    async fn read(&self, request_id: &str) -> StoreResult<Option<Session>>;
+    /// Ends the session for good (`retain_session: false` after its run):
+    /// [`read`](Self::read) never returns it again.
+    async fn end(&self, request_id: &str) -> StoreResult<()>;
+}
+
+/// What a session record's `status` column says.
+pub mod session_status {
+    pub const ACTIVE: &str = "active";
+    pub const ENDED: &str = "ended";
 }
 
 /// Durable logs: SQLite or PostgreSQL.

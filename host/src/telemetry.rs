@@ -22,11 +22,6 @@ pub struct Metrics {
     pub sessions_created: IntCounter,
     pub builds: IntCounterVec,
     pub build_duration: HistogramVec,
-    pub compiles: IntCounter,
-    pub compile_seconds: Counter,
-    /// Stored artifacts and AOT entries refused because their seal did not
-    /// match: someone other than a host wrote them, or they were damaged.
-    pub integrity_failures: IntCounterVec,
     /// Log records that could not be queued for the database: counted and
     /// reported, never dropped silently.
     pub log_records_dropped: IntCounter,
@@ -45,24 +40,133 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
-/// The `outcome` label of `lambda_executions_total`.
-pub const EXECUTION_OUTCOMES: &[&str] = &[
-    "ok",
-    "runtime_error",
-    "timeout",
-    "out_of_memory",
-    "error",
-    "overloaded",
-    "rate_limited",
-];
-/// The `outcome` label of `lambda_component_builds_total`.
-pub const BUILD_OUTCOMES: &[&str] = &["ok", "compile_error", "timeout", "limit_exceeded", "error"];
+/// Declares a label's values once: the enum the code counts with, and the
+/// strings every series is created with at zero.
+macro_rules! label_values {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &[Self] = &[$(Self::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+        }
+    };
+}
+
+label_values! {
+    /// The `outcome` label of `lambda_executions_total`.
+    ExecutionOutcome {
+        Ok => "ok",
+        RuntimeError => "runtime_error",
+        Timeout => "timeout",
+        OutOfMemory => "out_of_memory",
+        Error => "error",
+        Overloaded => "overloaded",
+        RateLimited => "rate_limited",
+    }
+}
+
+label_values! {
+    /// The `outcome` label of `lambda_component_builds_total`.
+    BuildOutcome {
+        Ok => "ok",
+        CompileError => "compile_error",
+        Timeout => "timeout",
+        LimitExceeded => "limit_exceeded",
+        Error => "error",
+    }
+}
+
 /// The `store` label of `lambda_integrity_failures_total`.
-pub const INTEGRITY_STORES: &[&str] = &["artifact", "native_code"];
+pub const INTEGRITY_STORES: [&str; 2] = ["artifact", "native_code"];
 /// Builds take seconds to minutes.
 const BUILD_BUCKETS: &[f64] = &[
     0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
 ];
+
+/// What the runtime and the stores count on their own, read at each
+/// scrape ([`Metrics::read_at_scrape`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CountedElsewhere {
+    pub compiles: u64,
+    pub compile_seconds: f64,
+    /// By [`INTEGRITY_STORES`].
+    pub integrity_failures: [u64; 2],
+}
+
+/// A collector of [`CountedElsewhere`]: the values are read when
+/// Prometheus scrapes, never copied into counters of ours (copying by
+/// read-then-add over-counted for good when two scrapes overlapped).
+struct ReadAtScrape {
+    read: Box<dyn Fn() -> CountedElsewhere + Send + Sync>,
+    /// Only their descriptions are used: each scrape builds its own.
+    templates: ElsewhereMetrics,
+}
+
+/// The metrics of [`CountedElsewhere`].
+struct ElsewhereMetrics {
+    compiles: IntCounter,
+    compile_seconds: Counter,
+    integrity_failures: IntCounterVec,
+}
+
+impl ElsewhereMetrics {
+    fn new() -> Self {
+        Self {
+            compiles: IntCounter::new(
+                "lambda_component_compiles_total",
+                "Components compiled to native code (an AOT cache hit does not count)",
+            )
+            .expect("valid metric"),
+            compile_seconds: Counter::new(
+                "lambda_component_compile_seconds_total",
+                "Time spent compiling components to native code",
+            )
+            .expect("valid metric"),
+            integrity_failures: IntCounterVec::new(
+                Opts::new(
+                    "lambda_integrity_failures_total",
+                    "Stored artifacts (store=artifact) and AOT entries (store=native_code) refused for a seal that did not match",
+                ),
+                &["store"],
+            )
+            .expect("valid metric"),
+        }
+    }
+}
+
+impl prometheus::core::Collector for ReadAtScrape {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let t = &self.templates;
+        let mut descs = t.compiles.desc();
+        descs.extend(t.compile_seconds.desc());
+        descs.extend(t.integrity_failures.desc());
+        descs
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let now = (self.read)();
+        // Metrics of this scrape alone, holding the values read now.
+        let fresh = ElsewhereMetrics::new();
+        fresh.compiles.inc_by(now.compiles);
+        fresh.compile_seconds.inc_by(now.compile_seconds);
+        for (store, count) in INTEGRITY_STORES.iter().zip(now.integrity_failures) {
+            fresh
+                .integrity_failures
+                .with_label_values(&[store])
+                .inc_by(count);
+        }
+        let mut families = fresh.compiles.collect();
+        families.extend(fresh.compile_seconds.collect());
+        families.extend(fresh.integrity_failures.collect());
+        families
+    }
+}
 
 impl Metrics {
     pub fn new() -> Self {
@@ -138,23 +242,6 @@ impl Metrics {
                 &["language"],
                 BUILD_BUCKETS,
             ),
-            compiles: counter(
-                "lambda_component_compiles_total",
-                "Components compiled to native code (an AOT cache hit does not count)",
-            ),
-            compile_seconds: register(
-                &registry,
-                Counter::new(
-                    "lambda_component_compile_seconds_total",
-                    "Time spent compiling components to native code",
-                )
-                .expect("valid metric"),
-            ),
-            integrity_failures: counter_vec(
-                "lambda_integrity_failures_total",
-                "Stored artifacts (store=artifact) and AOT entries (store=native_code) refused for a seal that did not match",
-                &["store"],
-            ),
             log_records_dropped: counter(
                 "lambda_log_records_dropped_total",
                 "Request, error and session log records that could not be queued",
@@ -187,19 +274,42 @@ impl Metrics {
     fn with_series_at_zero(self) -> Self {
         for language in Language::ALL {
             let language = language.as_str();
-            for outcome in EXECUTION_OUTCOMES {
-                self.executions.with_label_values(&[language, outcome]);
+            for outcome in ExecutionOutcome::ALL {
+                self.executions
+                    .with_label_values(&[language, outcome.as_str()]);
             }
-            for outcome in BUILD_OUTCOMES {
-                self.builds.with_label_values(&[language, outcome]);
+            for outcome in BuildOutcome::ALL {
+                self.builds.with_label_values(&[language, outcome.as_str()]);
             }
             self.execution_duration.with_label_values(&[language]);
             self.build_duration.with_label_values(&[language]);
         }
-        for store in INTEGRITY_STORES {
-            self.integrity_failures.with_label_values(&[store]);
-        }
         self
+    }
+
+    /// Registers what other parts of the host count (see
+    /// [`CountedElsewhere`]); `read` runs at every scrape. Called once.
+    pub fn read_at_scrape(&self, read: impl Fn() -> CountedElsewhere + Send + Sync + 'static) {
+        self.registry
+            .register(Box::new(ReadAtScrape {
+                read: Box::new(read),
+                templates: ElsewhereMetrics::new(),
+            }))
+            .expect("read_at_scrape is called once");
+    }
+
+    /// Counts one execution of `language` with its outcome.
+    pub fn count_execution(&self, language: Language, outcome: ExecutionOutcome) {
+        self.executions
+            .with_label_values(&[language.as_str(), outcome.as_str()])
+            .inc();
+    }
+
+    /// Counts one toolchain build of `language` with its outcome.
+    pub fn count_build(&self, language: Language, outcome: BuildOutcome) {
+        self.builds
+            .with_label_values(&[language.as_str(), outcome.as_str()])
+            .inc();
     }
 
     /// The text exposition of every metric.

@@ -20,11 +20,11 @@ pub mod rust;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::config::ToolchainConfig;
 use crate::digest::Digest;
@@ -88,6 +88,36 @@ impl BuildError {
         BuildError::LimitExceeded {
             limit,
             description: limit.describe(limits),
+        }
+    }
+
+    /// The same error, for each of the requests that waited for one build.
+    fn copy_of(error: &BuildError) -> Self {
+        match error {
+            BuildError::Compile(e) => BuildError::Compile(e.clone()),
+            BuildError::LimitExceeded { limit, description } => BuildError::LimitExceeded {
+                limit: *limit,
+                description: description.clone(),
+            },
+            BuildError::Unavailable { language, reason } => BuildError::Unavailable {
+                language: *language,
+                reason: reason.clone(),
+            },
+            BuildError::Internal(e) => BuildError::Internal(anyhow::anyhow!("{e:#}")),
+        }
+    }
+
+    /// How the failed build is counted; `None` when no toolchain ran.
+    pub fn outcome(&self) -> Option<crate::telemetry::BuildOutcome> {
+        use crate::telemetry::BuildOutcome;
+        match self {
+            BuildError::Compile(_) => Some(BuildOutcome::CompileError),
+            BuildError::LimitExceeded {
+                limit: Limit::Time, ..
+            } => Some(BuildOutcome::Timeout),
+            BuildError::LimitExceeded { .. } => Some(BuildOutcome::LimitExceeded),
+            BuildError::Unavailable { .. } => None,
+            BuildError::Internal(_) => Some(BuildOutcome::Error),
         }
     }
 }
@@ -259,7 +289,8 @@ struct Registered {
     permits: Semaphore,
 }
 
-type InFlight = Arc<OnceCell<Arc<[u8]>>>;
+/// What the coalescing of builds keeps of recent builds, in KiB.
+const BUILDING_MAX_KIB: u64 = 256 << 10;
 
 /// Every toolchain of the host, the artifact store and the build queues.
 pub struct Toolchains {
@@ -273,10 +304,11 @@ pub struct Toolchains {
     sandbox_state: SandboxState,
     limits: Limits,
     max_source_bytes: usize,
-    /// Builds in progress by digest, so a second request for the same
-    /// digest waits for the first. A std mutex: held only to look up or
-    /// insert, never across an await.
-    in_flight: Mutex<HashMap<Digest, InFlight>>,
+    /// Builds by digest: every request for a digest being built awaits the
+    /// one build (moka's `try_get_with` coalesces them, and hands a failure
+    /// to those waiting for it rather than building again). A built
+    /// component stays a minute, for requests racing the artifact store.
+    building: moka::future::Cache<Digest, Arc<[u8]>>,
     built: AtomicU64,
     failed: AtomicU64,
     reused: AtomicU64,
@@ -388,7 +420,13 @@ impl Toolchains {
             sandbox_state: SandboxState::Unchecked,
             limits: config.build_limits(),
             max_source_bytes: config.max_source_bytes,
-            in_flight: Mutex::new(HashMap::new()),
+            building: moka::future::Cache::builder()
+                .max_capacity(BUILDING_MAX_KIB)
+                .weigher(|_, component: &Arc<[u8]>| {
+                    u32::try_from(component.len().div_ceil(1024)).unwrap_or(u32::MAX)
+                })
+                .time_to_live(std::time::Duration::from_secs(60))
+                .build(),
             built: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             reused: AtomicU64::new(0),
@@ -476,24 +514,16 @@ impl Toolchains {
             });
         }
 
-        let cell = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            in_flight.entry(digest).or_default().clone()
-        };
-        let mut built_here = false;
-        let result = cell
-            .get_or_try_init(|| async {
-                built_here = true;
+        let ran_here = AtomicBool::new(false);
+        let result = self
+            .building
+            .try_get_with(digest, async {
+                ran_here.store(true, Ordering::Relaxed);
                 self.run_build(language, digest, source, options, deadline)
                     .await
             })
-            .await
-            .cloned();
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&digest);
-
+            .await;
+        let built_here = ran_here.into_inner();
         match result {
             Ok(component) => {
                 if !built_here {
@@ -505,7 +535,7 @@ impl Toolchains {
                     built: built_here,
                 })
             }
-            Err(e) => Err(e),
+            Err(shared) => Err(BuildError::copy_of(&shared)),
         }
     }
 

@@ -1502,3 +1502,103 @@ async fn what_the_fuzzer_found_is_answered_by_the_contract() {
     assert_eq!((status, code.as_str()), (400, "INVALID_REQUEST"));
     app.stop().await;
 }
+
+/// The bug: the sweep task was aborted the moment the host began serving,
+/// so while it served nothing past its retention was ever deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_retention_sweep_runs_while_the_host_serves() {
+    let no_functions = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(|s| {
+        // Nothing the other tests share may be swept: no predefined
+        // functions, and stores of builds of its own.
+        s.components_dir = no_functions.path().to_owned();
+        s.toolchain.artifacts_dir = s.data_dir.join("own-artifacts");
+        s.runtime.aot_cache_dir = Some(s.data_dir.join("own-aot"));
+        std::fs::create_dir_all(&s.toolchain.artifacts_dir).unwrap();
+        std::fs::create_dir_all(s.data_dir.join("own-aot")).unwrap();
+        s.server.log_retention = Duration::from_secs(1);
+        s.server.log_sweep_interval = Duration::from_millis(200);
+    })
+    .await;
+    let database = app.data_dir.path().join("lambda.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", database.display()))
+        .await
+        .unwrap();
+    let logged = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM request_logs")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let started = Instant::now();
+    let mut seen = 0;
+    // Requests keep coming; each is logged, then swept a second later.
+    while started.elapsed() < Duration::from_secs(15) {
+        app.client.get(app.url("/health")).send().await.unwrap();
+        seen = seen.max(logged().await);
+        if seen > 0 && started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen > 0, "requests are logged");
+    let oldest: String = sqlx::query_scalar("SELECT MIN(created_at) FROM request_logs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let oldest = chrono::DateTime::parse_from_rfc3339(&oldest).unwrap();
+    let age = chrono::Utc::now().signed_duration_since(oldest);
+    assert!(
+        age < chrono::Duration::seconds(3),
+        "the oldest request log is {age} old: nothing was swept"
+    );
+    app.stop().await;
+}
+
+/// The bug: `/metrics` copied the runtime's counters into its own by
+/// read-then-add, so scrapes that overlapped added the same compilations
+/// again, for good. They are read at each scrape now.
+#[tokio::test(flavor = "multi_thread")]
+async fn overlapping_scrapes_report_compilations_exactly() {
+    // One function, compiled by this host (an AOT cache of its own).
+    let components = tempfile::tempdir().unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(crate::helpers::repo_root().join("components/rust-data_validator"))
+        .arg(components.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let app = spawn_app_with(|s| {
+        s.components_dir = components.path().to_owned();
+        s.runtime.aot_cache_dir = Some(s.data_dir.join("own-aot"));
+        std::fs::create_dir_all(s.data_dir.join("own-aot")).unwrap();
+    })
+    .await;
+    let compiles = app.state.functions.runtime().cache_stats().compiles;
+    assert_eq!(compiles, 1);
+    let scrapes: Vec<_> = (0..32)
+        .map(|_| app.client.get(app.url("/metrics")).send())
+        .collect();
+    for scrape in futures::future::join_all(scrapes).await {
+        assert_eq!(scrape.unwrap().status(), 200);
+    }
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("\nlambda_component_compiles_total 1\n"),
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("compiles"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    app.stop().await;
+}

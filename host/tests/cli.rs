@@ -292,3 +292,144 @@ fn the_data_directory_and_its_secret_and_database_are_private() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("open to other users"), "{stderr}");
 }
+
+/// Runs `lambda-host settings --effective` with a config file, extra
+/// environment and flags, and returns what it prints.
+fn effective_settings(
+    data: &std::path::Path,
+    file: &str,
+    env: &[(&str, &str)],
+    flags: &[&str],
+) -> String {
+    let config = data.join("lambda.toml");
+    std::fs::create_dir_all(data).unwrap();
+    std::fs::write(&config, file).unwrap();
+    let mut command = lambda_host(data);
+    command.arg("--config").arg(&config).args(flags);
+    command.args(["settings", "--effective"]);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn settings_are_layered_defaults_then_file_then_environment_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = "listen = \"127.0.0.1:9001\"\nslot_wait = \"7s\"\nmemory_limit_mb = 64\n\
+                rate_limit_execute = 500\ncors_origins = [\"https://a.example\", \"https://b.example\"]\n\
+                no_pooling = true\n";
+    let printed = effective_settings(
+        dir.path(),
+        file,
+        &[
+            ("LAMBDA_LISTEN", "127.0.0.1:9002"),
+            ("LAMBDA_SLOT_WAIT", "8s"),
+        ],
+        &["--slot-wait", "9s"],
+    );
+    // The file beats the defaults.
+    assert!(
+        printed.contains("memory_limit_bytes: 67108864,"),
+        "{printed}"
+    );
+    assert!(printed.contains("execute_per_subject: 500,"), "{printed}");
+    assert!(printed.contains("\"https://b.example\""), "{printed}");
+    assert!(printed.contains("no_pooling: true,"), "{printed}");
+    // The environment beats the file; a flag beats both.
+    assert!(printed.contains("listen: 127.0.0.1:9002,"), "{printed}");
+    assert!(printed.contains("slot_wait: 9s,"), "{printed}");
+    // What nobody set keeps its default.
+    assert!(printed.contains("builds_per_subject: 10,"), "{printed}");
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_or_a_bad_value_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |file: &str| {
+        std::fs::write(dir.path().join("bad.toml"), file).unwrap();
+        lambda_host(dir.path())
+            .arg("--config")
+            .arg(dir.path().join("bad.toml"))
+            .args(["settings", "--effective"])
+            .output()
+            .unwrap()
+    };
+    let output = run("redis = \"redis://x\"\n");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown setting `redis`"), "{stderr}");
+    assert!(stderr.contains("redis_url"), "lists the settings: {stderr}");
+    let output = run("memory_limit_mb = \"lots\"\n");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("memory-limit-mb"), "{stderr}");
+    assert!(stderr.contains("lots"), "{stderr}");
+}
+
+#[test]
+fn secrets_are_refused_as_flags_and_redacted_when_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "kR3v9Qm2Xb7LwP0sZt5YhN8cJd1FgA4uE6iO";
+    let output = lambda_host(dir.path())
+        .args(["token", "--sub", "x", "--jwt-secret", secret])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("refused on the command line"), "{stderr}");
+    assert!(!stderr.contains(secret), "{stderr}");
+    // From the config file it is taken, and never printed.
+    let printed = effective_settings(
+        dir.path(),
+        &format!("jwt_secret = \"{secret}\"\ndatabase_url = \"postgres://u:pw@db/x\"\n"),
+        &[],
+        &[],
+    );
+    assert!(printed.contains("jwt_secret: Some(\n"), "{printed}");
+    assert!(!printed.contains(secret), "{printed}");
+    assert!(!printed.contains("pw@db"), "{printed}");
+}
+
+/// The bug: the default deadline (30 s) was a constant, so a maximum under
+/// it stopped the host from starting.
+#[test]
+fn the_host_starts_with_a_maximum_deadline_under_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = lambda_host(dir.path())
+        .args(["--max-timeout-ms", "10000", "settings", "--effective"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    // `migrate` validates every setting, as `serve` does, without serving.
+    let output = lambda_host(dir.path())
+        .args(["--max-timeout-ms", "10000", "migrate"])
+        .env_remove("LAMBDA_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = lambda_host(dir.path())
+        .args([
+            "--max-timeout-ms",
+            "10000",
+            "--default-timeout-ms",
+            "20000",
+            "migrate",
+        ])
+        .env_remove("LAMBDA_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("exceeds max_timeout"), "{stderr}");
+}

@@ -75,6 +75,21 @@ impl OwnRedis {
         wait_for_port(self.port);
     }
 
+    /// Redis restarted with nothing: as after a restart without
+    /// persistence, or with every key evicted under `maxmemory`.
+    fn wipe(&mut self) {
+        self.kill();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(path).unwrap();
+            } else {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        self.resume();
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
@@ -335,4 +350,183 @@ async fn requests_made_while_postgresql_is_down_are_logged_once_it_returns() {
         .unwrap();
     assert_eq!(logged, requests, "one row per request");
     drop(data_dir);
+}
+
+/// Executes and returns (status, `result` or `error.code`).
+async fn outcome(app: &TestApp, token: &str, id: &str) -> (u16, serde_json::Value) {
+    let params = json!({"data": {"a": 1}, "rules": ["numeric"]});
+    let (status, body) = status_and_body(app.execute(token, id, params).await).await;
+    match status {
+        200 => (status, body["result"].clone()),
+        _ => (status, body["error"]["code"].clone()),
+    }
+}
+
+/// The bug: when Redis came back empty, every live session answered 404
+/// (on every replica, and after a restart) although PostgreSQL still held
+/// its record. A session is lost only when it has ended or expired.
+#[tokio::test(flavor = "multi_thread")]
+async fn live_sessions_outlive_redis_coming_back_empty_and_ended_ones_stay_ended() {
+    let mut redis = OwnRedis::start();
+    let database = test_database_url().await;
+    let url = redis.url();
+    let configure = |s: &mut lambda_host::config::Settings| {
+        use_production_stores(s, &database, "wipe:");
+        s.stores.redis_url = Some(lambda_host::config::Secret::new(url.clone()));
+    };
+    let app = spawn_app_with(configure).await;
+    let token = app.token("wanda", ALL);
+    let live = app.session(&token, "rust-data_validator", json!({})).await;
+    let once = app
+        .session(
+            &token,
+            "rust-data_validator",
+            json!({"context": {"retain_session": false}}),
+        )
+        .await;
+    assert_eq!(outcome(&app, &token, &live).await.0, 200);
+    assert_eq!(outcome(&app, &token, &once).await.0, 200);
+    assert_eq!(outcome(&app, &token, &once).await.0, 404, "not retained");
+
+    redis.wipe();
+    // Another user cannot take the id the live store forgot.
+    let mallory = app.token("mallory", ALL);
+    let response = app
+        .client
+        .post(app.url("/api/v1/initialize"))
+        .bearer_auth(&mallory)
+        .header("Language-Title", "nodejs-calculator")
+        .header("X-Request-ID", &live)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = status_and_body(response).await;
+    assert_eq!(status, 200);
+    assert_ne!(body["request_id"], live.as_str());
+    let (status, body) = outcome(&app, &token, &live).await;
+    assert_eq!(
+        (status, &body),
+        (200, &json!({"valid": true, "errors": []}))
+    );
+    assert_eq!(
+        outcome(&app, &token, &once).await.0,
+        404,
+        "ended stays ended"
+    );
+    // Another replica (or this host restarted) after a second wipe.
+    redis.wipe();
+    let replica = spawn_app_with(configure).await;
+    assert_eq!(outcome(&replica, &token, &live).await.0, 200);
+    assert_eq!(outcome(&replica, &token, &once).await.0, 404);
+    // Still not another user's.
+    assert_eq!(outcome(&replica, &mallory, &live).await.0, 404);
+    replica.stop().await;
+    app.stop().await;
+}
+
+/// The bug (suspected, shown here): a `retain_session: false` session
+/// that had run once could run again during a Redis outage, resurrected
+/// from its durable record, which said it was still active.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_that_ended_does_not_come_back_during_a_redis_outage() {
+    let mut redis = OwnRedis::start();
+    let database = test_database_url().await;
+    let url = redis.url();
+    let configure = |s: &mut lambda_host::config::Settings| {
+        use_production_stores(s, &database, "outage:");
+        s.stores.redis_url = Some(lambda_host::config::Secret::new(url.clone()));
+    };
+    let app = spawn_app_with(configure).await;
+    let token = app.token("olga", ALL);
+    let once = app
+        .session(
+            &token,
+            "rust-data_validator",
+            json!({"context": {"retain_session": false}}),
+        )
+        .await;
+    assert_eq!(outcome(&app, &token, &once).await.0, 200);
+    // Whatever the host writes about the session reaches the database.
+    let replica = spawn_app_with(configure).await;
+    app.stop().await;
+
+    redis.kill();
+    assert_eq!(outcome(&replica, &token, &once).await.0, 404);
+    replica.stop().await;
+}
+
+/// The bug: stopping awaited the log flush with no limit while the writer
+/// retried forever, so a host asked to stop with PostgreSQL down hung
+/// until it was killed.
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_with_the_database_down_takes_a_bounded_time() {
+    let postgres = OwnPostgres::start();
+    let url = postgres.url();
+    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    let app = spawn_app_with(|s| {
+        use_production_stores(s, &url, &prefix);
+        s.server.shutdown_log_timeout = Duration::from_secs(1);
+    })
+    .await;
+    postgres.stop();
+    // Logged, and now waiting for a database that is not there.
+    app.client.get(app.url("/health")).send().await.unwrap();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), app.stop())
+        .await
+        .expect("the host stops although its logs cannot be written");
+    assert!(started.elapsed() >= Duration::from_secs(1), "it tried");
+}
+
+/// A second SIGTERM ends a graceful stop that waits too long.
+#[test]
+fn a_second_signal_exits_at_once() {
+    let postgres = OwnPostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let no_functions = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut host = crate::helpers::lambda_host(dir.path())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--components-dir")
+        .arg(no_functions.path())
+        .env("LAMBDA_DATABASE_URL", postgres.url())
+        .env("LAMBDA_JWT_SECRET", crate::helpers::TEST_SECRET)
+        // The stop would wait this long for the logs.
+        .env("LAMBDA_SHUTDOWN_LOG_TIMEOUT", "10m")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    postgres.stop();
+    // A request whose log record cannot be written.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+
+    let pid = host.id().to_string();
+    let terminate = || Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    terminate();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        host.try_wait().unwrap().is_none(),
+        "still stopping: waiting for the logs"
+    );
+    terminate();
+    let started = std::time::Instant::now();
+    while host.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a second signal did not end the host"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(host.wait().unwrap().code(), Some(130));
 }

@@ -156,7 +156,7 @@ async fn a_guest_growing_its_memory_past_the_cap_is_reported_as_out_of_memory() 
 async fn the_memory_cap_holds_without_the_pooling_allocator_too() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = runtime(dir.path(), |s| {
-        s.runtime.pooling = false;
+        s.runtime.no_pooling = true;
         s.runtime.memory_limit_bytes = 32 << 20;
     });
     let function = runtime
@@ -421,7 +421,7 @@ async fn loaded_functions_beyond_the_memory_bound_are_dropped_and_reloaded_from_
             .invoke(&function, &invocation("rust-echo", json!({"n": 1})), None)
             .await;
         assert!(outcome.is_ok(), "{outcome:?}");
-        let (count, bytes) = runtime.loaded_components();
+        let (count, bytes) = runtime.loaded_components().await;
         assert_eq!(count, 1, "one function fits");
         assert!(bytes <= bound, "{bytes} > {bound}");
     }

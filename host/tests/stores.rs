@@ -5,16 +5,18 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{Timelike as _, Utc};
 use lambda_host::digest::Digest;
 use lambda_host::store::memory::{MemoryRateLimiter, MemoryResultCache, MemorySessions};
 use lambda_host::store::postgres::PgStore;
+use lambda_host::store::recorded::RecordedSessions;
 use lambda_host::store::redis::RedisStore;
 use lambda_host::store::resilient::ResilientSessions;
 use lambda_host::store::sqlite::SqliteStore;
 use lambda_host::store::{
     ErrorLog, FunctionFilter, FunctionKind, FunctionRecord, Insert, LogRecord, LogStore,
-    RateDecision, RateLimiter, Registry, RequestLog, ResultCache, Session, SessionStore,
+    RateDecision, RateLimiter, Registry, RequestLog, ResultCache, Session, SessionRecords,
+    SessionStore,
 };
 use std::sync::Arc;
 
@@ -510,7 +512,114 @@ async fn redis_sessions_conform() {
 #[tokio::test]
 async fn resilient_sessions_over_redis_conform() {
     let shared = std::sync::Arc::new(redis());
-    session_conformance(&ResilientSessions::new(shared, None, 64 << 20)).await;
+    session_conformance(&ResilientSessions::new(shared, 64 << 20)).await;
+}
+
+#[tokio::test]
+async fn recorded_sessions_conform_on_both_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Arc::new(sqlite(&dir).await);
+    let postgres = Arc::new(postgres().await);
+    session_records_conformance(sqlite.as_ref()).await;
+    session_records_conformance(postgres.as_ref()).await;
+    let records: [Arc<dyn SessionRecords>; 2] = [sqlite, postgres];
+    for records in records {
+        let live = Arc::new(MemorySessions::new(64 << 20));
+        session_conformance(&RecordedSessions::new(live, records)).await;
+    }
+}
+
+/// What the durable session records promise: a created session reads back
+/// whole while it is active and unexpired; an ended one never again, even
+/// when the log writer brings a later copy of it; counts only grow; a live
+/// id cannot be taken, an ended or expired one can.
+async fn session_records_conformance(records: &(impl SessionRecords + LogStore)) {
+    let copy = |s: &Session| vec![LogRecord::Session(s.clone())];
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut written = session(&id, Duration::from_secs(60));
+    // Whole seconds: both databases keep at least microseconds, not nanos.
+    written.created_at = written.created_at.with_nanosecond(0).unwrap();
+    written.expires_at = written.expires_at.with_nanosecond(0).unwrap();
+    assert_eq!(records.read(&id).await.unwrap(), None);
+    assert!(records.create(&written).await.unwrap());
+    assert_eq!(records.read(&id).await.unwrap(), Some(written.clone()));
+    let mut mallory = written.clone();
+    mallory.owner = "mallory".into();
+    assert!(
+        !records.create(&mallory).await.unwrap(),
+        "a live id is taken"
+    );
+    assert_eq!(records.read(&id).await.unwrap().unwrap().owner, "alice");
+
+    let mut later = written.clone();
+    later.execution_count = 3;
+    later.last_executed_at = Some(written.created_at);
+    records.write_batch(&copy(&later)).await.unwrap();
+    records.write_batch(&copy(&written)).await.unwrap(); // an older copy, late
+    assert_eq!(records.read(&id).await.unwrap().unwrap().execution_count, 3);
+
+    records.end(&id).await.unwrap();
+    assert_eq!(records.read(&id).await.unwrap(), None);
+    records.write_batch(&copy(&later)).await.unwrap();
+    assert_eq!(records.read(&id).await.unwrap(), None, "ended stays ended");
+    // An ended id may start a new session, which replaces the record.
+    assert!(records.create(&mallory).await.unwrap());
+    assert_eq!(records.read(&id).await.unwrap().unwrap().owner, "mallory");
+
+    let expired_id = uuid::Uuid::new_v4().to_string();
+    let mut expired = session(&expired_id, Duration::from_secs(60));
+    expired.expires_at = Utc::now() - chrono::Duration::seconds(1);
+    assert!(records.create(&expired).await.unwrap());
+    assert_eq!(records.read(&expired_id).await.unwrap(), None);
+    assert!(
+        records
+            .create(&written_as(&expired_id, &written))
+            .await
+            .unwrap()
+    );
+    // Ending what was never written is not an error.
+    records.end("no-such-session").await.unwrap();
+}
+
+fn written_as(id: &str, session: &Session) -> Session {
+    Session {
+        request_id: id.to_owned(),
+        ..session.clone()
+    }
+}
+
+/// A session the live store lost (Redis restarted empty, a restarted
+/// host) is served from its record and put back; one that ended is not.
+#[tokio::test]
+async fn a_session_the_live_store_lost_is_restored_from_its_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let records: Arc<dyn SessionRecords> = Arc::new(sqlite(&dir).await);
+    let kept = session(&uuid::Uuid::new_v4().to_string(), Duration::from_secs(60));
+    let ended = session(&uuid::Uuid::new_v4().to_string(), Duration::from_secs(60));
+    let before = RecordedSessions::new(Arc::new(MemorySessions::new(64 << 20)), records.clone());
+    for s in [&kept, &ended] {
+        assert_eq!(
+            before.insert_new(s, NO_QUOTA).await.unwrap(),
+            Insert::Inserted
+        );
+    }
+    before.remove(&ended).await.unwrap();
+
+    let live = Arc::new(MemorySessions::new(64 << 20));
+    let after = RecordedSessions::new(live.clone(), records);
+    assert_eq!(
+        after
+            .get(&kept.request_id)
+            .await
+            .unwrap()
+            .map(|s| s.request_id),
+        Some(kept.request_id.clone())
+    );
+    assert!(
+        live.get(&kept.request_id).await.unwrap().is_some(),
+        "restored"
+    );
+    assert_eq!(after.get(&ended.request_id).await.unwrap(), None);
 }
 
 #[tokio::test]

@@ -113,6 +113,37 @@ async fn a_compile_error_is_reported_with_its_line_and_column_in_the_users_sourc
     assert_eq!(toolchains.stats().failed, 1);
 }
 
+/// The bug: a failed build was run again by each request that had waited
+/// for it, and a request arriving while such a second build ran started
+/// yet another. One build per digest, whatever it ends in.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_for_one_failing_source_share_one_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let toolchains = std::sync::Arc::new(isolated_toolchains(dir.path()).await);
+    let source = format!(
+        "// {}\nuse serde_json::Value;\npub fn handler(event: Value) -> Result<Value, String> {{ Ok(1) }}\n",
+        uuid::Uuid::new_v4()
+    );
+    let builds: Vec<_> = (0..4)
+        .map(|_| {
+            let toolchains = toolchains.clone();
+            let source = source.clone();
+            tokio::spawn(async move {
+                toolchains
+                    .build(Language::Rust, &source, &BuildOptions::default())
+                    .await
+            })
+        })
+        .collect();
+    for build in builds {
+        match build.await.unwrap() {
+            Err(BuildError::Compile(e)) => assert!(e.message.contains("mismatched types"), "{e}"),
+            other => panic!("expected the compile error, got {other:?}"),
+        }
+    }
+    assert_eq!(toolchains.stats().failed, 1, "one build for four requests");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn identical_source_is_built_once_even_when_requested_concurrently() {
     let dir = tempfile::tempdir().unwrap();

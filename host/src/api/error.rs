@@ -228,19 +228,31 @@ impl ApiError {
         self.0.request_id.get_or_insert(request_id.into());
         self
     }
+
+    /// The body a client is answered with (the CLI prints errors in the
+    /// same shape).
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            request_id: self.0.request_id.clone(),
+            error: ErrorObject {
+                code: self.0.code.name(),
+                message: self.0.message.clone(),
+                details: self.0.details.clone(),
+            },
+        }
+    }
+
+    /// What went wrong inside the host, which the body does not say: for
+    /// the host's log, and for the operator at the command line.
+    pub fn cause(&self) -> Option<&str> {
+        self.0.cause.as_deref()
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let body = self.body();
         let error = *self.0;
-        let body = ErrorBody {
-            request_id: error.request_id.clone(),
-            error: ErrorObject {
-                code: error.code.name(),
-                message: error.message.clone(),
-                details: error.details.clone(),
-            },
-        };
         let mut response = (error.code.status(), axum::Json(body)).into_response();
         if let Some(secs) = error.retry_after_secs {
             response

@@ -17,8 +17,9 @@ use super::extract::{Authenticated, JsonBody};
 use super::{AppState, Cached, owned_session, tagged};
 use crate::digest::Digest;
 use crate::language::{Language, LanguageTitle};
-use crate::runtime::{self, Invocation};
+use crate::runtime::Invocation;
 use crate::store::{LogRecord, Session};
+use crate::telemetry::ExecutionOutcome;
 
 #[derive(Default, Deserialize, ToSchema)]
 pub struct ExecuteRequest {
@@ -227,19 +228,10 @@ async fn run(
         .invoke(&function, &invocation, Some(timeout))
         .await;
     let label = match &outcome {
-        Ok(_) => "ok",
-        Err(runtime::Error::Timeout(_)) => "timeout",
-        Err(runtime::Error::OutOfMemory { .. }) => "out_of_memory",
-        Err(runtime::Error::Overloaded { .. }) => "overloaded",
-        Err(runtime::Error::CallerAtShare { .. }) => "rate_limited",
-        Err(runtime::Error::Internal(_) | runtime::Error::InvalidComponent(_)) => "error",
-        Err(_) => "runtime_error",
+        Ok(_) => ExecutionOutcome::Ok,
+        Err(e) => e.outcome(),
     };
-    state
-        .metrics
-        .executions
-        .with_label_values(&[language.as_str(), label])
-        .inc();
+    state.metrics.count_execution(language, label);
     state
         .metrics
         .execution_duration

@@ -48,10 +48,13 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         };
         runtimes.insert(language.as_str().to_owned(), json!(status));
     }
+    // The host's own machinery: the log writer every request feeds.
+    let controller = state.logs.health();
     let (code, status) = if runtimes.values().all(|s| s != "ok") {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     } else if registry == "unavailable"
         || sessions == "unavailable"
+        || controller != "ok"
         || runtimes.values().any(|s| s != "ok")
     {
         (StatusCode::OK, "degraded")
@@ -76,7 +79,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "components": {
-            "controller": "ok",
+            "controller": controller,
             "redis": sessions,
             "postgres": registry,
             "runtimes": Value::Object(runtimes),
@@ -105,32 +108,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     metrics
         .pool_size
         .set(i64::from(runtime.config().max_instances));
-    // The runtime counts its own compilations; the counter mirrors it.
-    let (loaded, loaded_bytes) = runtime.loaded_components();
+    let (loaded, loaded_bytes) = runtime.loaded_components().await;
     metrics.loaded_components.set(loaded as i64);
     metrics.loaded_component_bytes.set(loaded_bytes as i64);
-    let stats = runtime.cache_stats();
-    let seen = metrics.compiles.get();
-    if stats.compiles > seen {
-        metrics.compiles.inc_by(stats.compiles - seen);
-    }
-    let seconds = stats.compile_micros as f64 / 1e6;
-    let seen = metrics.compile_seconds.get();
-    if seconds > seen {
-        metrics.compile_seconds.inc_by(seconds - seen);
-    }
-    for (store, count) in [
-        (
-            "artifact",
-            state.functions.toolchains().artifacts().rejected(),
-        ),
-        ("native_code", stats.aot_rejected),
-    ] {
-        let counter = metrics.integrity_failures.with_label_values(&[store]);
-        if count > counter.get() {
-            counter.inc_by(count - counter.get());
-        }
-    }
     (
         [(
             header::CONTENT_TYPE,

@@ -17,8 +17,6 @@ use crate::language::LanguageTitle;
 use crate::store::{Insert, LogRecord, Session};
 use crate::toolchain::BuildOptions;
 
-const DEFAULT_TIMEOUT_MS: u64 = 30_000;
-
 #[derive(Default, Deserialize, ToSchema)]
 pub struct InitializeRequest {
     /// A JSON object every execution of the session sees; the host reads
@@ -138,7 +136,7 @@ pub async fn initialize(
             )));
         }
         Some(ms) => ms.min(max_ms),
-        None => DEFAULT_TIMEOUT_MS.min(max_ms),
+        None => state.default_timeout.as_millis() as u64,
     };
 
     let function = match body.script_content {

@@ -9,15 +9,14 @@
 //! seal ([`crate::integrity`]) makes sure the host wrote it, since
 //! deserializing is mapping native code and running it as it is.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use cap_std::fs::Dir;
-use tokio::sync::OnceCell;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
@@ -44,8 +43,6 @@ pub struct CacheStats {
     pub aot_rejected: u64,
 }
 
-type Slot = Arc<OnceCell<Arc<LoadedFunction>>>;
-
 pub struct ComponentCache {
     /// The AOT cache directory, opened once: names resolve beneath it and
     /// no link is followed.
@@ -60,12 +57,9 @@ pub struct ComponentCache {
     /// served many functions keeps the ones in use, not every one it ever
     /// saw. An evicted function is loaded again from the AOT cache, in
     /// milliseconds; executions holding it keep it alive until they end.
-    loaded: moka::sync::Cache<Digest, Arc<LoadedFunction>>,
-    /// Loads in flight, one slot per digest: concurrent loads of the same
-    /// component await the same cell, so it is compiled once. A std mutex,
-    /// because it is only held to look up, insert or remove a slot, never
-    /// across an await.
-    loading: Mutex<HashMap<Digest, Slot>>,
+    /// Concurrent loads of one component await one load (moka's
+    /// `try_get_with`), so it is compiled once.
+    loaded: moka::future::Cache<Digest, Arc<LoadedFunction>>,
     compiles: AtomicU64,
     aot_hits: AtomicU64,
     memory_hits: AtomicU64,
@@ -103,13 +97,12 @@ impl ComponentCache {
             key,
             engine_fingerprint: format!("{:016x}", hasher.finish()),
             // Weighed in KiB, so one entry's weight fits the weigher's u32.
-            loaded: moka::sync::Cache::builder()
+            loaded: moka::future::Cache::builder()
                 .max_capacity(max_loaded_bytes / 1024)
                 .weigher(|_, function: &Arc<LoadedFunction>| {
                     u32::try_from(function.component_bytes.div_ceil(1024)).unwrap_or(u32::MAX)
                 })
                 .build(),
-            loading: Mutex::new(HashMap::new()),
             compiles: AtomicU64::new(0),
             aot_hits: AtomicU64::new(0),
             memory_hits: AtomicU64::new(0),
@@ -135,52 +128,39 @@ impl ComponentCache {
         bytes: Arc<[u8]>,
     ) -> Result<Arc<LoadedFunction>, Error> {
         let digest = Digest::of(&bytes);
-        if let Some(loaded) = self.loaded.get(&digest) {
+        if let Some(loaded) = self.loaded.get(&digest).await {
             self.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(loaded);
         }
-        let slot = {
-            let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
-            loading.entry(digest).or_default().clone()
-        };
         let component_bytes = bytes.len();
-        let result = slot
-            .get_or_try_init(|| async {
+        // A failed load is not kept: the next one tries again.
+        self.loaded
+            .try_get_with(digest, async {
                 let component = self.compile_or_deserialize(engine, digest, bytes).await?;
                 let pre = linker
                     .instantiate_pre(&component)
                     .map_err(|e| Error::InvalidComponent(e.into()))?;
                 let pre = FunctionPre::new(pre).map_err(|e| Error::InvalidComponent(e.into()))?;
-                let function = Arc::new(LoadedFunction {
+                Ok(Arc::new(LoadedFunction {
                     digest,
                     pre,
                     component_bytes,
-                });
-                // Into the cache before the slot goes: a load arriving in
-                // between finds one or the other.
-                self.loaded.insert(digest, function.clone());
-                Ok(function)
+                }))
             })
             .await
-            .cloned();
-        // Done, or failed (the next load tries again): the slot's job is over.
-        let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
-        if loading.get(&digest).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
-            loading.remove(&digest);
-        }
-        result
+            .map_err(|shared: Arc<Error>| Error::copy_of(&shared))
     }
 
-    pub fn loaded(&self, digest: Digest) -> Option<Arc<LoadedFunction>> {
-        self.loaded.get(&digest)
+    pub async fn loaded(&self, digest: Digest) -> Option<Arc<LoadedFunction>> {
+        self.loaded.get(&digest).await
     }
 
     /// How many functions are loaded and the summed size of their
     /// components, in bytes (as the cache weighs them, in whole KiB).
-    pub fn loaded_components(&self) -> (u64, u64) {
+    pub async fn loaded_components(&self) -> (u64, u64) {
         // Pending inserts and evictions are applied lazily: settle them so
         // the numbers are current.
-        self.loaded.run_pending_tasks();
+        self.loaded.run_pending_tasks().await;
         (
             self.loaded.entry_count(),
             self.loaded.weighted_size() * 1024,

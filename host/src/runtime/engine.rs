@@ -37,7 +37,7 @@ pub fn build(config: &RuntimeConfig) -> anyhow::Result<Engine> {
     // interpreter component.
     wasm.memory_init_cow(true);
 
-    if config.pooling {
+    if config.pooling() {
         let instances = config.max_instances;
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(instances)

@@ -90,6 +90,25 @@ impl LogWriter {
         }
     }
 
+    /// How many records wait in the queue.
+    pub fn queued(&self) -> usize {
+        self.sender.max_capacity() - self.sender.capacity()
+    }
+
+    /// The host's own machinery as `/health` reports it: `ok`;
+    /// `degraded` when the queue is nine-tenths full (the database is
+    /// down or slow, and records will soon be dropped); `unavailable` when
+    /// the writer task has ended.
+    pub fn health(&self) -> &'static str {
+        if self.sender.is_closed() {
+            "unavailable"
+        } else if self.queued() * 10 >= self.sender.max_capacity() * 9 {
+            "degraded"
+        } else {
+            "ok"
+        }
+    }
+
     /// Waits until every record queued so far is written.
     pub async fn flush(&self) {
         let (done, written) = oneshot::channel();

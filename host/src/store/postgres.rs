@@ -12,7 +12,7 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 use super::{
     FunctionFilter, FunctionKind, FunctionRecord, LogBatch, LogRecord, LogStore, Registry,
-    SWEEP_CHUNK, Session, SessionRecords, StoreError, StoreResult,
+    SWEEP_CHUNK, Session, SessionRecords, StoreError, StoreResult, session_status,
 };
 use crate::digest::Digest;
 use crate::toolchain::{ArtifactStore, SealedArtifact};
@@ -291,36 +291,12 @@ impl LogStore for PgStore {
             .map_err(db("writing error logs"))?;
         }
         for rows in batch.sessions.chunks(LogBatch::ROWS_PER_STATEMENT) {
-            QueryBuilder::<Postgres>::new(
-                "INSERT INTO meta.sessions (request_id, language_title, user_id, created_at,
-                     expires_at, last_executed_at, execution_count, status, context,
-                     build_digest, component_digest, timeout_ms, retain_session) ",
-            )
-            .push_values(rows, |mut row, s| {
-                row.push_bind(&s.request_id)
-                    .push_bind(&s.language_title)
-                    .push_bind(&s.owner)
-                    .push_bind(s.created_at)
-                    .push_bind(s.expires_at)
-                    .push_bind(s.last_executed_at)
-                    .push_bind(i32::try_from(s.execution_count).unwrap_or(i32::MAX))
-                    .push_bind("active")
-                    .push_bind(&s.context)
-                    .push_bind(&s.build_digest)
-                    .push_bind(&s.component_digest)
-                    .push_bind(i64::try_from(s.timeout_ms).unwrap_or(i64::MAX))
-                    .push_bind(s.retain_session);
-            })
-            .push(
-                " ON CONFLICT (request_id) DO UPDATE SET
-                     execution_count = GREATEST(meta.sessions.execution_count, EXCLUDED.execution_count),
-                     last_executed_at = EXCLUDED.last_executed_at,
-                     expires_at = EXCLUDED.expires_at",
-            )
-            .build()
-            .execute(&mut *tx)
-            .await
-            .map_err(db("writing session records"))?;
+            session_rows(rows)
+                .push(LATER_COPY)
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(db("writing session records"))?;
         }
         tx.commit().await.map_err(db("committing a log batch"))?;
         Ok(())
@@ -427,15 +403,82 @@ impl ArtifactStore for PgStore {
     }
 }
 
+/// What a session's row becomes when a later copy of it is written (by
+/// the log writer): the count only grows, and the status stays (an ended
+/// session stays ended).
+const LATER_COPY: &str = " ON CONFLICT (request_id) DO UPDATE SET
+     execution_count = GREATEST(meta.sessions.execution_count, excluded.execution_count),
+     last_executed_at = excluded.last_executed_at,
+     expires_at = excluded.expires_at";
+
+/// A new session replaces the row of its id only if that session ended or
+/// expired: an id that is live stays its owner's.
+const REPLACE_UNLESS_LIVE: &str = " ON CONFLICT (request_id) DO UPDATE SET
+     language_title = excluded.language_title, user_id = excluded.user_id,
+     created_at = excluded.created_at, expires_at = excluded.expires_at,
+     last_executed_at = excluded.last_executed_at,
+     execution_count = excluded.execution_count, status = excluded.status,
+     context = excluded.context, build_digest = excluded.build_digest,
+     component_digest = excluded.component_digest, timeout_ms = excluded.timeout_ms,
+     retain_session = excluded.retain_session
+     WHERE meta.sessions.status = 'ended' OR meta.sessions.expires_at <= NOW()";
+
+/// `INSERT INTO sessions ... VALUES` of these records; the caller adds
+/// what a conflicting row becomes.
+fn session_rows<'a>(rows: &'a [&'a Session]) -> QueryBuilder<'a, Postgres> {
+    let mut query = QueryBuilder::<Postgres>::new(
+        "INSERT INTO meta.sessions (request_id, language_title, user_id, created_at,
+             expires_at, last_executed_at, execution_count, status, context,
+             build_digest, component_digest, timeout_ms, retain_session) ",
+    );
+    query.push_values(rows, |mut row, s| {
+        row.push_bind(&s.request_id)
+            .push_bind(&s.language_title)
+            .push_bind(&s.owner)
+            .push_bind(s.created_at)
+            .push_bind(s.expires_at)
+            .push_bind(s.last_executed_at)
+            .push_bind(i32::try_from(s.execution_count).unwrap_or(i32::MAX))
+            .push_bind(session_status::ACTIVE)
+            .push_bind(&s.context)
+            .push_bind(&s.build_digest)
+            .push_bind(&s.component_digest)
+            .push_bind(i64::try_from(s.timeout_ms).unwrap_or(i64::MAX))
+            .push_bind(s.retain_session);
+    });
+    query
+}
+
 #[async_trait::async_trait]
 impl SessionRecords for PgStore {
-    async fn session_record(&self, request_id: &str) -> StoreResult<Option<Session>> {
+    async fn create(&self, session: &Session) -> StoreResult<bool> {
+        let written = session_rows(&[session])
+            .push(REPLACE_UNLESS_LIVE)
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(db("writing a session record"))?;
+        Ok(written.rows_affected() == 1)
+    }
+
+    async fn end(&self, request_id: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE meta.sessions SET status = $2 WHERE request_id = $1")
+            .bind(request_id)
+            .bind(session_status::ENDED)
+            .execute(&self.pool)
+            .await
+            .map_err(db("ending a session record"))?;
+        Ok(())
+    }
+
+    async fn read(&self, request_id: &str) -> StoreResult<Option<Session>> {
         let row = sqlx::query(
             "SELECT * FROM meta.sessions
-             WHERE request_id = $1 AND expires_at > NOW() AND status = 'active'
+             WHERE request_id = $1 AND expires_at > NOW() AND status = $2
                AND build_digest IS NOT NULL",
         )
         .bind(request_id)
+        .bind(session_status::ACTIVE)
         .fetch_optional(&self.pool)
         .await
         .map_err(db("reading a session record"))?;
@@ -455,11 +498,16 @@ impl SessionRecords for PgStore {
             context: row
                 .get::<Option<serde_json::Value>, _>("context")
                 .unwrap_or_default(),
-            timeout_ms: row.get::<Option<i64>, _>("timeout_ms").unwrap_or(30_000) as u64,
+            // Every record this host writes has a deadline; one without is
+            // not a session it can run.
+            timeout_ms: match row.get::<Option<i64>, _>("timeout_ms") {
+                Some(ms) => u64::try_from(ms).unwrap_or(0),
+                None => return Ok(None),
+            },
             retain_session: row.get::<Option<bool>, _>("retain_session").unwrap_or(true),
             created_at: row.get("created_at"),
             expires_at: row.get("expires_at"),
-            execution_count: row.get::<i32, _>("execution_count") as u64,
+            execution_count: u64::try_from(row.get::<i32, _>("execution_count")).unwrap_or(0),
             last_executed_at: row.get("last_executed_at"),
         }))
     }

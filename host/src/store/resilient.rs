@@ -1,17 +1,18 @@
 //! Sessions that survive a Redis outage on the replica that holds them.
 //!
-//! Redis is the shared truth. Every session is also mirrored in process;
-//! while Redis cannot be reached, reads fall back to the mirror, then to
-//! the durable session record in PostgreSQL (so a session another replica
-//! started still executes here), and new sessions live in process only.
-//! Health reports the outage through `health()`.
+//! Redis is the shared live store. Every session is also mirrored in
+//! process; while Redis cannot be reached, reads fall back to the mirror
+//! (and, above this, [`RecordedSessions`](super::recorded::RecordedSessions)
+//! to the durable record, so a session another replica started still
+//! executes here), and new sessions live in process only. Health reports
+//! the outage through `health()`.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use super::memory::MemorySessions;
-use super::{Insert, Session, SessionRecords, SessionStore, StoreResult};
+use super::{Insert, Session, SessionStore, StoreResult};
 
 pub struct ResilientSessions {
     shared: Arc<dyn SessionStore>,
@@ -21,21 +22,14 @@ pub struct ResilientSessions {
     /// Sessions created while the shared store was down: they exist
     /// nowhere else.
     local_only: MemorySessions,
-    /// The durable records, the last resort for sessions of other replicas.
-    records: Option<Arc<dyn SessionRecords>>,
 }
 
 impl ResilientSessions {
-    pub fn new(
-        shared: Arc<dyn SessionStore>,
-        records: Option<Arc<dyn SessionRecords>>,
-        capacity: u64,
-    ) -> Self {
+    pub fn new(shared: Arc<dyn SessionStore>, capacity: u64) -> Self {
         Self {
             shared,
             mirror: MemorySessions::new(capacity),
             local_only: MemorySessions::new(capacity),
-            records,
         }
     }
 }
@@ -66,18 +60,7 @@ impl SessionStore for ResilientSessions {
                 if let Some(session) = self.mirror.get(request_id).await? {
                     return Ok(Some(session));
                 }
-                if let Some(session) = self.local_only.get(request_id).await? {
-                    return Ok(Some(session));
-                }
-                let Some(records) = &self.records else {
-                    return Ok(None);
-                };
-                // Keep it in process for the rest of the outage.
-                let record = records.session_record(request_id).await?;
-                if let Some(session) = &record {
-                    self.mirror.insert_new(session, u64::MAX).await?;
-                }
-                Ok(record)
+                self.local_only.get(request_id).await
             }
         }
     }

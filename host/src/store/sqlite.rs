@@ -11,7 +11,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::{
     FunctionFilter, FunctionKind, FunctionRecord, LogBatch, LogRecord, LogStore, Registry,
-    SWEEP_CHUNK, StoreError, StoreResult,
+    SWEEP_CHUNK, Session, SessionRecords, StoreError, StoreResult, session_status,
 };
 
 /// The migrations of `migrations/sqlite`, compiled into the host.
@@ -249,35 +249,12 @@ impl LogStore for SqliteStore {
             .map_err(db("writing error logs"))?;
         }
         for rows in batch.sessions.chunks(LogBatch::ROWS_PER_STATEMENT) {
-            QueryBuilder::<Sqlite>::new(
-                "INSERT INTO sessions (request_id, language_title, user_id, build_digest,
-                     component_digest, context, timeout_ms, retain_session, created_at,
-                     expires_at, execution_count, last_executed_at) ",
-            )
-            .push_values(rows, |mut row, s| {
-                row.push_bind(&s.request_id)
-                    .push_bind(&s.language_title)
-                    .push_bind(&s.owner)
-                    .push_bind(&s.build_digest)
-                    .push_bind(&s.component_digest)
-                    .push_bind(s.context.to_string())
-                    .push_bind(i64::try_from(s.timeout_ms).unwrap_or(i64::MAX))
-                    .push_bind(s.retain_session)
-                    .push_bind(s.created_at.to_rfc3339())
-                    .push_bind(s.expires_at.to_rfc3339())
-                    .push_bind(i64::try_from(s.execution_count).unwrap_or(i64::MAX))
-                    .push_bind(s.last_executed_at.map(|t| t.to_rfc3339()));
-            })
-            .push(
-                " ON CONFLICT (request_id) DO UPDATE SET
-                     execution_count = MAX(sessions.execution_count, excluded.execution_count),
-                     last_executed_at = excluded.last_executed_at,
-                     expires_at = excluded.expires_at",
-            )
-            .build()
-            .execute(&mut *tx)
-            .await
-            .map_err(db("writing session records"))?;
+            session_rows(rows)
+                .push(LATER_COPY)
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(db("writing session records"))?;
         }
         tx.commit().await.map_err(db("committing a log batch"))?;
         Ok(())
@@ -313,5 +290,115 @@ impl LogStore for SqliteStore {
             }
         }
         Ok(deleted)
+    }
+}
+
+/// What a session's row becomes when a later copy of it is written (by
+/// the log writer): the count only grows, and the status stays (an ended
+/// session stays ended).
+const LATER_COPY: &str = " ON CONFLICT (request_id) DO UPDATE SET
+     execution_count = MAX(sessions.execution_count, excluded.execution_count),
+     last_executed_at = excluded.last_executed_at,
+     expires_at = excluded.expires_at";
+
+/// A new session replaces the row of its id only if that session ended or
+/// expired: an id that is live stays its owner's.
+const REPLACE_UNLESS_LIVE: &str = " ON CONFLICT (request_id) DO UPDATE SET
+     language_title = excluded.language_title, user_id = excluded.user_id,
+     created_at = excluded.created_at, expires_at = excluded.expires_at,
+     last_executed_at = excluded.last_executed_at,
+     execution_count = excluded.execution_count, status = excluded.status,
+     context = excluded.context, build_digest = excluded.build_digest,
+     component_digest = excluded.component_digest, timeout_ms = excluded.timeout_ms,
+     retain_session = excluded.retain_session
+     WHERE sessions.status = 'ended' OR sessions.expires_at <= ";
+
+/// `INSERT INTO sessions ... VALUES` of these records; the caller adds
+/// what a conflicting row becomes.
+fn session_rows<'a>(rows: &'a [&'a Session]) -> QueryBuilder<'a, Sqlite> {
+    let mut query = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO sessions (request_id, language_title, user_id, build_digest,
+             component_digest, context, timeout_ms, retain_session, created_at,
+             expires_at, execution_count, last_executed_at, status) ",
+    );
+    query.push_values(rows, |mut row, s| {
+        row.push_bind(&s.request_id)
+            .push_bind(&s.language_title)
+            .push_bind(&s.owner)
+            .push_bind(&s.build_digest)
+            .push_bind(&s.component_digest)
+            .push_bind(s.context.to_string())
+            .push_bind(i64::try_from(s.timeout_ms).unwrap_or(i64::MAX))
+            .push_bind(s.retain_session)
+            .push_bind(s.created_at.to_rfc3339())
+            .push_bind(s.expires_at.to_rfc3339())
+            .push_bind(i64::try_from(s.execution_count).unwrap_or(i64::MAX))
+            .push_bind(s.last_executed_at.map(|t| t.to_rfc3339()))
+            .push_bind(session_status::ACTIVE);
+    });
+    query
+}
+
+#[async_trait::async_trait]
+impl SessionRecords for SqliteStore {
+    async fn create(&self, session: &Session) -> StoreResult<bool> {
+        let written = session_rows(&[session])
+            .push(REPLACE_UNLESS_LIVE)
+            .push_bind(Utc::now().to_rfc3339())
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(db("writing a session record"))?;
+        Ok(written.rows_affected() == 1)
+    }
+
+    async fn end(&self, request_id: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE sessions SET status = ?2 WHERE request_id = ?1")
+            .bind(request_id)
+            .bind(session_status::ENDED)
+            .execute(&self.pool)
+            .await
+            .map_err(db("ending a session record"))?;
+        Ok(())
+    }
+
+    async fn read(&self, request_id: &str) -> StoreResult<Option<Session>> {
+        let row = sqlx::query(
+            "SELECT * FROM sessions WHERE request_id = ?1 AND expires_at > ?2 AND status = ?3",
+        )
+        .bind(request_id)
+        .bind(Utc::now().to_rfc3339())
+        .bind(session_status::ACTIVE)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a session record"))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let time = |column: &str| -> StoreResult<DateTime<Utc>> {
+            let text: String = row.get(column);
+            DateTime::parse_from_rfc3339(&text)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| StoreError::new("reading a session record's time", e))
+        };
+        let last_executed_at = match row.get::<Option<String>, _>("last_executed_at") {
+            Some(_) => Some(time("last_executed_at")?),
+            None => None,
+        };
+        Ok(Some(Session {
+            request_id: row.get("request_id"),
+            language_title: row.get("language_title"),
+            owner: row.get("user_id"),
+            build_digest: row.get("build_digest"),
+            component_digest: row.get("component_digest"),
+            context: serde_json::from_str(&row.get::<String, _>("context"))
+                .map_err(|e| StoreError::new("reading a session record's context", e))?,
+            timeout_ms: u64::try_from(row.get::<i64, _>("timeout_ms")).unwrap_or(0),
+            retain_session: row.get("retain_session"),
+            created_at: time("created_at")?,
+            expires_at: time("expires_at")?,
+            execution_count: u64::try_from(row.get::<i64, _>("execution_count")).unwrap_or(0),
+            last_executed_at,
+        }))
     }
 }
