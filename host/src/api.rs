@@ -30,24 +30,24 @@ pub use error::{ApiError, Code};
 use crate::auth::JwtKeys;
 use crate::config::ServerConfig;
 use crate::functions::Functions;
-use crate::store::{LogWriter, RateLimiter, ResultCache, SessionStore};
+use crate::sessions::Sessions;
+use crate::store::{LogWriter, RateLimiter, SessionStore};
 use crate::telemetry::Metrics;
 
 /// Everything a handler needs; cheap to clone (all `Arc`s).
 #[derive(Clone)]
 pub struct AppState {
     pub functions: Arc<Functions>,
-    pub sessions: Arc<dyn SessionStore>,
-    pub cache: Arc<dyn ResultCache>,
+    /// The use cases of sessions: initialize, execute, lookup.
+    pub sessions: Arc<Sessions>,
+    /// The live sessions' store, for health and the active-session gauge.
+    pub session_store: Arc<dyn SessionStore>,
+    /// The request rate limits of the middleware.
     pub limiter: Arc<dyn RateLimiter>,
     pub logs: LogWriter,
     pub keys: Arc<JwtKeys>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<ServerConfig>,
-    /// The deadline of a session that asks for none.
-    pub default_timeout: Duration,
-    /// The longest deadline a session may ask for.
-    pub max_timeout: Duration,
 }
 
 /// The request id a response belongs to, for logs and metrics.
@@ -73,21 +73,6 @@ fn tagged(
     response.extensions_mut().insert(RequestId(request_id));
     response.extensions_mut().insert(FunctionName(function));
     response
-}
-
-/// The caller's session. Another user's session is as unknown as a
-/// missing one: its existence is not revealed.
-async fn owned_session(
-    state: &AppState,
-    request_id: &str,
-    subject: &str,
-) -> Result<crate::store::Session, ApiError> {
-    state
-        .sessions
-        .get(request_id)
-        .await?
-        .filter(|s| s.owner == subject)
-        .ok_or_else(|| ApiError::not_found("no such session, or it has expired"))
 }
 
 /// The whole API, and its OpenAPI document.

@@ -6,8 +6,12 @@ use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
 
-/// A SHA-256 digest, shown as 64 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A SHA-256 digest, shown (and stored, and serialized) as 64 lowercase
+/// hex digits.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct Digest([u8; 32]);
 
 impl Digest {
@@ -52,6 +56,20 @@ impl FromStr for Digest {
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(s, &mut bytes)?;
         Ok(Self(bytes))
+    }
+}
+
+impl TryFrom<String> for Digest {
+    type Error = hex::FromHexError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<Digest> for String {
+    fn from(digest: Digest) -> Self {
+        digest.to_string()
     }
 }
 

@@ -102,10 +102,8 @@ impl Functions {
         let mut builds = HashSet::new();
         let mut components = HashSet::new();
         for (build, component) in self.registry.digests().await? {
-            // A digest the registry holds is one we wrote; one that does
-            // not parse keeps nothing.
-            builds.extend(build.parse::<Digest>().ok());
-            components.extend(component.parse::<Digest>().ok());
+            builds.insert(build);
+            components.insert(component);
         }
         let artifacts = self
             .toolchains
@@ -140,17 +138,15 @@ impl Functions {
                 Err(e) => anyhow::bail!("the predefined function {name} does not build: {e}"),
             };
             let now = Utc::now();
-            let existing = self.registry.get(&name).await?;
+            let existing = self.registry.get(&function.language_title).await?;
             let record = FunctionRecord {
-                language_title: name.clone(),
-                language: language.as_str().to_owned(),
-                title: function.language_title.title().to_owned(),
+                language_title: function.language_title.clone(),
                 kind: FunctionKind::Predefined,
                 owner: None,
                 description: function.manifest.description.clone(),
                 script_content: None,
-                build_digest: artifact.digest.to_string(),
-                component_digest: Digest::of(&artifact.component).to_string(),
+                build_digest: artifact.digest,
+                component_digest: Digest::of(&artifact.component),
                 component_size: artifact.component.len() as u64,
                 compile_options: serde_json::to_value(options).unwrap_or(json!({})),
                 schema: serde_json::to_value(&function.manifest.schema).unwrap_or(json!({})),
@@ -165,7 +161,7 @@ impl Functions {
             // answers: the first user of a predefined function should not
             // wait seconds for Cranelift.
             self.runtime
-                .load(artifact.component.clone())
+                .load_as(record.component_digest, artifact.component.clone())
                 .await
                 .map_err(|e| anyhow::anyhow!("loading the predefined function {name}: {e}"))?;
         }
@@ -179,7 +175,7 @@ impl Functions {
         language_title: &LanguageTitle,
     ) -> Result<Option<FunctionRecord>, FunctionError> {
         let name = language_title.to_string();
-        match self.registry.get(&name).await {
+        match self.registry.get(language_title).await {
             Ok(Some(record)) => {
                 self.remember(&record);
                 Ok(Some(record))
@@ -197,7 +193,7 @@ impl Functions {
 
     fn remember(&self, record: &FunctionRecord) {
         self.known
-            .insert(record.language_title.clone(), record.clone());
+            .insert(record.language_title.to_string(), record.clone());
     }
 
     /// Builds `source` and registers it as `owner`'s dynamic function.
@@ -209,7 +205,7 @@ impl Functions {
         options: &BuildOptions,
     ) -> Result<FunctionRecord, FunctionError> {
         let name = language_title.to_string();
-        let existing = self.registry.get(&name).await?;
+        let existing = self.registry.get(language_title).await?;
         match &existing {
             Some(f) if f.kind == FunctionKind::Predefined => {
                 return Err(FunctionError::Forbidden(format!(
@@ -228,15 +224,13 @@ impl Functions {
             .await?;
         let now = Utc::now();
         let record = FunctionRecord {
-            language_title: name.clone(),
-            language: language_title.language().as_str().to_owned(),
-            title: language_title.title().to_owned(),
+            language_title: language_title.clone(),
             kind: FunctionKind::Dynamic,
             owner: Some(owner.to_owned()),
             description: String::new(),
             script_content: Some(source.to_owned()),
-            build_digest: artifact.digest.to_string(),
-            component_digest: Digest::of(&artifact.component).to_string(),
+            build_digest: artifact.digest,
+            component_digest: Digest::of(&artifact.component),
             component_size: artifact.component.len() as u64,
             compile_options: serde_json::to_value(options).unwrap_or(json!({})),
             schema: json!({}),
@@ -262,25 +256,24 @@ impl Functions {
     /// from the function's registered source.
     pub async fn load(
         &self,
-        language_title: &str,
-        build_digest: &str,
-        component_digest: &str,
+        language_title: &LanguageTitle,
+        build_digest: Digest,
+        component_digest: Digest,
     ) -> Result<Arc<LoadedFunction>, FunctionError> {
-        if let Ok(digest) = component_digest.parse::<Digest>()
-            && let Some(loaded) = self.runtime.loaded(digest).await
-        {
+        if let Some(loaded) = self.runtime.loaded(component_digest).await {
             return Ok(loaded);
         }
-        let missing = || FunctionError::MissingArtifact(build_digest.to_owned());
-        let digest = build_digest.parse::<Digest>().map_err(|_| missing())?;
-        let bytes = match self.toolchains.artifacts().get(digest).await {
+        let missing = || FunctionError::MissingArtifact(build_digest.to_string());
+        let bytes = match self.toolchains.artifacts().get(build_digest).await {
             Some(bytes) => bytes,
             None => self
-                .rebuild(language_title, digest)
+                .rebuild(language_title, build_digest)
                 .await?
                 .ok_or_else(missing)?,
         };
-        Ok(self.runtime.load(bytes).await?)
+        // The store's copy is sealed by a host: its component digest is
+        // the one registered, not worth hashing 20 MB again.
+        Ok(self.runtime.load_as(component_digest, bytes).await?)
     }
 
     /// Builds a function version again from what the registry holds: the
@@ -288,21 +281,18 @@ impl Functions {
     /// `None` when the registry's function is not this version any more.
     async fn rebuild(
         &self,
-        language_title: &str,
+        name: &LanguageTitle,
         build_digest: Digest,
     ) -> Result<Option<Arc<[u8]>>, FunctionError> {
-        let Ok(name) = LanguageTitle::parse(language_title) else {
+        let Some(record) = self.get(name).await? else {
             return Ok(None);
         };
-        let Some(record) = self.get(&name).await? else {
-            return Ok(None);
-        };
-        if record.build_digest != build_digest.to_string() {
+        if record.build_digest != build_digest {
             return Ok(None);
         }
         let source = match (&record.script_content, record.kind) {
             (Some(source), _) => source.clone(),
-            (None, FunctionKind::Predefined) => match catalog::find(&self.components_dir, &name) {
+            (None, FunctionKind::Predefined) => match catalog::find(&self.components_dir, name) {
                 Ok(Some(function)) => function.source,
                 _ => return Ok(None),
             },

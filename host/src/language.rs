@@ -73,8 +73,12 @@ impl FromStr for Language {
 }
 
 /// A validated `<language>-<title>`, normalised to the canonical language
-/// name (`js-calculator` becomes `nodejs-calculator`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// name (`js-calculator` becomes `nodejs-calculator`); serialized as that
+/// text.
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct LanguageTitle {
     language: Language,
     title: String,
@@ -133,6 +137,20 @@ impl FromStr for LanguageTitle {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
+    }
+}
+
+impl TryFrom<String> for LanguageTitle {
+    type Error = ParseError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Self::parse(&text)
+    }
+}
+
+impl From<LanguageTitle> for String {
+    fn from(language_title: LanguageTitle) -> Self {
+        language_title.to_string()
     }
 }
 

@@ -33,6 +33,7 @@ pub mod language;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod telemetry;
 pub mod toolchain;

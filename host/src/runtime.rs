@@ -173,7 +173,19 @@ impl Runtime {
     /// component. Loading the same bytes twice returns the same function;
     /// concurrent loads of the same bytes wait for one compilation.
     pub async fn load(&self, component: Arc<[u8]>) -> Result<Arc<LoadedFunction>, Error> {
-        self.cache.load(&self.engine, &self.linker, component).await
+        self.load_as(Digest::of(&component), component).await
+    }
+
+    /// [`load`](Self::load) of a component whose digest the caller knows
+    /// (the registry's, for a sealed copy): it is not hashed again.
+    pub async fn load_as(
+        &self,
+        digest: Digest,
+        component: Arc<[u8]>,
+    ) -> Result<Arc<LoadedFunction>, Error> {
+        self.cache
+            .load(&self.engine, &self.linker, digest, component)
+            .await
     }
 
     /// The function of this component digest, if it is loaded already.

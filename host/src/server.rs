@@ -16,6 +16,7 @@ use crate::auth::JwtKeys;
 use crate::config::Settings;
 use crate::functions::Functions;
 use crate::runtime::Runtime;
+use crate::sessions::{SessionParts, SessionSettings, Sessions};
 use crate::store::memory::{MemoryRateLimiter, MemoryResultCache, MemorySessions};
 use crate::store::postgres::PgStore;
 use crate::store::recorded::RecordedSessions;
@@ -99,17 +100,35 @@ impl Application {
             metrics.log_records_quarantined.clone(),
         );
         let (sessions, cache, limiter) = shared_stores(&settings, durable.session_records.clone())?;
+        let use_cases = Arc::new(Sessions::new(
+            SessionParts {
+                functions: functions.clone(),
+                store: sessions.clone(),
+                cache,
+                limiter: limiter.clone(),
+                logs: logs.clone(),
+                metrics: metrics.clone(),
+            },
+            SessionSettings {
+                ttl: server.session_ttl,
+                max_context_bytes: server.max_context_bytes,
+                quota_bytes: server.session_quota_bytes,
+                default_timeout: settings.runtime.default_timeout(),
+                max_timeout: settings.runtime.max_timeout,
+                builds_per_minute: server.rate_limits.builds_per_subject,
+                cache_ttl: server.cache_ttl,
+                cache_max_ttl: server.cache_max_ttl,
+            },
+        ));
         let state = AppState {
             functions,
-            sessions,
-            cache,
+            sessions: use_cases,
+            session_store: sessions,
             limiter,
             logs,
             keys,
             metrics,
             config: Arc::new(server.clone()),
-            default_timeout: settings.runtime.default_timeout(),
-            max_timeout: settings.runtime.max_timeout,
         };
         let listener = TcpListener::bind(server.listen)
             .await

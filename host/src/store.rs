@@ -25,6 +25,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::digest::Digest;
+use crate::language::LanguageTitle;
+
 /// A store failed: the backend is unreachable or answered nonsense.
 #[derive(Debug, thiserror::Error)]
 #[error("{context}: {source:#}")]
@@ -67,20 +70,30 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// An identity read back from a database (a digest, a language title):
+/// what the host wrote parses, so anything else is a damaged row.
+pub(crate) fn parse_stored<T>(what: &'static str, text: &str) -> StoreResult<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    text.trim().parse().map_err(|e| StoreError::new(what, e))
+}
+
 /// An initialized function waiting for executions.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Session {
     /// The session id: the `request_id` of initialize and execute.
     pub request_id: String,
-    pub language_title: String,
+    pub language_title: LanguageTitle,
     /// The token subject that created it; only it may use the session.
     pub owner: String,
     /// The build digest of the function version the session runs, so a
     /// function re-registered later does not change a running session.
-    pub build_digest: String,
+    pub build_digest: Digest,
     /// The digest of the component's bytes: the runtime's cache key and
     /// the version the result cache is keyed by.
-    pub component_digest: String,
+    pub component_digest: Digest,
     pub context: Value,
     pub timeout_ms: u64,
     pub retain_session: bool,
@@ -154,11 +167,37 @@ pub enum RateDecision {
 }
 
 /// Fixed-window request counters, shared by every replica in production.
+/// Backends count; the decision is made once, in [`check`](Self::check).
 #[async_trait::async_trait]
 pub trait RateLimiter: Send + Sync {
+    /// Adds one to `key`'s counter of window number `index` (which lasts
+    /// `window`, and is forgotten after it) and returns the new count.
+    async fn increment(&self, key: &str, index: u64, window: Duration) -> StoreResult<u64>;
+
     /// Counts one request for `key` and says whether it is within `limit`
     /// per `window`.
-    async fn check(&self, key: &str, limit: u32, window: Duration) -> StoreResult<RateDecision>;
+    async fn check(&self, key: &str, limit: u32, window: Duration) -> StoreResult<RateDecision> {
+        let (index, retry_after_secs) = current_window(window);
+        let count = self.increment(key, index, window).await?;
+        Ok(if count <= u64::from(limit) {
+            RateDecision::Allowed
+        } else {
+            RateDecision::Limited { retry_after_secs }
+        })
+    }
+}
+
+/// The index of the current window since the epoch, and the whole seconds
+/// until it ends (at least 1). Windows are aligned to the wall clock, so
+/// every replica counts in the same windows.
+pub fn current_window(window: Duration) -> (u64, u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let width = window.as_millis().max(1);
+    let index = now.as_millis() / width;
+    let left_ms = width - now.as_millis() % width;
+    (index as u64, (left_ms as u64).div_ceil(1000).max(1))
 }
 
 /// Predefined or registered through the API.
@@ -189,17 +228,15 @@ impl FunctionKind {
 /// A function of the registry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FunctionRecord {
-    pub language_title: String,
-    pub language: String,
-    pub title: String,
+    pub language_title: LanguageTitle,
     pub kind: FunctionKind,
     /// The subject that registered it (dynamic functions).
     pub owner: Option<String>,
     pub description: String,
     /// The source, for dynamic functions.
     pub script_content: Option<String>,
-    pub build_digest: String,
-    pub component_digest: String,
+    pub build_digest: Digest,
+    pub component_digest: Digest,
     pub component_size: u64,
     pub compile_options: Value,
     /// `{"params": <JSON Schema>, "result": <JSON Schema>}` where known.
@@ -229,12 +266,12 @@ pub trait Registry: Send + Sync {
     /// False when the name is another's and nothing was written: of two
     /// users registering one new name at once, exactly one wins.
     async fn upsert(&self, function: &FunctionRecord) -> StoreResult<bool>;
-    async fn get(&self, language_title: &str) -> StoreResult<Option<FunctionRecord>>;
+    async fn get(&self, language_title: &LanguageTitle) -> StoreResult<Option<FunctionRecord>>;
     /// The total matching the filter and one page of them, by name.
     async fn list(&self, filter: &FunctionFilter) -> StoreResult<(u64, Vec<FunctionRecord>)>;
     /// The build and component digests of every registered function: what
     /// the stores of built components and native code must keep.
-    async fn digests(&self) -> StoreResult<Vec<(String, String)>>;
+    async fn digests(&self) -> StoreResult<Vec<(Digest, Digest)>>;
     async fn health(&self) -> StoreResult<&'static str>;
 }
 

@@ -352,6 +352,18 @@ async fn requests_made_while_postgresql_is_down_are_logged_once_it_returns() {
     drop(data_dir);
 }
 
+/// Settings of a host on the test PostgreSQL and this test's own Redis.
+async fn on_own_redis(
+    redis_url: String,
+    prefix: &'static str,
+) -> impl Fn(&mut lambda_host::config::Settings) {
+    let database = test_database_url().await;
+    move |s| {
+        use_production_stores(s, &database, prefix);
+        s.stores.redis_url = Some(lambda_host::config::Secret::new(redis_url.clone()));
+    }
+}
+
 /// Executes and returns (status, `result` or `error.code`).
 async fn outcome(app: &TestApp, token: &str, id: &str) -> (u16, serde_json::Value) {
     let params = json!({"data": {"a": 1}, "rules": ["numeric"]});
@@ -368,13 +380,8 @@ async fn outcome(app: &TestApp, token: &str, id: &str) -> (u16, serde_json::Valu
 #[tokio::test(flavor = "multi_thread")]
 async fn live_sessions_outlive_redis_coming_back_empty_and_ended_ones_stay_ended() {
     let mut redis = OwnRedis::start();
-    let database = test_database_url().await;
-    let url = redis.url();
-    let configure = |s: &mut lambda_host::config::Settings| {
-        use_production_stores(s, &database, "wipe:");
-        s.stores.redis_url = Some(lambda_host::config::Secret::new(url.clone()));
-    };
-    let app = spawn_app_with(configure).await;
+    let configure = on_own_redis(redis.url(), "wipe:").await;
+    let app = spawn_app_with(&configure).await;
     let token = app.token("wanda", ALL);
     let live = app.session(&token, "rust-data_validator", json!({})).await;
     let once = app
@@ -416,7 +423,7 @@ async fn live_sessions_outlive_redis_coming_back_empty_and_ended_ones_stay_ended
     );
     // Another replica (or this host restarted) after a second wipe.
     redis.wipe();
-    let replica = spawn_app_with(configure).await;
+    let replica = spawn_app_with(&configure).await;
     assert_eq!(outcome(&replica, &token, &live).await.0, 200);
     assert_eq!(outcome(&replica, &token, &once).await.0, 404);
     // Still not another user's.
@@ -431,13 +438,8 @@ async fn live_sessions_outlive_redis_coming_back_empty_and_ended_ones_stay_ended
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_that_ended_does_not_come_back_during_a_redis_outage() {
     let mut redis = OwnRedis::start();
-    let database = test_database_url().await;
-    let url = redis.url();
-    let configure = |s: &mut lambda_host::config::Settings| {
-        use_production_stores(s, &database, "outage:");
-        s.stores.redis_url = Some(lambda_host::config::Secret::new(url.clone()));
-    };
-    let app = spawn_app_with(configure).await;
+    let configure = on_own_redis(redis.url(), "outage:").await;
+    let app = spawn_app_with(&configure).await;
     let token = app.token("olga", ALL);
     let once = app
         .session(
@@ -448,7 +450,7 @@ async fn a_session_that_ended_does_not_come_back_during_a_redis_outage() {
         .await;
     assert_eq!(outcome(&app, &token, &once).await.0, 200);
     // Whatever the host writes about the session reaches the database.
-    let replica = spawn_app_with(configure).await;
+    let replica = spawn_app_with(&configure).await;
     app.stop().await;
 
     redis.kill();

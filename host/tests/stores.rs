@@ -50,10 +50,10 @@ fn session(id: &str, ttl: Duration) -> Session {
     let now = Utc::now();
     Session {
         request_id: id.to_owned(),
-        language_title: "rust-data_validator".into(),
+        language_title: "rust-data_validator".parse().unwrap(),
         owner: "alice".into(),
-        build_digest: "b".repeat(64),
-        component_digest: "c".repeat(64),
+        build_digest: Digest::of(b"b"),
+        component_digest: Digest::of(b"c"),
         context: json!({ "timeout_ms": 1000, "nested": { "ü": [1, 2] } }),
         timeout_ms: 1000,
         retain_session: true,
@@ -257,18 +257,16 @@ fn function(
     owner: Option<&str>,
     script: Option<&str>,
 ) -> FunctionRecord {
-    let (language, title) = name.split_once('-').unwrap();
+    let (_, title) = name.split_once('-').unwrap();
     let now = Utc::now();
     FunctionRecord {
-        language_title: name.to_owned(),
-        language: language.to_owned(),
-        title: title.to_owned(),
+        language_title: name.parse().unwrap(),
         kind,
         owner: owner.map(str::to_owned),
         description: format!("the {title} function"),
         script_content: script.map(str::to_owned),
-        build_digest: Digest::of(name.as_bytes()).to_string(),
-        component_digest: Digest::of(title.as_bytes()).to_string(),
+        build_digest: Digest::of(name.as_bytes()),
+        component_digest: Digest::of(title.as_bytes()),
         component_size: 1234,
         compile_options: json!({ "optimization_level": "release" }),
         schema: json!({ "params": { "type": "object" } }),
@@ -307,14 +305,21 @@ async fn registry_conformance(registry: &dyn Registry) {
         .await
         .unwrap();
 
-    let read = registry.get("python-a").await.unwrap().unwrap();
+    let read = registry
+        .get(&"python-a".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(read.kind, FunctionKind::Dynamic);
     assert_eq!(read.owner.as_deref(), Some("alice"));
     assert_eq!(read.script_content.as_deref(), Some("def handler(e): ..."));
-    assert_eq!(read.build_digest, Digest::of(b"python-a").to_string());
+    assert_eq!(read.build_digest, Digest::of(b"python-a"));
     assert_eq!(read.schema, json!({ "params": { "type": "object" } }));
     assert_eq!(read.component_size, 1234);
-    assert_eq!(registry.get("rust-none").await.unwrap(), None);
+    assert_eq!(
+        registry.get(&"rust-none".parse().unwrap()).await.unwrap(),
+        None
+    );
 
     // Another user's registration of the name writes nothing, whoever
     // checked what first: the write itself is conditional.
@@ -325,7 +330,11 @@ async fn registry_conformance(registry: &dyn Registry) {
         Some("def handler(e): 'mine now'"),
     );
     assert!(!registry.upsert(&taken).await.unwrap());
-    let unchanged = registry.get("python-a").await.unwrap().unwrap();
+    let unchanged = registry
+        .get(&"python-a".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(unchanged.owner.as_deref(), Some("alice"));
     assert_eq!(
         unchanged.script_content.as_deref(),
@@ -345,7 +354,7 @@ async fn registry_conformance(registry: &dyn Registry) {
     );
     assert_eq!(
         registry
-            .get("nodejs-calculator")
+            .get(&"nodejs-calculator".parse().unwrap())
             .await
             .unwrap()
             .unwrap()
@@ -362,7 +371,11 @@ async fn registry_conformance(registry: &dyn Registry) {
     );
     newer.created_at = Utc::now() + chrono::Duration::days(1);
     assert!(registry.upsert(&newer).await.unwrap());
-    let again = registry.get("python-a").await.unwrap().unwrap();
+    let again = registry
+        .get(&"python-a".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again.script_content.as_deref(), Some("def handler(e): 2"));
     assert_eq!(
         again.created_at.timestamp_millis(),
@@ -378,11 +391,15 @@ async fn registry_conformance(registry: &dyn Registry) {
     };
     let (total, all) = registry.list(&page(None, None, None, 1, 20)).await.unwrap();
     assert_eq!(total, 3);
-    let names: Vec<_> = all.iter().map(|f| f.language_title.as_str()).collect();
+    let names: Vec<_> = all.iter().map(|f| f.language_title.to_string()).collect();
     assert_eq!(names, ["nodejs-calculator", "python-a", "rust-b"]);
     let (total, second) = registry.list(&page(None, None, None, 2, 2)).await.unwrap();
     assert_eq!(
-        (total, second.len(), second[0].language_title.as_str()),
+        (
+            total,
+            second.len(),
+            second[0].language_title.to_string().as_str()
+        ),
         (3, 1, "rust-b")
     );
     let (total, dynamic) = registry
@@ -394,7 +411,10 @@ async fn registry_conformance(registry: &dyn Registry) {
         .list(&page(None, Some("bob"), None, 1, 20))
         .await
         .unwrap();
-    assert_eq!((total, bobs[0].language_title.as_str()), (1, "rust-b"));
+    assert_eq!(
+        (total, bobs[0].language_title.to_string().as_str()),
+        (1, "rust-b")
+    );
     let (total, _) = registry
         .list(&page(
             Some("nodejs"),

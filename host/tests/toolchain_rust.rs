@@ -20,6 +20,25 @@ async fn isolated_toolchains(dir: &std::path::Path) -> Toolchains {
         .unwrap()
 }
 
+/// `n` builds of one source, started at once.
+fn builds_at_once(
+    toolchains: &std::sync::Arc<Toolchains>,
+    source: &str,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<lambda_host::toolchain::Artifact, BuildError>>> {
+    (0..n)
+        .map(|_| {
+            let toolchains = toolchains.clone();
+            let source = source.to_owned();
+            tokio::spawn(async move {
+                toolchains
+                    .build(Language::Rust, &source, &BuildOptions::default())
+                    .await
+            })
+        })
+        .collect()
+}
+
 async fn compile_error(
     toolchains: &Toolchains,
     source: &str,
@@ -124,18 +143,7 @@ async fn concurrent_requests_for_one_failing_source_share_one_build() {
         "// {}\nuse serde_json::Value;\npub fn handler(event: Value) -> Result<Value, String> {{ Ok(1) }}\n",
         uuid::Uuid::new_v4()
     );
-    let builds: Vec<_> = (0..4)
-        .map(|_| {
-            let toolchains = toolchains.clone();
-            let source = source.clone();
-            tokio::spawn(async move {
-                toolchains
-                    .build(Language::Rust, &source, &BuildOptions::default())
-                    .await
-            })
-        })
-        .collect();
-    for build in builds {
+    for build in builds_at_once(&toolchains, &source, 4) {
         match build.await.unwrap() {
             Err(BuildError::Compile(e)) => assert!(e.message.contains("mismatched types"), "{e}"),
             other => panic!("expected the compile error, got {other:?}"),
@@ -149,19 +157,8 @@ async fn identical_source_is_built_once_even_when_requested_concurrently() {
     let dir = tempfile::tempdir().unwrap();
     let toolchains = std::sync::Arc::new(isolated_toolchains(dir.path()).await);
     let source = unique_handler();
-    let builds: Vec<_> = (0..4)
-        .map(|_| {
-            let toolchains = toolchains.clone();
-            let source = source.clone();
-            tokio::spawn(async move {
-                toolchains
-                    .build(Language::Rust, &source, &BuildOptions::default())
-                    .await
-            })
-        })
-        .collect();
     let mut digests = Vec::new();
-    for build in builds {
+    for build in builds_at_once(&toolchains, &source, 4) {
         digests.push(build.await.unwrap().unwrap().digest);
     }
     assert!(digests.windows(2).all(|w| w[0] == w[1]));

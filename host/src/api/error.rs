@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::functions::FunctionError;
 use crate::runtime;
+use crate::sessions::{ExecuteError, StartError};
 use crate::store::StoreError;
 use crate::toolchain::BuildError;
 
@@ -322,6 +323,49 @@ impl From<BuildError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         ApiError::internal(error)
+    }
+}
+
+impl From<StartError> for ApiError {
+    fn from(error: StartError) -> Self {
+        match error {
+            StartError::Forbidden(_) => ApiError::forbidden(error.to_string()),
+            StartError::InvalidContext(_) | StartError::NulInSource => {
+                ApiError::invalid_request(error.to_string())
+            }
+            StartError::ContextTooLarge { limit, .. } => {
+                ApiError::new(Code::PayloadTooLarge, error.to_string())
+                    .with_details(json!({ "limit_bytes": limit }))
+            }
+            StartError::TooManyBuilds { retry_after_secs } => {
+                ApiError::rate_limited(retry_after_secs).with_details(json!({ "reason": "builds" }))
+            }
+            StartError::NoSuchFunction(_) => ApiError::not_found(error.to_string()),
+            StartError::OverQuota {
+                used_bytes,
+                quota_bytes,
+            } => ApiError::new(Code::RateLimited, error.to_string())
+                .with_details(json!({
+                    "reason": "session_quota",
+                    "used_bytes": used_bytes,
+                    "quota_bytes": quota_bytes,
+                }))
+                .retry_after(60),
+            StartError::Function(e) => e.into(),
+            StartError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<ExecuteError> for ApiError {
+    fn from(error: ExecuteError) -> Self {
+        match error {
+            ExecuteError::NotFound => ApiError::not_found(error.to_string()),
+            ExecuteError::Forbidden(_) => ApiError::forbidden(error.to_string()),
+            ExecuteError::InvalidParams(message) => ApiError::invalid_params(message),
+            ExecuteError::Function(e) => e.into(),
+            ExecuteError::Store(e) => e.into(),
+        }
     }
 }
 

@@ -190,7 +190,7 @@ pub async fn detail(
         schema: function.schema.clone(),
         examples: function.examples.clone(),
         compile_options: function.compile_options.clone(),
-        component_digest: function.component_digest.clone(),
+        component_digest: function.component_digest.to_string(),
         component_size: function.component_size,
     }))
 }
@@ -198,9 +198,9 @@ pub async fn detail(
 fn summary(function: &FunctionRecord) -> FunctionSummary {
     let time = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
     FunctionSummary {
-        language: function.language.clone(),
-        title: function.title.clone(),
-        language_title: function.language_title.clone(),
+        language: function.language_title.language().as_str().to_owned(),
+        title: function.language_title.title().to_owned(),
+        language_title: function.language_title.to_string(),
         description: function.description.clone(),
         kind: function.kind.as_str(),
         created_at: time(function.created_at),

@@ -26,7 +26,7 @@ use crate::toolchain::SandboxState;
     ),
 )]
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    let sessions = match state.sessions.health().await {
+    let sessions = match state.session_store.health().await {
         Ok(status) => status.to_owned(),
         Err(e) => {
             tracing::warn!("health: session store: {e}");
@@ -98,7 +98,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
 )]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let metrics = &state.metrics;
-    if let Ok(active) = state.sessions.active_count().await {
+    if let Ok(active) = state.session_store.active_count().await {
         metrics.sessions_active.set(active as i64);
     }
     let runtime = state.functions.runtime();

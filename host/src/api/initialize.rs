@@ -4,18 +4,15 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::error::{ApiError, Code, ErrorBody};
+use super::error::{ApiError, ErrorBody};
 use super::extract::{Authenticated, JsonBody};
-use super::middleware::check_build_rate;
 use super::{AppState, tagged};
 use crate::language::LanguageTitle;
-use crate::store::{Insert, LogRecord, Session};
-use crate::toolchain::BuildOptions;
+use crate::sessions::StartRequest;
 
 #[derive(Default, Deserialize, ToSchema)]
 pub struct InitializeRequest {
@@ -38,14 +35,6 @@ pub struct InitializeResponse {
     status: &'static str,
     /// RFC 3339, seconds.
     expires_at: String,
-}
-
-/// What initialize reads from `context`; the rest is kept for the handler.
-#[derive(Default, Deserialize)]
-struct SessionOptions {
-    timeout_ms: Option<u64>,
-    retain_session: Option<bool>,
-    compile_options: Option<BuildOptions>,
 }
 
 /// Resolves or builds a function and starts a session of it.
@@ -82,158 +71,18 @@ pub async fn initialize(
         Some(id) => e.with_request_id(id.clone()),
         None => e,
     };
-
-    let language_title = headers
-        .get("language-title")
-        .ok_or_else(|| {
-            fail(ApiError::invalid_request(
-                "the Language-Title header is required",
-            ))
-        })?
-        .to_str()
-        .map_err(|_| {
-            fail(ApiError::invalid_request(
-                "the Language-Title header is not text",
-            ))
+    let language_title = language_title(&headers).map_err(fail)?;
+    let session = state
+        .sessions
+        .start(StartRequest {
+            caller: &principal,
+            language_title,
+            context: body.context,
+            source: body.script_content,
+            requested_id: requested_id.clone(),
         })
-        .and_then(|raw| {
-            LanguageTitle::parse(raw.trim())
-                .map_err(|e| fail(ApiError::invalid_request(e.to_string())))
-        })?;
-    if !principal.may_execute(language_title.language()) {
-        return Err(fail(ApiError::forbidden(format!(
-            "the token does not grant execute:{} or execute:all",
-            language_title.language()
-        ))));
-    }
-
-    let context = body.context.unwrap_or_else(|| json!({}));
-    if !context.is_object() {
-        return Err(fail(ApiError::invalid_request(
-            "context must be a JSON object",
-        )));
-    }
-    // A session keeps its context for its lifetime, in every store: its
-    // size is bounded apart from the body's.
-    let context_bytes = context.to_string().len();
-    let max_context = state.config.max_context_bytes;
-    if context_bytes > max_context {
-        return Err(fail(
-            ApiError::new(
-                Code::PayloadTooLarge,
-                format!("context is {context_bytes} bytes of JSON, at most {max_context}"),
-            )
-            .with_details(json!({ "limit_bytes": max_context })),
-        ));
-    }
-    let options: SessionOptions = serde_json::from_value(context.clone())
-        .map_err(|e| fail(ApiError::invalid_request(format!("invalid context: {e}"))))?;
-    let max_ms = state.max_timeout.as_millis() as u64;
-    let timeout_ms = match options.timeout_ms {
-        Some(0) => {
-            return Err(fail(ApiError::invalid_request(
-                "context.timeout_ms must be positive",
-            )));
-        }
-        Some(ms) => ms.min(max_ms),
-        None => state.default_timeout.as_millis() as u64,
-    };
-
-    let function = match body.script_content {
-        Some(source) => {
-            // No language's source holds a NUL character, and PostgreSQL
-            // would refuse to store one: refused before any build.
-            if source.contains('\0') {
-                return Err(fail(ApiError::invalid_request(
-                    "script_content must not contain NUL characters",
-                )));
-            }
-            check_build_rate(&state, &principal.subject)
-                .await
-                .map_err(fail)?;
-            state
-                .functions
-                .register_dynamic(
-                    &language_title,
-                    &principal.subject,
-                    &source,
-                    &options.compile_options.unwrap_or_default(),
-                )
-                .await
-                .map_err(|e| fail(e.into()))?
-        }
-        None => state
-            .functions
-            .get(&language_title)
-            .await
-            .map_err(|e| fail(e.into()))?
-            .ok_or_else(|| {
-                fail(ApiError::not_found(format!(
-                    "no function {language_title}: send script_content to create it"
-                )))
-            })?,
-    };
-    // Compile (or load from the AOT cache) now, so the first execution
-    // does not pay for it.
-    state
-        .functions
-        .load(
-            &function.language_title,
-            &function.build_digest,
-            &function.component_digest,
-        )
         .await
         .map_err(|e| fail(e.into()))?;
-
-    let now = Utc::now();
-    let mut session = Session {
-        request_id: requested_id.clone().unwrap_or_else(new_id),
-        language_title: function.language_title.clone(),
-        owner: principal.subject.clone(),
-        build_digest: function.build_digest.clone(),
-        component_digest: function.component_digest.clone(),
-        context,
-        timeout_ms,
-        retain_session: options.retain_session.unwrap_or(true),
-        created_at: now,
-        expires_at: now + state.config.session_ttl,
-        execution_count: 0,
-        last_executed_at: None,
-    };
-    // A client id already in use is not reused: the session gets a fresh one.
-    let quota = state.config.session_quota_bytes;
-    loop {
-        match state
-            .sessions
-            .insert_new(&session, quota)
-            .await
-            .map_err(|e| fail(e.into()))?
-        {
-            Insert::Inserted => break,
-            Insert::IdTaken => session.request_id = new_id(),
-            Insert::OverQuota { used_bytes } => {
-                return Err(fail(
-                    ApiError::new(
-                        Code::RateLimited,
-                        format!(
-                            "your live sessions hold {used_bytes} bytes; one more would pass your \
-                             quota of {quota}: let sessions expire, or initialize with \
-                             retain_session: false"
-                        ),
-                    )
-                    .with_details(json!({
-                        "reason": "session_quota",
-                        "used_bytes": used_bytes,
-                        "quota_bytes": quota,
-                    }))
-                    .retry_after(60),
-                ));
-            }
-        }
-    }
-    state.metrics.sessions_created.inc();
-    state.logs.record(LogRecord::Session(session.clone()));
-
     let body = Json(InitializeResponse {
         request_id: session.request_id.clone(),
         status: "initialized",
@@ -241,7 +90,21 @@ pub async fn initialize(
             .expires_at
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     });
-    Ok(tagged(body, session.request_id, session.language_title))
+    Ok(tagged(
+        body,
+        session.request_id,
+        session.language_title.to_string(),
+    ))
+}
+
+/// The `Language-Title` header, parsed.
+fn language_title(headers: &HeaderMap) -> Result<LanguageTitle, ApiError> {
+    let raw = headers
+        .get("language-title")
+        .ok_or_else(|| ApiError::invalid_request("the Language-Title header is required"))?
+        .to_str()
+        .map_err(|_| ApiError::invalid_request("the Language-Title header is not text"))?;
+    LanguageTitle::parse(raw.trim()).map_err(|e| ApiError::invalid_request(e.to_string()))
 }
 
 /// A client-chosen id: 1 to 64 characters of letters, digits, `-` and `_`
@@ -261,10 +124,6 @@ fn client_request_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         ));
     }
     Ok(Some(id.to_owned()))
-}
-
-fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
 }
 
 #[cfg(test)]

@@ -77,26 +77,6 @@ pub async fn rate_limit_initialize(
     limit_then_run(&state, &key, limit, request, next).await
 }
 
-/// Whether `subject` may start one more build this minute.
-pub async fn check_build_rate(state: &AppState, subject: &str) -> Result<(), ApiError> {
-    let key = format!("build:sub:{subject}");
-    match state
-        .limiter
-        .check(&key, state.config.rate_limits.builds_per_subject, MINUTE)
-        .await
-    {
-        Ok(RateDecision::Allowed) => Ok(()),
-        Ok(RateDecision::Limited { retry_after_secs }) => {
-            Err(ApiError::rate_limited(retry_after_secs)
-                .with_details(serde_json::json!({ "reason": "builds" })))
-        }
-        Err(e) => {
-            tracing::warn!("rate limiter unavailable, build let through: {e}");
-            Ok(())
-        }
-    }
-}
-
 /// `/api/v1/functions`: per subject (per IP without a valid token, which
 /// is refused anyway).
 pub async fn rate_limit_functions(

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::Authenticated;
-use super::{AppState, owned_session, tagged};
+use super::{AppState, tagged};
 
 #[derive(Serialize, ToSchema)]
 pub struct SessionResponse {
@@ -50,18 +50,24 @@ pub async fn get(
             "the token grants no execute scope",
         )));
     }
-    let session = owned_session(&state, &request_id, &principal.subject)
+    let session = state
+        .sessions
+        .owned_session(&request_id, &principal.subject)
         .await
-        .map_err(fail)?;
+        .map_err(|e| fail(e.into()))?;
     let time = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
     let body = Json(SessionResponse {
         request_id: session.request_id.clone(),
-        language_title: session.language_title.clone(),
+        language_title: session.language_title.to_string(),
         status: "active",
         created_at: time(session.created_at),
         expires_at: time(session.expires_at),
         execution_count: session.execution_count,
         last_executed_at: session.last_executed_at.map(time),
     });
-    Ok(tagged(body, session.request_id, session.language_title))
+    Ok(tagged(
+        body,
+        session.request_id,
+        session.language_title.to_string(),
+    ))
 }

@@ -125,9 +125,9 @@ impl ComponentCache {
         &self,
         engine: &Engine,
         linker: &Linker<GuestState>,
+        digest: Digest,
         bytes: Arc<[u8]>,
     ) -> Result<Arc<LoadedFunction>, Error> {
-        let digest = Digest::of(&bytes);
         if let Some(loaded) = self.loaded.get(&digest).await {
             self.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(loaded);

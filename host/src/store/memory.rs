@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use moka::Expiry;
 use moka::future::Cache;
 use serde_json::Value;
 
-use super::{Insert, RateDecision, RateLimiter, ResultCache, Session, SessionStore, StoreResult};
+use super::{Insert, RateLimiter, ResultCache, Session, SessionStore, StoreResult};
 
 /// Expires each entry at its own deadline.
 struct ByDeadline;
@@ -235,9 +235,8 @@ impl MemoryRateLimiter {
 
 #[async_trait::async_trait]
 impl RateLimiter for MemoryRateLimiter {
-    async fn check(&self, key: &str, limit: u32, window: Duration) -> StoreResult<RateDecision> {
-        let (index, retry_after_secs) = current_window(window);
-        let window_end = Instant::now() + Duration::from_secs(retry_after_secs);
+    async fn increment(&self, key: &str, index: u64, window: Duration) -> StoreResult<u64> {
+        let window_end = Instant::now() + window;
         let counter = self
             .windows
             .get_with(format!("{key}:{index}"), async {
@@ -245,31 +244,14 @@ impl RateLimiter for MemoryRateLimiter {
             })
             .await
             .0;
-        let count = counter.fetch_add(1, Ordering::Relaxed) + 1;
-        Ok(if count <= limit {
-            RateDecision::Allowed
-        } else {
-            RateDecision::Limited { retry_after_secs }
-        })
+        Ok(u64::from(counter.fetch_add(1, Ordering::Relaxed)) + 1)
     }
-}
-
-/// The index of the current window since the epoch, and the whole seconds
-/// until it ends (at least 1). Windows are aligned to the wall clock, so
-/// every replica counts in the same windows.
-pub fn current_window(window: Duration) -> (u64, u64) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let width = window.as_millis().max(1);
-    let index = now.as_millis() / width;
-    let left_ms = width - now.as_millis() % width;
-    (index as u64, (left_ms as u64).div_ceil(1000).max(1))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::RateDecision;
 
     #[tokio::test]
     async fn the_limit_plus_one_request_is_refused_with_a_retry_after() {

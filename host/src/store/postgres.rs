@@ -12,9 +12,10 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 use super::{
     FunctionFilter, FunctionKind, FunctionRecord, LogBatch, LogRecord, LogStore, Registry,
-    SWEEP_CHUNK, Session, SessionRecords, StoreError, StoreResult, session_status,
+    SWEEP_CHUNK, Session, SessionRecords, StoreError, StoreResult, parse_stored, session_status,
 };
 use crate::digest::Digest;
+use crate::language::LanguageTitle;
 use crate::toolchain::{ArtifactStore, SealedArtifact};
 
 /// The migrations of `migrations/postgres`, compiled into the host.
@@ -61,9 +62,7 @@ fn function_from_row(row: &PgRow) -> StoreResult<FunctionRecord> {
     let kind: String = row.get("kind");
     let created_at: DateTime<Utc> = row.get("created_at");
     Ok(FunctionRecord {
-        language_title: row.get("language_title"),
-        language: row.get("language"),
-        title: row.get("title"),
+        language_title: parse_stored("a function's name", row.get("language_title"))?,
         kind: FunctionKind::parse(&kind)
             .ok_or_else(|| StoreError::new("reading a function", anyhow::anyhow!("kind {kind}")))?,
         owner: row.get("created_by"),
@@ -71,8 +70,11 @@ fn function_from_row(row: &PgRow) -> StoreResult<FunctionRecord> {
             .get::<Option<String>, _>("description")
             .unwrap_or_default(),
         script_content: row.get("content"),
-        build_digest: row.get::<String, _>("build_digest").trim().to_owned(),
-        component_digest: row.get::<String, _>("component_digest").trim().to_owned(),
+        build_digest: parse_stored("a function's build digest", row.get("build_digest"))?,
+        component_digest: parse_stored(
+            "a function's component digest",
+            row.get("component_digest"),
+        )?,
         component_size: row.get::<i64, _>("component_size") as u64,
         compile_options: row.get("compile_options"),
         schema: row
@@ -129,9 +131,9 @@ impl Registry for PgStore {
                     AND meta.functions.created_by IS NOT DISTINCT FROM EXCLUDED.created_by)
              RETURNING id",
         )
-        .bind(&f.language)
-        .bind(&f.title)
-        .bind(&f.language_title)
+        .bind(f.language_title.language().as_str())
+        .bind(f.language_title.title())
+        .bind(f.language_title.to_string())
         .bind(&f.description)
         .bind(&f.schema)
         .bind(&f.examples)
@@ -139,8 +141,8 @@ impl Registry for PgStore {
         .bind(f.updated_at)
         .bind(&f.owner)
         .bind(f.kind.as_str())
-        .bind(&f.build_digest)
-        .bind(&f.component_digest)
+        .bind(f.build_digest.to_string())
+        .bind(f.component_digest.to_string())
         .bind(f.component_size as i64)
         .bind(&f.compile_options)
         .fetch_optional(&mut *tx)
@@ -179,22 +181,31 @@ impl Registry for PgStore {
         Ok(true)
     }
 
-    async fn get(&self, language_title: &str) -> StoreResult<Option<FunctionRecord>> {
+    async fn get(&self, language_title: &LanguageTitle) -> StoreResult<Option<FunctionRecord>> {
         let row = sqlx::query(&format!(
             "{SELECT_FUNCTIONS} WHERE f.language_title = $1 AND f.is_active"
         ))
-        .bind(language_title)
+        .bind(language_title.to_string())
         .fetch_optional(&self.pool)
         .await
         .map_err(db("reading a function"))?;
         row.as_ref().map(function_from_row).transpose()
     }
 
-    async fn digests(&self) -> StoreResult<Vec<(String, String)>> {
-        sqlx::query_as("SELECT build_digest, component_digest FROM meta.functions")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("reading the registered digests"))
+    async fn digests(&self) -> StoreResult<Vec<(Digest, Digest)>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT build_digest, component_digest FROM meta.functions")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("reading the registered digests"))?;
+        rows.iter()
+            .map(|(build, component)| {
+                Ok((
+                    parse_stored("a registered build digest", build)?,
+                    parse_stored("a registered component digest", component)?,
+                ))
+            })
+            .collect()
     }
 
     async fn list(&self, filter: &FunctionFilter) -> StoreResult<(u64, Vec<FunctionRecord>)> {
@@ -433,7 +444,7 @@ fn session_rows<'a>(rows: &'a [&'a Session]) -> QueryBuilder<'a, Postgres> {
     );
     query.push_values(rows, |mut row, s| {
         row.push_bind(&s.request_id)
-            .push_bind(&s.language_title)
+            .push_bind(s.language_title.to_string())
             .push_bind(&s.owner)
             .push_bind(s.created_at)
             .push_bind(s.expires_at)
@@ -441,8 +452,8 @@ fn session_rows<'a>(rows: &'a [&'a Session]) -> QueryBuilder<'a, Postgres> {
             .push_bind(i32::try_from(s.execution_count).unwrap_or(i32::MAX))
             .push_bind(session_status::ACTIVE)
             .push_bind(&s.context)
-            .push_bind(&s.build_digest)
-            .push_bind(&s.component_digest)
+            .push_bind(s.build_digest.to_string())
+            .push_bind(s.component_digest.to_string())
             .push_bind(i64::try_from(s.timeout_ms).unwrap_or(i64::MAX))
             .push_bind(s.retain_session);
     });
@@ -485,16 +496,17 @@ impl SessionRecords for PgStore {
         let Some(row) = row else {
             return Ok(None);
         };
+        // Rows of the seed's schema without a component are not sessions
+        // this host can run.
+        let Some(component_digest) = row.get::<Option<String>, _>("component_digest") else {
+            return Ok(None);
+        };
         Ok(Some(Session {
             request_id: row.get("request_id"),
-            language_title: row.get("language_title"),
+            language_title: parse_stored("a session's function", row.get("language_title"))?,
             owner: row.get::<Option<String>, _>("user_id").unwrap_or_default(),
-            build_digest: row.get::<String, _>("build_digest").trim().to_owned(),
-            component_digest: row
-                .get::<Option<String>, _>("component_digest")
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
+            build_digest: parse_stored("a session's build digest", row.get("build_digest"))?,
+            component_digest: parse_stored("a session's component digest", &component_digest)?,
             context: row
                 .get::<Option<serde_json::Value>, _>("context")
                 .unwrap_or_default(),

@@ -15,10 +15,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Client};
 use serde_json::Value;
 
-use super::memory::current_window;
-use super::{
-    Insert, RateDecision, RateLimiter, ResultCache, Session, SessionStore, StoreError, StoreResult,
-};
+use super::{Insert, RateLimiter, ResultCache, Session, SessionStore, StoreError, StoreResult};
 
 /// One connection manager, cheap to clone, shared by the three stores.
 #[derive(Clone)]
@@ -280,11 +277,10 @@ impl ResultCache for RedisStore {
 
 #[async_trait::async_trait]
 impl RateLimiter for RedisStore {
-    async fn check(&self, key: &str, limit: u32, window: Duration) -> StoreResult<RateDecision> {
-        let (index, retry_after_secs) = current_window(window);
+    async fn increment(&self, key: &str, index: u64, window: Duration) -> StoreResult<u64> {
         let counter = self.key(&format!("rate:{key}:{index}"));
         // One round trip: count, and make sure the counter dies with its
-        // window (every replica counts in the same wall-clock windows).
+        // window.
         let (count, _): (u64, bool) = redis::pipe()
             .atomic()
             .incr(&counter, 1)
@@ -292,10 +288,6 @@ impl RateLimiter for RedisStore {
             .query_async(&mut self.connection())
             .await
             .map_err(redis_error("counting a request"))?;
-        Ok(if count <= u64::from(limit) {
-            RateDecision::Allowed
-        } else {
-            RateDecision::Limited { retry_after_secs }
-        })
+        Ok(count)
     }
 }

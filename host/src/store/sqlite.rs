@@ -11,8 +11,10 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::{
     FunctionFilter, FunctionKind, FunctionRecord, LogBatch, LogRecord, LogStore, Registry,
-    SWEEP_CHUNK, Session, SessionRecords, StoreError, StoreResult, session_status,
+    SWEEP_CHUNK, Session, SessionRecords, StoreError, StoreResult, parse_stored, session_status,
 };
+use crate::digest::Digest;
+use crate::language::LanguageTitle;
 
 /// The migrations of `migrations/sqlite`, compiled into the host.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -72,16 +74,17 @@ fn json_column(value: &str) -> StoreResult<serde_json::Value> {
 fn function_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<FunctionRecord> {
     let kind: String = row.get("kind");
     Ok(FunctionRecord {
-        language_title: row.get("language_title"),
-        language: row.get("language"),
-        title: row.get("title"),
+        language_title: parse_stored("a function's name", row.get("language_title"))?,
         kind: FunctionKind::parse(&kind)
             .ok_or_else(|| StoreError::new("reading a function", anyhow::anyhow!("kind {kind}")))?,
         owner: row.get("owner"),
         description: row.get("description"),
         script_content: row.get("script_content"),
-        build_digest: row.get("build_digest"),
-        component_digest: row.get("component_digest"),
+        build_digest: parse_stored("a function's build digest", row.get("build_digest"))?,
+        component_digest: parse_stored(
+            "a function's component digest",
+            row.get("component_digest"),
+        )?,
         component_size: row.get::<i64, _>("component_size") as u64,
         compile_options: json_column(row.get("compile_options"))?,
         schema: json_column(row.get("schema"))?,
@@ -122,15 +125,15 @@ impl Registry for SqliteStore {
              WHERE excluded.kind = 'predefined'
                 OR (functions.kind = 'dynamic' AND functions.owner IS excluded.owner)",
         )
-        .bind(&f.language_title)
-        .bind(&f.language)
-        .bind(&f.title)
+        .bind(f.language_title.to_string())
+        .bind(f.language_title.language().as_str())
+        .bind(f.language_title.title())
         .bind(f.kind.as_str())
         .bind(&f.owner)
         .bind(&f.description)
         .bind(&f.script_content)
-        .bind(&f.build_digest)
-        .bind(&f.component_digest)
+        .bind(f.build_digest.to_string())
+        .bind(f.component_digest.to_string())
         .bind(f.component_size as i64)
         .bind(f.compile_options.to_string())
         .bind(f.schema.to_string())
@@ -143,16 +146,25 @@ impl Registry for SqliteStore {
         Ok(written.rows_affected() == 1)
     }
 
-    async fn digests(&self) -> StoreResult<Vec<(String, String)>> {
-        sqlx::query_as("SELECT build_digest, component_digest FROM functions")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("reading the registered digests"))
+    async fn digests(&self) -> StoreResult<Vec<(Digest, Digest)>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT build_digest, component_digest FROM functions")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("reading the registered digests"))?;
+        rows.iter()
+            .map(|(build, component)| {
+                Ok((
+                    parse_stored("a registered build digest", build)?,
+                    parse_stored("a registered component digest", component)?,
+                ))
+            })
+            .collect()
     }
 
-    async fn get(&self, language_title: &str) -> StoreResult<Option<FunctionRecord>> {
+    async fn get(&self, language_title: &LanguageTitle) -> StoreResult<Option<FunctionRecord>> {
         let row = sqlx::query("SELECT * FROM functions WHERE language_title = ?")
-            .bind(language_title)
+            .bind(language_title.to_string())
             .fetch_optional(&self.pool)
             .await
             .map_err(db("reading a function"))?;
@@ -323,10 +335,10 @@ fn session_rows<'a>(rows: &'a [&'a Session]) -> QueryBuilder<'a, Sqlite> {
     );
     query.push_values(rows, |mut row, s| {
         row.push_bind(&s.request_id)
-            .push_bind(&s.language_title)
+            .push_bind(s.language_title.to_string())
             .push_bind(&s.owner)
-            .push_bind(&s.build_digest)
-            .push_bind(&s.component_digest)
+            .push_bind(s.build_digest.to_string())
+            .push_bind(s.component_digest.to_string())
             .push_bind(s.context.to_string())
             .push_bind(i64::try_from(s.timeout_ms).unwrap_or(i64::MAX))
             .push_bind(s.retain_session)
@@ -375,28 +387,24 @@ impl SessionRecords for SqliteStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let time = |column: &str| -> StoreResult<DateTime<Utc>> {
-            let text: String = row.get(column);
-            DateTime::parse_from_rfc3339(&text)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|e| StoreError::new("reading a session record's time", e))
-        };
-        let last_executed_at = match row.get::<Option<String>, _>("last_executed_at") {
-            Some(_) => Some(time("last_executed_at")?),
-            None => None,
-        };
+        let last_executed_at = row
+            .get::<Option<&str>, _>("last_executed_at")
+            .map(timestamp)
+            .transpose()?;
         Ok(Some(Session {
             request_id: row.get("request_id"),
-            language_title: row.get("language_title"),
+            language_title: parse_stored("a session's function", row.get("language_title"))?,
             owner: row.get("user_id"),
-            build_digest: row.get("build_digest"),
-            component_digest: row.get("component_digest"),
-            context: serde_json::from_str(&row.get::<String, _>("context"))
-                .map_err(|e| StoreError::new("reading a session record's context", e))?,
+            build_digest: parse_stored("a session's build digest", row.get("build_digest"))?,
+            component_digest: parse_stored(
+                "a session's component digest",
+                row.get("component_digest"),
+            )?,
+            context: json_column(row.get("context"))?,
             timeout_ms: u64::try_from(row.get::<i64, _>("timeout_ms")).unwrap_or(0),
             retain_session: row.get("retain_session"),
-            created_at: time("created_at")?,
-            expires_at: time("expires_at")?,
+            created_at: timestamp(row.get("created_at"))?,
+            expires_at: timestamp(row.get("expires_at"))?,
             execution_count: u64::try_from(row.get::<i64, _>("execution_count")).unwrap_or(0),
             last_executed_at,
         }))
