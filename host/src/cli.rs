@@ -145,7 +145,9 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
     // The only command that needs no settings (and creates no directories).
     if let Command::Settings { effective } = args.command {
         if effective {
-            println!("{:#?}", args.settings);
+            let mut settings = args.settings;
+            settings.resolve();
+            println!("{settings:#?}");
         } else {
             print!("{}", reference::markdown(&Args::command()));
         }

@@ -92,7 +92,7 @@ impl Settings {
             .expect("every setting has a default or is optional");
         let mut settings =
             Self::from_arg_matches(&matches).expect("the defaults parse as settings");
-        settings.resolve_paths();
+        settings.resolve();
         settings
     }
 
@@ -110,12 +110,19 @@ impl Settings {
             ..settings.toolchain
         };
         settings.runtime.aot_cache_dir = None;
-        settings.resolve_paths();
+        settings.resolve();
         settings
     }
 
-    /// Fills in the paths that live in the data directory unless set.
-    fn resolve_paths(&mut self) {
+    /// Fills in the paths that live in the data directory unless set, and
+    /// reads an empty store URL as unset (`LAMBDA_REDIS_URL=` in an `.env`
+    /// file means the embedded default).
+    pub fn resolve(&mut self) {
+        for url in [&mut self.stores.redis_url, &mut self.stores.database_url] {
+            if url.as_ref().is_some_and(|u| u.expose().trim().is_empty()) {
+                *url = None;
+            }
+        }
         let data_dir = &self.data_dir;
         let toolchain = &mut self.toolchain;
         if let Ok(rest) = toolchain
@@ -142,7 +149,7 @@ impl Settings {
     /// makes every path absolute (child processes such as cargo run in
     /// other directories, where a relative path would mean something else).
     pub fn validate(&mut self) -> anyhow::Result<()> {
-        self.resolve_paths();
+        self.resolve();
         self.runtime.validate()?;
         self.toolchain.validate()?;
         self.server.validate()?;

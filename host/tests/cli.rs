@@ -347,6 +347,15 @@ fn settings_are_layered_defaults_then_file_then_environment_then_flags() {
     assert!(printed.contains("slot_wait: 9s,"), "{printed}");
     // What nobody set keeps its default.
     assert!(printed.contains("builds_per_subject: 10,"), "{printed}");
+    // An empty store URL is no store URL: the embedded default.
+    let printed = effective_settings(
+        dir.path(),
+        "",
+        &[("LAMBDA_REDIS_URL", ""), ("LAMBDA_DATABASE_URL", " ")],
+        &[],
+    );
+    assert!(printed.contains("redis_url: None,"), "{printed}");
+    assert!(printed.contains("database_url: None,"), "{printed}");
 }
 
 #[test]
