@@ -22,8 +22,10 @@ pub struct InitializeRequest {
     #[schema(value_type = Option<Object>)]
     context: Option<Value>,
     /// The function's source: creates the dynamic function named by
-    /// `Language-Title`, or replaces the caller's own.
+    /// `Language-Title`, or replaces the caller's own. No NUL characters
+    /// (400): sources are stored as text.
     #[serde(default)]
+    #[schema(pattern = "^[^\\u0000]*$")]
     script_content: Option<String>,
 }
 
