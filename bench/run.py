@@ -176,6 +176,31 @@ def invoke_repeat(function, params, repeat, pooling, env):
     return {"median_us": int(match.group(1)), "p99_us": int(match.group(2)), "calls": repeat}
 
 
+def compile_cache(work, env):
+    """Cranelift compile times of two new JS and two new Python components
+    in one process, with the incremental compilation cache off and on: the
+    second of a language reuses what the first compiled (its interpreter)."""
+    components = []
+    for round_ in (1, 2):
+        for language in ("nodejs", "python"):
+            source = work / f"compile-{language}-{round_}.{'js' if language == 'nodejs' else 'py'}"
+            source.write_text(DYNAMIC[language].format(tag=uuid.uuid4()))
+            output = source.with_suffix(".wasm")
+            run(str(HOST), "build", "--language", language, str(source), "-o", str(output), env=env)
+            components.append((language, round_, output))
+    results = []
+    for megabytes in (0, 128):
+        out = subprocess.run([str(HOST), "compile", "--measure", "--compile-cache-mb", str(megabytes),
+                              *[str(c[2]) for c in components]],
+                             cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.split("\n")
+        for (language, round_, _), line in zip(components, out):
+            state = "on" if megabytes else "off"
+            name = f"compile {language} component #{round_} in a process, incremental cache {state}"
+            results.append({"name": name, "seconds": float(line.split()[0])})
+            print(f"{name}: {results[-1]['seconds']} s", flush=True)
+    return results
+
+
 def machine():
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
@@ -274,6 +299,8 @@ def main():
                 print(f"initialize {language} dynamic, {kind}: {results[-1]['seconds']} s", flush=True)
 
         cli_env = dict(env, LAMBDA_DATA_DIR=str(data))
+        if not options.quick:
+            results.extend(compile_cache(work, cli_env))
         for function, params in FUNCTIONS.items():
             for pooling in (True, False):
                 numbers = invoke_repeat(function, params, repeat, pooling, cli_env)

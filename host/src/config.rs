@@ -247,6 +247,9 @@ pub struct RuntimeConfig {
     /// The loaded functions kept in memory, by the summed size of their components, in MiB.
     #[arg(long = "loaded-components-mb", global = true, env = "LAMBDA_LOADED_COMPONENTS_MB", default_value = "1024", value_parser = mebibytes)]
     pub loaded_components_max_bytes: u64,
+    /// Cranelift's incremental compilation cache, in MiB (0: off): functions compiled for one component are reused for the next that contains them, such as the interpreter every JavaScript or Python component carries.
+    #[arg(long = "compile-cache-mb", global = true, env = "LAMBDA_COMPILE_CACHE_MB", default_value = "128", value_parser = mebibytes)]
+    pub compile_cache_bytes: u64,
     /// Where compiled components are serialized ahead of time, keyed by
     /// component digest and engine fingerprint (`<data-dir>/aot`).
     #[arg(skip)]

@@ -15,6 +15,7 @@
 mod bindings;
 mod cache;
 mod engine;
+mod incremental;
 mod invoke;
 mod limits;
 mod slots;

@@ -447,3 +447,43 @@ async fn runtimes_sharing_an_aot_cache_compile_a_component_once() {
     assert_eq!(one.compiles + two.compiles, 1, "{one:?} {two:?}");
     assert_eq!(one.aot_hits + two.aot_hits, 1, "{one:?} {two:?}");
 }
+
+/// Cranelift's incremental compilation cache (on by default): a component
+/// compiled mostly from the machine code of another one (the JavaScript
+/// engine both carry) runs as one compiled cold does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_component_compiled_from_the_incremental_cache_runs_correctly() {
+    use lambda_host::language::{Language, LanguageTitle};
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = private_aot_runtime(dir.path());
+    assert!(runtime.config().compile_cache_bytes > 0, "on by default");
+    // Compiled cold: it fills the cache with the engine's functions.
+    let first = crate::helpers::fixture(Language::Nodejs, "conformance").await;
+    runtime.load(first).await.unwrap();
+    // Compiled mostly from the cache.
+    let name = LanguageTitle::parse("nodejs-calculator").unwrap();
+    let calculator =
+        lambda_host::catalog::find(&crate::helpers::repo_root().join("components"), &name)
+            .unwrap()
+            .unwrap();
+    let second = crate::helpers::shared_toolchains()
+        .await
+        .build(Language::Nodejs, &calculator.source, &Default::default())
+        .await
+        .unwrap()
+        .component;
+    let function = runtime.load(second).await.unwrap();
+    assert_eq!(runtime.cache_stats().compiles, 2, "both were compiled here");
+    let execution = runtime
+        .invoke(
+            &function,
+            &invocation(
+                "nodejs-calculator",
+                json!({"operation": "multiply", "a": 6, "b": 7}),
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(execution.result, json!({"result": 42}));
+}

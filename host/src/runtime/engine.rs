@@ -60,6 +60,14 @@ pub fn build(config: &RuntimeConfig) -> anyhow::Result<Engine> {
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
 
+    if config.compile_cache_bytes > 0 {
+        wasm.enable_incremental_compilation(Arc::new(super::incremental::CompiledFunctions::new(
+            config.compile_cache_bytes,
+        )))
+        .map_err(anyhow::Error::from)
+        .context("enabling the incremental compilation cache")?;
+    }
+
     Engine::new(&wasm)
         .map_err(anyhow::Error::from)
         .context("the wasmtime engine refused the runtime settings")
