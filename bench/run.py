@@ -119,6 +119,7 @@ def log_pipeline(backend, seconds, connections=64):
     requests the host served: every request must have its row."""
     work = Path(tempfile.mkdtemp())
     data = work / "data"
+    data.mkdir(mode=0o700)
     env = dict(os.environ, LAMBDA_DATA_DIR=str(data), LAMBDA_RUST_TARGET_DIR=str(ROOT / "target/guest-rust"))
     for cached in ("artifacts", "aot"):
         if (ROOT / ".lambda" / cached).is_dir():
@@ -242,7 +243,7 @@ def main():
 
     work = Path(tempfile.mkdtemp())
     data = work / "data"
-    data.mkdir()
+    data.mkdir(mode=0o700)  # as an operator keeps it (the host warns otherwise)
     # Reuse components and native code from earlier runs: the build and
     # compile times are measured separately, on fresh sources.
     for cached in ("artifacts", "aot"):

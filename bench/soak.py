@@ -97,6 +97,7 @@ def main():
     run(*psql, service_env["LAMBDA_TEST_DATABASE_URL"], "-c", "CREATE DATABASE soak")
     work = Path(tempfile.mkdtemp())
     data = work / "data"
+    data.mkdir(mode=0o700)  # as an operator keeps it (the host warns otherwise)
     for cached in ("artifacts", "aot"):
         if (ROOT / ".lambda" / cached).is_dir():
             shutil.copytree(ROOT / ".lambda" / cached, data / cached)
