@@ -45,6 +45,20 @@ def run(*args, **kwargs):
     return subprocess.run(args, check=True, cwd=ROOT, **kwargs)
 
 
+def fresh_data_dir():
+    """A scratch directory and the host's data directory in it, private as
+    an operator keeps it (the host warns otherwise), with the components
+    and native code of earlier runs: build and compile times are measured
+    separately, on fresh sources."""
+    work = Path(tempfile.mkdtemp())
+    data = work / "data"
+    data.mkdir(mode=0o700)
+    for cached in ("artifacts", "aot"):
+        if (ROOT / ".lambda" / cached).is_dir():
+            shutil.copytree(ROOT / ".lambda" / cached, data / cached)
+    return work, data
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -117,13 +131,8 @@ def log_pipeline(backend, seconds, connections=64):
     """Executes at full speed on a host logging to `backend`, stops it (which
     flushes its log queue), and compares the request-log rows with the
     requests the host served: every request must have its row."""
-    work = Path(tempfile.mkdtemp())
-    data = work / "data"
-    data.mkdir(mode=0o700)
+    work, data = fresh_data_dir()
     env = dict(os.environ, LAMBDA_DATA_DIR=str(data), LAMBDA_RUST_TARGET_DIR=str(ROOT / "target/guest-rust"))
-    for cached in ("artifacts", "aot"):
-        if (ROOT / ".lambda" / cached).is_dir():
-            shutil.copytree(ROOT / ".lambda" / cached, data / cached)
     count_sql = "SELECT COUNT(*) FROM {table} WHERE endpoint <> '/metrics'"
     # PostgreSQL runs as its own user, which must reach its directory.
     services = ROOT / "target/bench-services"
@@ -241,14 +250,7 @@ def main():
     if shutil.which("wrk") is None:
         run("bash", "-c", "apt-get update -qq && apt-get install -y -qq wrk")
 
-    work = Path(tempfile.mkdtemp())
-    data = work / "data"
-    data.mkdir(mode=0o700)  # as an operator keeps it (the host warns otherwise)
-    # Reuse components and native code from earlier runs: the build and
-    # compile times are measured separately, on fresh sources.
-    for cached in ("artifacts", "aot"):
-        if (ROOT / ".lambda" / cached).is_dir():
-            shutil.copytree(ROOT / ".lambda" / cached, data / cached)
+    work, data = fresh_data_dir()
     env = dict(os.environ, LAMBDA_DATA_DIR=str(data), LAMBDA_RUST_TARGET_DIR=str(ROOT / "target/guest-rust"))
     ports = {name: free_port() for name in ("ours", "anchor", "ceiling")}
     processes = []

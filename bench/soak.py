@@ -18,14 +18,13 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import HOST, ROOT, free_port, host_counters, post, rss_mib, run, wait_for  # noqa: E402
+from run import HOST, ROOT, free_port, fresh_data_dir, host_counters, post, rss_mib, run, wait_for  # noqa: E402
 
 ENDLESS = (ROOT / "host/tests/fixtures/rust/endless_loop.rs").read_text()
 USERS = ["soak-ann", "soak-ben", "soak-cat"]
@@ -95,12 +94,7 @@ def main():
     psql = [str(Path(service_env["LAMBDA_TEST_PG_BIN"]) / "psql"), "-At"]
     run(*psql, service_env["LAMBDA_TEST_DATABASE_URL"], "-c", "DROP DATABASE IF EXISTS soak")
     run(*psql, service_env["LAMBDA_TEST_DATABASE_URL"], "-c", "CREATE DATABASE soak")
-    work = Path(tempfile.mkdtemp())
-    data = work / "data"
-    data.mkdir(mode=0o700)  # as an operator keeps it (the host warns otherwise)
-    for cached in ("artifacts", "aot"):
-        if (ROOT / ".lambda" / cached).is_dir():
-            shutil.copytree(ROOT / ".lambda" / cached, data / cached)
+    work, data = fresh_data_dir()
     database = service_env["LAMBDA_TEST_DATABASE_URL"].rsplit("/", 1)[0] + "/soak"
     env = dict(os.environ, LAMBDA_DATA_DIR=str(data), LAMBDA_RUST_TARGET_DIR=str(ROOT / "target/guest-rust"),
                LAMBDA_DATABASE_URL=database, LAMBDA_REDIS_URL=service_env["LAMBDA_TEST_REDIS_URL"])

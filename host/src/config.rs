@@ -79,21 +79,20 @@ pub const SECRET_SETTINGS: &[&str] = &["jwt_secret", "redis_url", "database_url"
 
 /// What `--rust-target-dir` says by default: resolved against the data
 /// directory once it is known.
-const IN_DATA_DIR: &str = "<data-dir>/";
+const IN_DATA_DIR: &str = "<data-dir>";
 
 impl Settings {
     /// The defaults of every setting: what the command line gives when no
     /// flag, variable or file says anything (the environment is not read).
+    /// The paths inside the data directory are filled in by
+    /// [`resolve`](Self::resolve), once the data directory is known.
     pub fn defaults() -> Self {
         let command =
             Self::augment_args(clap::Command::new("defaults")).mut_args(|arg| arg.env(None));
         let matches = command
             .try_get_matches_from(["defaults"])
             .expect("every setting has a default or is optional");
-        let mut settings =
-            Self::from_arg_matches(&matches).expect("the defaults parse as settings");
-        settings.resolve();
-        settings
+        Self::from_arg_matches(&matches).expect("the defaults parse as settings")
     }
 
     /// The defaults for a data directory and a components directory; the
@@ -102,14 +101,6 @@ impl Settings {
         let mut settings = Self::defaults();
         settings.data_dir = data_dir.into();
         settings.components_dir = components_dir.into();
-        settings.toolchain = ToolchainConfig {
-            rust_target_dir: PathBuf::from(format!("{IN_DATA_DIR}rust-target")),
-            artifacts_dir: PathBuf::new(),
-            work_dir: PathBuf::new(),
-            cache_dir: PathBuf::new(),
-            ..settings.toolchain
-        };
-        settings.runtime.aot_cache_dir = None;
         settings.resolve();
         settings
     }
@@ -125,10 +116,7 @@ impl Settings {
         }
         let data_dir = &self.data_dir;
         let toolchain = &mut self.toolchain;
-        if let Ok(rest) = toolchain
-            .rust_target_dir
-            .strip_prefix(IN_DATA_DIR.trim_end_matches('/'))
-        {
+        if let Ok(rest) = toolchain.rust_target_dir.strip_prefix(IN_DATA_DIR) {
             toolchain.rust_target_dir = data_dir.join(rest);
         }
         for (path, name) in [
