@@ -442,3 +442,38 @@ fn the_host_starts_with_a_maximum_deadline_under_the_default() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("exceeds max_timeout"), "{stderr}");
 }
+
+/// `compile` reads files the operator names: one that is not a component
+/// is reported in the API's error shape, the others are still compiled.
+#[test]
+fn compile_refuses_what_is_not_a_component_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm\x0d\0\x01\0 not really").unwrap();
+    let text = dir.path().join("text.wasm");
+    std::fs::write(&text, "fn main() {}").unwrap();
+    let output = lambda_host(dir.path())
+        .arg("compile")
+        .arg(&garbage)
+        .arg(&text)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        stderr.matches("\"code\": \"INTERNAL_ERROR\"").count(),
+        2,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cause: not a valid function component"),
+        "{stderr}"
+    );
+    let output = lambda_host(dir.path())
+        .args(["compile", "/no/such/file.wasm"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read /no/such/file.wasm"));
+}

@@ -608,6 +608,39 @@ fn written_as(id: &str, session: &Session) -> Session {
     }
 }
 
+/// A record someone altered in the database (a digest that is not one, a
+/// function name that is not one) is no session: never a panic, never run.
+#[tokio::test]
+async fn a_damaged_session_record_is_no_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir).await;
+    let records: Arc<dyn SessionRecords> = Arc::new(store.clone());
+    let sessions = RecordedSessions::new(Arc::new(MemorySessions::new(64 << 20)), records.clone());
+    for (column, value) in [
+        ("component_digest", "../../etc/passwd"),
+        ("build_digest", "zz"),
+        ("language_title", "cobol-x"),
+        ("context", "{not json"),
+    ] {
+        let session = session(&uuid::Uuid::new_v4().to_string(), Duration::from_secs(60));
+        assert!(records.create(&session).await.unwrap());
+        sqlx::query(&format!(
+            "UPDATE sessions SET {column} = ?1 WHERE request_id = ?2"
+        ))
+        .bind(value)
+        .bind(&session.request_id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+        assert!(records.read(&session.request_id).await.is_err(), "{column}");
+        assert_eq!(
+            sessions.get(&session.request_id).await.unwrap(),
+            None,
+            "{column}"
+        );
+    }
+}
+
 /// A session the live store lost (Redis restarted empty, a restarted
 /// host) is served from its record and put back; one that ended is not.
 #[tokio::test]
