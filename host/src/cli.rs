@@ -14,7 +14,7 @@ use lambda_host::auth::JwtKeys;
 use lambda_host::catalog;
 use lambda_host::config::{Secret, Settings, reference};
 use lambda_host::language::{Language, LanguageTitle};
-use lambda_host::runtime::{Invocation, Runtime};
+use lambda_host::runtime::{Invocation, Runtime, Script, ScriptMode};
 use lambda_host::server::{Application, shutdown_signal};
 use lambda_host::toolchain::{BuildError, BuildOptions, OptimizationLevel, Toolchains};
 
@@ -50,8 +50,11 @@ pub struct Args {
 enum Command {
     /// Runs a function once and prints its JSON result.
     Invoke {
-        /// A predefined function's Language-Title, or the path of a component (.wasm).
+        /// A predefined function's Language-Title, or the path of a component (.wasm); with --script, a language (nodejs, python) or the path of its interpreter component.
         target: String,
+        /// Runs this source on its language's interpreter (tier 0) instead of building it.
+        #[arg(long)]
+        script: Option<PathBuf>,
         /// The params object, as JSON.
         #[arg(long, default_value = "{}")]
         params: String,
@@ -185,6 +188,7 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Invoke {
             target,
+            script,
             params,
             context,
             timeout_ms,
@@ -200,6 +204,7 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             invoke(
                 &settings,
                 &target,
+                script.as_deref(),
                 params,
                 context,
                 timeout_ms.map(Duration::from_millis),
@@ -270,15 +275,31 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn invoke(
     settings: &Settings,
     target: &str,
+    script: Option<&Path>,
     params: Value,
     context: Value,
     timeout: Option<Duration>,
     repeat: u32,
 ) -> anyhow::Result<ExitCode> {
-    let (language_title, component) = if target.ends_with(".wasm") {
+    let script = match script {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let (language_title, component) = if let (Some(_), false) = (&script, target.ends_with(".wasm"))
+    {
+        // The language's interpreter runs the script, named after its file.
+        let language: Language = target.parse()?;
+        let toolchains = Toolchains::detect(&settings.toolchain).await?;
+        let artifact = toolchains.build_interpreter(language).await?;
+        (format!("{language}-script"), artifact.component)
+    } else if target.ends_with(".wasm") {
         let bytes = std::fs::read(target).with_context(|| format!("cannot read {target}"))?;
         let stem = Path::new(target)
             .file_stem()
@@ -324,6 +345,10 @@ async fn invoke(
         params,
         context,
         caller: "cli".to_owned(),
+        script: script.map(|text| Script {
+            text: text.into(),
+            mode: ScriptMode::Run,
+        }),
     };
     let mut timings = Vec::with_capacity(repeat as usize);
     let mut outcome = None;

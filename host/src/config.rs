@@ -565,6 +565,12 @@ pub struct ToolchainConfig {
     /// Only tests turn it off, to show that the sandbox holds alone.
     #[arg(skip = true)]
     pub rust_source_guard: bool,
+    /// Run new JavaScript and Python functions only once their own component is built, never on the language's interpreter (tier 0).
+    #[arg(long, global = true, env = "LAMBDA_NO_INTERPRETERS")]
+    pub no_interpreters: bool,
+    /// Keep functions on the interpreter (tier 0): do not build their own component (tier 1) in the background.
+    #[arg(long, global = true, env = "LAMBDA_NO_TIER_UP")]
+    pub no_tier_up: bool,
     /// The largest source accepted, in bytes.
     #[arg(skip = 1usize << 20)]
     pub max_source_bytes: usize,

@@ -2,9 +2,11 @@
 //! the runtime that loads them. The API's handlers call this; it knows
 //! nothing of HTTP.
 
+mod tiers;
+
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use chrono::Utc;
@@ -14,9 +16,11 @@ use crate::catalog;
 use crate::digest::Digest;
 use crate::language::{Language, LanguageTitle};
 use crate::runtime::{self, LoadedFunction, Runtime};
-use crate::store::{FunctionKind, FunctionRecord, Registry, StoreError};
+use crate::store::{FunctionKind, FunctionRecord, Registry, StoreError, TierState};
 use crate::telemetry::{BuildOutcome, Metrics};
 use crate::toolchain::{Artifact, BuildError, BuildOptions, Toolchains};
+
+pub use tiers::{Executable, Interpreter, Tiers};
 
 /// Why a function could not be registered or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +56,9 @@ pub struct Functions {
     registry: Arc<dyn Registry>,
     metrics: Arc<Metrics>,
     components_dir: PathBuf,
+    tiers: Tiers,
+    /// Itself, for the work it spawns (tier-1 builds).
+    this: Weak<Functions>,
 }
 
 impl Functions {
@@ -61,8 +68,9 @@ impl Functions {
         registry: Arc<dyn Registry>,
         metrics: Arc<Metrics>,
         components_dir: PathBuf,
-    ) -> Self {
-        Self {
+        tiers: Tiers,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|this| Self {
             known: moka::sync::Cache::builder()
                 .max_capacity(KNOWN_RECORDS_MAX_BYTES)
                 .weigher(|name: &String, record: &FunctionRecord| {
@@ -77,7 +85,14 @@ impl Functions {
             registry,
             metrics,
             components_dir,
-        }
+            tiers,
+            this: this.clone(),
+        })
+    }
+
+    /// The interpreters and what is known of versions run on them.
+    pub fn tiers(&self) -> &Tiers {
+        &self.tiers
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -100,7 +115,13 @@ impl Functions {
         written_before: chrono::DateTime<Utc>,
     ) -> Result<(u64, u64), FunctionError> {
         let mut builds = HashSet::new();
-        let mut components = HashSet::new();
+        let mut components: HashSet<Digest> =
+            self.tiers.interpreter_digests().into_iter().collect();
+        for language in self.tiers.languages_ready() {
+            if let Ok(digest) = self.toolchains.interpreter_digest(language) {
+                builds.insert(digest);
+            }
+        }
         for (build, component) in self.registry.digests().await? {
             builds.insert(build);
             components.insert(component);
@@ -128,7 +149,10 @@ impl Functions {
             let name = function.language_title.to_string();
             let language = function.language_title.language();
             let options = BuildOptions::default();
-            let artifact = match self.build(language, &function.source, &options).await {
+            let artifact = match self
+                .build_counted(language, &function.source, &options, false)
+                .await
+            {
                 Ok(artifact) => artifact,
                 Err(BuildError::Unavailable { reason, .. }) => {
                     tracing::warn!(function = %name, "not registered: {reason}");
@@ -148,6 +172,7 @@ impl Functions {
                 build_digest: artifact.digest,
                 component_digest: Digest::of(&artifact.component),
                 component_size: artifact.component.len() as u64,
+                tier: TierState::Compiled,
                 compile_options: serde_json::to_value(options).unwrap_or(json!({})),
                 schema: serde_json::to_value(&function.manifest.schema).unwrap_or(json!({})),
                 examples: serde_json::to_value(&function.manifest.examples).unwrap_or(json!([])),
@@ -178,6 +203,7 @@ impl Functions {
         match self.registry.get(language_title).await {
             Ok(Some(record)) => {
                 self.remember(&record);
+                self.note_version(&record);
                 Ok(Some(record))
             }
             Ok(None) => Ok(None),
@@ -196,7 +222,9 @@ impl Functions {
             .insert(record.language_title.to_string(), record.clone());
     }
 
-    /// Builds `source` and registers it as `owner`'s dynamic function.
+    /// Registers `source` as `owner`'s dynamic function: on its language's
+    /// interpreter at once where there is one (its own component then
+    /// builds in the background), else once built.
     pub async fn register_dynamic(
         &self,
         language_title: &LanguageTitle,
@@ -219,9 +247,36 @@ impl Functions {
             }
             _ => {}
         }
-        let artifact = self
-            .build(language_title.language(), source, options)
-            .await?;
+        let language = language_title.language();
+        let build_digest = self.toolchains.digest(language, source, options)?;
+        // An identical source built before runs on its component at once.
+        let interpreter = match self.tiers.interpreter(language) {
+            Some(interpreter)
+                if self
+                    .toolchains
+                    .artifacts()
+                    .get(build_digest)
+                    .await
+                    .is_none() =>
+            {
+                Some(interpreter)
+            }
+            _ => None,
+        };
+        let (component_digest, component_size, tier) = match &interpreter {
+            Some(interpreter) => {
+                self.start_on_interpreter(interpreter, language_title, owner, source, build_digest)
+                    .await?
+            }
+            None => {
+                let artifact = self.build_counted(language, source, options, false).await?;
+                (
+                    Digest::of(&artifact.component),
+                    artifact.component.len() as u64,
+                    TierState::Compiled,
+                )
+            }
+        };
         let now = Utc::now();
         let record = FunctionRecord {
             language_title: language_title.clone(),
@@ -229,9 +284,10 @@ impl Functions {
             owner: Some(owner.to_owned()),
             description: String::new(),
             script_content: Some(source.to_owned()),
-            build_digest: artifact.digest,
-            component_digest: Digest::of(&artifact.component),
-            component_size: artifact.component.len() as u64,
+            build_digest,
+            component_digest,
+            component_size,
+            tier,
             compile_options: serde_json::to_value(options).unwrap_or(json!({})),
             schema: json!({}),
             examples: json!([]),
@@ -247,6 +303,9 @@ impl Functions {
             )));
         }
         self.remember(&record);
+        if record.tier == TierState::Pending {
+            self.spawn_tier_up(&record, source.into());
+        }
         Ok(record)
     }
 
@@ -305,20 +364,31 @@ impl Functions {
             digest = %build_digest.short(),
             "no sound copy of the component is stored: building it again from its source"
         );
-        let artifact = self.build(name.language(), &source, &options).await?;
+        let artifact = self
+            .build_counted(name.language(), &source, &options, false)
+            .await?;
         Ok((artifact.digest == build_digest).then_some(artifact.component))
     }
 
     /// Builds with metrics: a build that ran a toolchain is counted with
-    /// its outcome and duration; a reused artifact is not a build.
-    async fn build(
+    /// its outcome and duration; a reused artifact is not a build. A
+    /// `queued` build's time starts when a build slot is free (builds in
+    /// the background).
+    async fn build_counted(
         &self,
         language: Language,
         source: &str,
         options: &BuildOptions,
+        queued: bool,
     ) -> Result<Artifact, BuildError> {
         let started = Instant::now();
-        let result = self.toolchains.build(language, source, options).await;
+        let result = if queued {
+            self.toolchains
+                .build_queued(language, source, options)
+                .await
+        } else {
+            self.toolchains.build(language, source, options).await
+        };
         let outcome = match &result {
             Ok(artifact) if artifact.built => Some(BuildOutcome::Ok),
             Ok(_) => None,

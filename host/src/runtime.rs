@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use cache::CacheStats;
-pub use invoke::{Execution, Invocation, LogLine};
+pub use invoke::{Execution, Invocation, LogLine, Script, ScriptMode};
 
 use crate::config::RuntimeConfig;
 use crate::digest::Digest;

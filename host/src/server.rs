@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState};
 use crate::auth::JwtKeys;
 use crate::config::Settings;
-use crate::functions::Functions;
+use crate::functions::{Functions, Tiers};
 use crate::runtime::Runtime;
 use crate::sessions::{SessionParts, SessionSettings, Sessions};
 use crate::store::memory::{MemoryRateLimiter, MemoryResultCache, MemorySessions};
@@ -69,13 +69,17 @@ impl Application {
                 }
             }
         });
-        let functions = Arc::new(Functions::new(
+        let functions = Functions::new(
             runtime,
             toolchains,
             durable.registry.clone(),
             metrics.clone(),
             settings.components_dir.clone(),
-        ));
+            Tiers::new(
+                !settings.toolchain.no_interpreters,
+                !settings.toolchain.no_tier_up,
+            ),
+        );
         let skipped = functions
             .register_predefined()
             .await
@@ -86,6 +90,12 @@ impl Application {
                 "predefined functions without a toolchain are not served"
             );
         }
+        // The interpreters (tier 0) load aside: until they are ready, a new
+        // JavaScript or Python function waits for its build, as without them.
+        tokio::spawn({
+            let functions = functions.clone();
+            async move { functions.prepare_interpreters().await }
+        });
         let server = &settings.server;
         let sweep_task = tokio::spawn(sweep(
             durable.logs.clone(),

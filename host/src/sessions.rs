@@ -237,7 +237,7 @@ impl Sessions {
                 .ok_or(StartError::NoSuchFunction(language_title))?,
         };
         self.functions
-            .load(
+            .executable(
                 &function.language_title,
                 function.build_digest,
                 function.component_digest,
@@ -382,9 +382,9 @@ impl Sessions {
     /// One execution in a fresh instance, counted in the metrics.
     async fn run(&self, session: &Session, params: &Value) -> Result<Value, FunctionError> {
         let language = session.language_title.language();
-        let function = self
+        let executable = self
             .functions
-            .load(
+            .executable(
                 &session.language_title,
                 session.build_digest,
                 session.component_digest,
@@ -396,13 +396,14 @@ impl Sessions {
             params: params.clone(),
             context: session.context.clone(),
             caller: session.owner.clone(),
+            script: executable.script,
         };
         let started = Instant::now();
         let outcome = self
             .functions
             .runtime()
             .invoke(
-                &function,
+                &executable.function,
                 &invocation,
                 Some(Duration::from_millis(session.timeout_ms)),
             )
@@ -411,10 +412,11 @@ impl Sessions {
             Ok(_) => ExecutionOutcome::Ok,
             Err(e) => e.outcome(),
         };
-        self.metrics.count_execution(language, label);
+        self.metrics
+            .count_execution(language, executable.tier, label);
         self.metrics
             .execution_duration
-            .with_label_values(&[language.as_str()])
+            .with_label_values(&[language.as_str(), executable.tier.as_str()])
             .observe(started.elapsed().as_secs_f64());
         let execution = outcome?;
         for line in &execution.logs {
@@ -463,7 +465,9 @@ fn new_id() -> String {
 pub fn cache_key(session: &Session, params: &Value) -> String {
     let context = canonical_json(&session.context);
     let params = canonical_json(params);
-    let version = session.component_digest.to_string();
+    // The build digest names the version whichever tier runs it; every
+    // function on one interpreter shares its component digest.
+    let version = session.build_digest.to_string();
     format!(
         "result:{}",
         Digest::of_fields([
@@ -509,8 +513,8 @@ mod tests {
             request_id: "r".into(),
             language_title: "rust-f".parse().unwrap(),
             owner: owner.into(),
-            build_digest: Digest::of(b"build"),
-            component_digest: Digest::of(version.as_bytes()),
+            build_digest: Digest::of(version.as_bytes()),
+            component_digest: Digest::of(b"an interpreter"),
             context,
             timeout_ms: 1000,
             retain_session: true,

@@ -225,6 +225,75 @@ impl FunctionKind {
     }
 }
 
+/// Which tier runs a function. A JavaScript or Python function runs on its
+/// language's interpreter (tier 0) from the moment it is registered, and
+/// on its own component (tier 1) once that is built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TierState {
+    /// Its own component runs (tier 1).
+    Compiled,
+    /// The interpreter runs it while its own component is built.
+    Pending,
+    /// The interpreter runs it; its own component could not be built, for
+    /// this reason.
+    Failed(String),
+    /// The interpreter runs it; this host does not build tier 1.
+    Interpreted,
+}
+
+impl TierState {
+    /// The column's text; [`TierState::Failed`]'s reason is kept apart.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TierState::Compiled => "compiled",
+            TierState::Pending => "pending",
+            TierState::Failed(_) => "failed",
+            TierState::Interpreted => "interpreted",
+        }
+    }
+
+    /// From the stored columns.
+    pub fn from_columns(tier: &str, error: Option<String>) -> StoreResult<Self> {
+        Ok(match tier {
+            "compiled" => TierState::Compiled,
+            "pending" => TierState::Pending,
+            "failed" => TierState::Failed(error.unwrap_or_default()),
+            "interpreted" => TierState::Interpreted,
+            other => {
+                return Err(StoreError::new(
+                    "reading a function's tier",
+                    anyhow::anyhow!("unknown tier {other:?}"),
+                ));
+            }
+        })
+    }
+
+    /// The reason of a failed tier 1, for the error column.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            TierState::Failed(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Whether the function runs on its own component.
+    pub fn is_compiled(&self) -> bool {
+        *self == TierState::Compiled
+    }
+}
+
+/// How the tier-1 build of a function version ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TierUp {
+    /// Built and loaded: this component runs the function from now on.
+    Compiled {
+        component_digest: Digest,
+        component_size: u64,
+    },
+    /// Not built, for this reason: the interpreter keeps running it.
+    Failed(String),
+}
+
 /// A function of the registry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FunctionRecord {
@@ -235,9 +304,14 @@ pub struct FunctionRecord {
     pub description: String,
     /// The source, for dynamic functions.
     pub script_content: Option<String>,
+    /// The digest of the build's inputs (language, toolchain, options,
+    /// source): the function version, whichever tier runs it.
     pub build_digest: Digest,
+    /// The component that runs now: the function's own, or, before its
+    /// tier 1, the language's interpreter.
     pub component_digest: Digest,
     pub component_size: u64,
+    pub tier: TierState,
     pub compile_options: Value,
     /// `{"params": <JSON Schema>, "result": <JSON Schema>}` where known.
     pub schema: Value,
@@ -272,6 +346,16 @@ pub trait Registry: Send + Sync {
     /// The build and component digests of every registered function: what
     /// the stores of built components and native code must keep.
     async fn digests(&self) -> StoreResult<Vec<(Digest, Digest)>>;
+    /// Records how the tier-1 build of version `build_digest` ended, in
+    /// one conditional statement: false, and nothing written, when the
+    /// function is another version by now or its tier 1 is recorded
+    /// already.
+    async fn finish_tier_up(
+        &self,
+        language_title: &LanguageTitle,
+        build_digest: Digest,
+        outcome: &TierUp,
+    ) -> StoreResult<bool>;
     async fn health(&self) -> StoreResult<&'static str>;
 }
 

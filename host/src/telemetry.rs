@@ -22,6 +22,10 @@ pub struct Metrics {
     pub sessions_created: IntCounter,
     pub builds: IntCounterVec,
     pub build_duration: HistogramVec,
+    /// Tier-1 builds of functions that started on an interpreter.
+    pub tier_ups: IntCounterVec,
+    /// From registration on the interpreter to tier 1 running.
+    pub tier_up_duration: HistogramVec,
     /// Log records that could not be queued for the database: counted and
     /// reported, never dropped silently.
     pub log_records_dropped: IntCounter,
@@ -79,6 +83,23 @@ label_values! {
         Timeout => "timeout",
         LimitExceeded => "limit_exceeded",
         Error => "error",
+    }
+}
+
+label_values! {
+    /// The `tier` label of executions: the language's interpreter running
+    /// the function's source (0), or the function's own component (1).
+    Tier {
+        Interpreted => "0",
+        Compiled => "1",
+    }
+}
+
+label_values! {
+    /// The `outcome` label of `lambda_tier_ups_total`.
+    TierUpOutcome {
+        Ok => "ok",
+        Failed => "failed",
     }
 }
 
@@ -212,13 +233,13 @@ impl Metrics {
             ),
             executions: counter_vec(
                 "lambda_executions_total",
-                "Function executions, by language and outcome",
-                &["language", "outcome"],
+                "Function executions, by language, tier and outcome",
+                &["language", "tier", "outcome"],
             ),
             execution_duration: histogram_vec(
                 "lambda_execution_duration_seconds",
                 "Time of one execution: instantiate and call",
-                &["language"],
+                &["language", "tier"],
                 LATENCY_BUCKETS,
             ),
             cache_hits: counter(
@@ -239,6 +260,17 @@ impl Metrics {
             build_duration: histogram_vec(
                 "lambda_component_build_duration_seconds",
                 "Time of a toolchain build",
+                &["language"],
+                BUILD_BUCKETS,
+            ),
+            tier_ups: counter_vec(
+                "lambda_tier_ups_total",
+                "Background builds of a function's own component (tier 1) after it started on its language's interpreter (tier 0), by language and outcome",
+                &["language", "outcome"],
+            ),
+            tier_up_duration: histogram_vec(
+                "lambda_tier_up_duration_seconds",
+                "Time from a function's registration on the interpreter (tier 0) to its own component (tier 1) running",
                 &["language"],
                 BUILD_BUCKETS,
             ),
@@ -274,15 +306,23 @@ impl Metrics {
     fn with_series_at_zero(self) -> Self {
         for language in Language::ALL {
             let language = language.as_str();
-            for outcome in ExecutionOutcome::ALL {
-                self.executions
-                    .with_label_values(&[language, outcome.as_str()]);
+            for tier in Tier::ALL {
+                for outcome in ExecutionOutcome::ALL {
+                    self.executions
+                        .with_label_values(&[language, tier.as_str(), outcome.as_str()]);
+                }
+                self.execution_duration
+                    .with_label_values(&[language, tier.as_str()]);
             }
             for outcome in BuildOutcome::ALL {
                 self.builds.with_label_values(&[language, outcome.as_str()]);
             }
-            self.execution_duration.with_label_values(&[language]);
+            for outcome in TierUpOutcome::ALL {
+                self.tier_ups
+                    .with_label_values(&[language, outcome.as_str()]);
+            }
             self.build_duration.with_label_values(&[language]);
+            self.tier_up_duration.with_label_values(&[language]);
         }
         self
     }
@@ -299,9 +339,9 @@ impl Metrics {
     }
 
     /// Counts one execution of `language` with its outcome.
-    pub fn count_execution(&self, language: Language, outcome: ExecutionOutcome) {
+    pub fn count_execution(&self, language: Language, tier: Tier, outcome: ExecutionOutcome) {
         self.executions
-            .with_label_values(&[language.as_str(), outcome.as_str()])
+            .with_label_values(&[language.as_str(), tier.as_str(), outcome.as_str()])
             .inc();
     }
 
@@ -342,12 +382,14 @@ mod tests {
                 )),
                 "{text}"
             );
-            assert!(
-                text.contains(&format!(
-                    "lambda_executions_total{{language=\"{language}\",outcome=\"runtime_error\"}} 0"
-                )),
-                "{text}"
-            );
+            for tier in ["0", "1"] {
+                assert!(
+                    text.contains(&format!(
+                        "lambda_executions_total{{language=\"{language}\",outcome=\"runtime_error\",tier=\"{tier}\"}} 0"
+                    )),
+                    "{text}"
+                );
+            }
         }
     }
 }

@@ -134,8 +134,19 @@ pub const PREPARATION_MIN_TIME: std::time::Duration = std::time::Duration::from_
 /// The least memory a trusted preparation run gets: the default build limit.
 pub const PREPARATION_MIN_MEMORY: u64 = 2048 << 20;
 
+/// What a build makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildKind {
+    /// A function's own component (tier 1), from its source.
+    Function,
+    /// The language's interpreter (tier 0), which runs a source given at
+    /// run time; built from our code alone (`source` is empty).
+    Interpreter,
+}
+
 /// One build, as the front hands it to a toolchain.
 pub struct BuildJob<'a> {
+    pub kind: BuildKind,
     pub source: &'a str,
     pub options: &'a BuildOptions,
     /// The scratch directory: empty, the build's only writable place, and
@@ -291,6 +302,25 @@ struct Registered {
 
 /// What the coalescing of builds keeps of recent builds, in KiB.
 const BUILDING_MAX_KIB: u64 = 256 << 10;
+
+/// What a build is made of; its digest names the artifact.
+#[derive(Clone, Copy)]
+struct Inputs<'a> {
+    kind: BuildKind,
+    language: Language,
+    digest: Digest,
+    source: &'a str,
+    options: &'a BuildOptions,
+}
+
+/// When a build's time starts.
+#[derive(Clone, Copy)]
+enum Timing {
+    /// At the request: waiting for a build slot counts.
+    FromRequest,
+    /// When a build slot is free.
+    FromSlot,
+}
 
 /// Every toolchain of the host, the artifact store and the build queues.
 pub struct Toolchains {
@@ -482,17 +512,8 @@ impl Toolchains {
         ]))
     }
 
-    /// Builds `source`, or returns the stored artifact of an identical
-    /// earlier build.
-    pub async fn build(
-        &self,
-        language: Language,
-        source: &str,
-        options: &BuildOptions,
-    ) -> Result<Artifact, BuildError> {
-        // The timeout counts from the request: a build that waits for a
-        // slot spends its own time waiting.
-        let deadline = Instant::now() + self.limits.wall;
+    /// Refuses a source over the size limit, as a build would.
+    pub fn check_source_size(&self, source: &str) -> Result<(), CompileError> {
         if source.len() > self.max_source_bytes {
             return Err(CompileError {
                 message: format!(
@@ -501,10 +522,87 @@ impl Toolchains {
                     self.max_source_bytes
                 ),
                 diagnostics: Vec::new(),
-            }
-            .into());
+            });
         }
+        Ok(())
+    }
+
+    /// The digest of the language's interpreter (tier 0): its toolchain's
+    /// fingerprint names it.
+    pub fn interpreter_digest(&self, language: Language) -> Result<Digest, BuildError> {
+        let registered = self.registered(language)?;
+        Ok(Digest::of_fields([
+            b"interpreter".as_slice(),
+            language.as_str().as_bytes(),
+            registered.toolchain.fingerprint().as_bytes(),
+        ]))
+    }
+
+    /// Builds the language's interpreter (tier 0), or returns the stored
+    /// one. A trusted build of our own code: its time counts from when a
+    /// build slot is free.
+    pub async fn build_interpreter(&self, language: Language) -> Result<Artifact, BuildError> {
+        let digest = self.interpreter_digest(language)?;
+        let job = Inputs {
+            kind: BuildKind::Interpreter,
+            language,
+            digest,
+            source: "",
+            options: &BuildOptions::default(),
+        };
+        self.build_inputs(job, Timing::FromSlot).await
+    }
+
+    /// Builds `source`, or returns the stored artifact of an identical
+    /// earlier build. The build's time counts from now: a build that waits
+    /// for a slot spends its own time waiting.
+    pub async fn build(
+        &self,
+        language: Language,
+        source: &str,
+        options: &BuildOptions,
+    ) -> Result<Artifact, BuildError> {
+        self.build_timed(language, source, options, Timing::FromRequest)
+            .await
+    }
+
+    /// [`build`](Self::build) whose time counts from when a build slot is
+    /// free: for builds in the background, which may queue behind many.
+    pub async fn build_queued(
+        &self,
+        language: Language,
+        source: &str,
+        options: &BuildOptions,
+    ) -> Result<Artifact, BuildError> {
+        self.build_timed(language, source, options, Timing::FromSlot)
+            .await
+    }
+
+    async fn build_timed(
+        &self,
+        language: Language,
+        source: &str,
+        options: &BuildOptions,
+        timing: Timing,
+    ) -> Result<Artifact, BuildError> {
+        self.check_source_size(source)?;
         let digest = self.digest(language, source, options)?;
+        let job = Inputs {
+            kind: BuildKind::Function,
+            language,
+            digest,
+            source,
+            options,
+        };
+        self.build_inputs(job, timing).await
+    }
+
+    async fn build_inputs(&self, job: Inputs<'_>, timing: Timing) -> Result<Artifact, BuildError> {
+        let digest = job.digest;
+        let deadline = match timing {
+            Timing::FromRequest => Some(Instant::now() + self.limits.wall),
+            Timing::FromSlot => None,
+        };
         if let Some(component) = self.artifacts.get(digest).await {
             self.reused.fetch_add(1, Ordering::Relaxed);
             return Ok(Artifact {
@@ -519,8 +617,7 @@ impl Toolchains {
             .building
             .try_get_with(digest, async {
                 ran_here.store(true, Ordering::Relaxed);
-                self.run_build(language, digest, source, options, deadline)
-                    .await
+                self.run_build(&job, deadline).await
             })
             .await;
         let built_here = ran_here.into_inner();
@@ -539,20 +636,32 @@ impl Toolchains {
         }
     }
 
+    /// Runs the toolchain; `deadline` is `None` when the time starts once
+    /// a build slot is free.
     async fn run_build(
         &self,
-        language: Language,
-        digest: Digest,
-        source: &str,
-        options: &BuildOptions,
-        deadline: Instant,
+        job: &Inputs<'_>,
+        deadline: Option<Instant>,
     ) -> Result<Arc<[u8]>, BuildError> {
+        let Inputs {
+            kind,
+            language,
+            digest,
+            source,
+            options,
+        } = *job;
         let registered = self.registered(language)?;
         let result = async {
-            let _permit = tokio::time::timeout_at(deadline.into(), registered.permits.acquire())
-                .await
-                .map_err(|_| BuildError::limit(Limit::Time, &self.limits))?
-                .map_err(anyhow::Error::from)?;
+            let _permit = match deadline {
+                Some(deadline) => {
+                    tokio::time::timeout_at(deadline.into(), registered.permits.acquire())
+                        .await
+                        .map_err(|_| BuildError::limit(Limit::Time, &self.limits))?
+                }
+                None => registered.permits.acquire().await,
+            }
+            .map_err(anyhow::Error::from)?;
+            let deadline = deadline.unwrap_or_else(|| Instant::now() + self.limits.wall);
             // The queue may have held us while another process built it.
             if let Some(component) = self.artifacts.get(digest).await {
                 return Ok((component, false));
@@ -565,6 +674,7 @@ impl Toolchains {
             registered
                 .toolchain
                 .build(BuildJob {
+                    kind,
                     source,
                     options,
                     workdir: workdir.path(),
@@ -578,6 +688,7 @@ impl Toolchains {
             self.artifacts.put(digest, &component).await?;
             tracing::info!(
                 %language,
+                ?kind,
                 digest = %digest.short(),
                 bytes = component.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,

@@ -783,15 +783,16 @@ async fn health_reports_embedded_stores_and_metrics_move_with_requests() {
         .unwrap();
     for line in [
         "lambda_http_requests_total{endpoint=\"/api/v1/execute/{request_id}\",status=\"200\"} 2",
-        "lambda_executions_total{language=\"rust\",outcome=\"ok\"} 1",
+        "lambda_executions_total{language=\"rust\",outcome=\"ok\",tier=\"1\"} 1",
         "lambda_cache_hits_total 1",
         "lambda_cache_misses_total 1",
         "lambda_sessions_created_total 1",
         "lambda_sessions_active 1",
-        "lambda_execution_duration_seconds_count{language=\"rust\"} 1",
+        "lambda_execution_duration_seconds_count{language=\"rust\",tier=\"1\"} 1",
         // Every series exists from the start, at zero, so rate() sees the
         // first event of each.
-        "lambda_executions_total{language=\"python\",outcome=\"ok\"} 0",
+        "lambda_executions_total{language=\"python\",outcome=\"ok\",tier=\"0\"} 0",
+        "lambda_tier_ups_total{language=\"python\",outcome=\"failed\"} 0",
     ] {
         assert!(metrics.contains(line), "missing `{line}` in\n{metrics}");
     }

@@ -68,6 +68,10 @@ pub fn settings(data_dir: &Path) -> Settings {
     // the limits on that have a test of their own.
     settings.server.rate_limits.builds_per_subject = 10_000;
     settings.server.rate_limits.initialize_per_subject = 10_000;
+    // Interpreters (tier 0) load in the background at start, so whether a
+    // new function starts on one would depend on timing: tests get their
+    // function's own component unless they test the tiers.
+    settings.toolchain.no_interpreters = true;
     settings.validate().unwrap();
     settings
 }
@@ -110,6 +114,27 @@ pub async fn rust_fixture(name: &str) -> Arc<[u8]> {
 /// Builds `tests/fixtures/<js|python|rust>/<name>.<ext>` with the real
 /// toolchain of its language.
 pub async fn fixture(language: Language, name: &str) -> Arc<[u8]> {
+    let source = fixture_source(language, name);
+    shared_toolchains()
+        .await
+        .build(language, &source, &BuildOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("building fixture {language} {name}: {e}"))
+        .component
+}
+
+/// The language's interpreter component (tier 0), built once.
+pub async fn interpreter(language: Language) -> Arc<[u8]> {
+    shared_toolchains()
+        .await
+        .build_interpreter(language)
+        .await
+        .unwrap_or_else(|e| panic!("building the {language} interpreter: {e}"))
+        .component
+}
+
+/// The source of a fixture.
+pub fn fixture_source(language: Language, name: &str) -> String {
     let (folder, extension) = match language {
         Language::Nodejs => ("js", "js"),
         Language::Python => ("python", "py"),
@@ -117,13 +142,7 @@ pub async fn fixture(language: Language, name: &str) -> Arc<[u8]> {
     };
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(format!("tests/fixtures/{folder}/{name}.{extension}"));
-    let source = std::fs::read_to_string(&path).unwrap();
-    shared_toolchains()
-        .await
-        .build(language, &source, &BuildOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("building fixture {}: {e}", path.display()))
-        .component
+    std::fs::read_to_string(&path).unwrap()
 }
 
 /// A runtime over a fresh data directory and the shared AOT cache.
@@ -141,6 +160,7 @@ pub fn invocation(language_title: &str, params: Value) -> Invocation {
         params,
         context: json!({}),
         caller: "test".to_owned(),
+        script: None,
     }
 }
 

@@ -13,5 +13,6 @@ mod predefined;
 mod runtime;
 mod sandbox;
 mod stores;
+mod tiers;
 mod toolchain_rust;
 mod toolchain_scripts;

@@ -16,7 +16,7 @@ use lambda_host::store::sqlite::SqliteStore;
 use lambda_host::store::{
     ErrorLog, FunctionFilter, FunctionKind, FunctionRecord, Insert, LogRecord, LogStore,
     RateDecision, RateLimiter, Registry, RequestLog, ResultCache, Session, SessionRecords,
-    SessionStore,
+    SessionStore, TierState, TierUp,
 };
 use std::sync::Arc;
 
@@ -268,12 +268,84 @@ fn function(
         build_digest: Digest::of(name.as_bytes()),
         component_digest: Digest::of(title.as_bytes()),
         component_size: 1234,
+        tier: TierState::Compiled,
         compile_options: json!({ "optimization_level": "release" }),
         schema: json!({ "params": { "type": "object" } }),
         examples: json!([{ "params": {}, "result": 1 }]),
         created_at: now,
         updated_at: now,
     }
+}
+
+/// A function version that started on an interpreter gets its tier 1
+/// recorded once, and only while it is still that version.
+async fn tier_conformance(registry: &dyn Registry) {
+    let mut record = function(
+        "python-tiered",
+        FunctionKind::Dynamic,
+        Some("alice"),
+        Some("x = 1"),
+    );
+    record.tier = TierState::Pending;
+    assert!(registry.upsert(&record).await.unwrap());
+    let name = &record.language_title;
+    let stored = registry.get(name).await.unwrap().unwrap();
+    assert_eq!(stored.tier, TierState::Pending);
+
+    let compiled = TierUp::Compiled {
+        component_digest: Digest::of(b"tier 1"),
+        component_size: 99,
+    };
+    // Another version's outcome changes nothing.
+    assert!(
+        !registry
+            .finish_tier_up(name, Digest::of(b"older"), &compiled)
+            .await
+            .unwrap()
+    );
+    assert!(
+        registry
+            .finish_tier_up(name, record.build_digest, &compiled)
+            .await
+            .unwrap()
+    );
+    let stored = registry.get(name).await.unwrap().unwrap();
+    assert_eq!(stored.tier, TierState::Compiled);
+    assert_eq!(stored.component_digest, Digest::of(b"tier 1"));
+    assert_eq!(stored.component_size, 99);
+    // Recorded once: a late failure (another replica's) does not undo it.
+    let failed = TierUp::Failed("the build exceeded its time".to_owned());
+    assert!(
+        !registry
+            .finish_tier_up(name, record.build_digest, &failed)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !registry
+            .finish_tier_up(name, record.build_digest, &compiled)
+            .await
+            .unwrap()
+    );
+
+    // A new version starts pending again; its failure keeps the reason,
+    // whatever characters it holds.
+    record.build_digest = Digest::of(b"v2");
+    record.script_content = Some("x = 2".to_owned());
+    assert!(registry.upsert(&record).await.unwrap());
+    let reason = TierUp::Failed("it's 'quoted' -- and long: ".repeat(500));
+    assert!(
+        registry
+            .finish_tier_up(name, record.build_digest, &reason)
+            .await
+            .unwrap()
+    );
+    let stored = registry.get(name).await.unwrap().unwrap();
+    let TierUp::Failed(expected) = reason else {
+        unreachable!()
+    };
+    assert_eq!(stored.tier, TierState::Failed(expected));
+    assert_eq!(stored.tier.error().map(str::len), Some(27 * 500));
 }
 
 async fn registry_conformance(registry: &dyn Registry) {
@@ -699,11 +771,13 @@ async fn redis_rate_limiter_conforms() {
 async fn sqlite_registry_conforms() {
     let dir = tempfile::tempdir().unwrap();
     registry_conformance(&sqlite(&dir).await).await;
+    tier_conformance(&sqlite(&dir).await).await;
 }
 
 #[tokio::test]
 async fn postgres_registry_conforms() {
     registry_conformance(&postgres().await).await;
+    tier_conformance(&postgres().await).await;
 }
 
 #[tokio::test]

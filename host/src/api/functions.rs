@@ -13,7 +13,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::Authenticated;
 use crate::language::{Language, LanguageTitle};
-use crate::store::{FunctionFilter, FunctionKind, FunctionRecord};
+use crate::store::{FunctionFilter, FunctionKind, FunctionRecord, TierState};
 
 const MAX_PER_PAGE: u32 = 100;
 /// Far past any registry; keeps the offset a sane number.
@@ -66,8 +66,23 @@ pub struct FunctionDetail {
     schema: Value,
     examples: Value,
     compile_options: Value,
+    /// The component that runs the function now: its own, or (tier 0) its
+    /// language's interpreter.
     component_digest: String,
     component_size: u64,
+    /// 0: the language's interpreter runs the function's source; 1: the
+    /// function's own component runs.
+    #[schema(minimum = 0, maximum = 1)]
+    tier: u8,
+    /// The function's own component: `ready` (it runs), `pending` (being
+    /// built; the interpreter runs the function meanwhile), `failed` (see
+    /// `tier1_error`; the interpreter keeps running it) or `off` (this host
+    /// does not build it).
+    #[schema(pattern = "^(ready|pending|failed|off)$")]
+    tier1: &'static str,
+    /// Why the function's own component could not be built.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tier1_error: Option<String>,
 }
 
 /// One page of the registered functions, by name.
@@ -192,6 +207,14 @@ pub async fn detail(
         compile_options: function.compile_options.clone(),
         component_digest: function.component_digest.to_string(),
         component_size: function.component_size,
+        tier: if function.tier.is_compiled() { 1 } else { 0 },
+        tier1: match &function.tier {
+            TierState::Compiled => "ready",
+            TierState::Pending => "pending",
+            TierState::Failed(_) => "failed",
+            TierState::Interpreted => "off",
+        },
+        tier1_error: function.tier.error().map(str::to_owned),
     }))
 }
 

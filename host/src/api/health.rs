@@ -75,6 +75,25 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         SandboxState::Unavailable(_) => json!({ "status": "unavailable" }),
         SandboxState::Unchecked => json!({ "status": "unchecked" }),
     };
+    // The interpreters (tier 0) of the languages that have one: `ready`
+    // once loaded; until then new functions of that language wait for
+    // their build.
+    let tiers = state.functions.tiers();
+    let interpreters: Map<String, Value> = [Language::Nodejs, Language::Python]
+        .into_iter()
+        .map(|language| {
+            let status = if !tiers.enabled() {
+                "off"
+            } else if tiers.interpreter(language).is_some() {
+                "ready"
+            } else if tiers.prepared() {
+                "unavailable"
+            } else {
+                "preparing"
+            };
+            (language.as_str().to_owned(), json!(status))
+        })
+        .collect();
     let body = json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
@@ -84,6 +103,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
             "postgres": registry,
             "runtimes": Value::Object(runtimes),
             "build_sandbox": build_sandbox,
+            "interpreters": Value::Object(interpreters),
         },
     });
     (code, Json(body))

@@ -1,6 +1,7 @@
 //! One execution: a fresh store and instance, a deadline, a memory cap,
 //! captured output; and the mapping of how it ended to [`Error`].
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -26,6 +27,26 @@ pub struct Invocation {
     /// Who the execution runs for (a token's `sub`): each caller holds at
     /// most its share of the instance slots.
     pub caller: String,
+    /// The function's source, for an interpreter (tier 0) to run; `None`
+    /// for a function's own component.
+    pub script: Option<Script>,
+}
+
+/// A source handed to an interpreter component through the `script`
+/// import.
+#[derive(Clone, Debug)]
+pub struct Script {
+    pub text: Arc<str>,
+    pub mode: ScriptMode,
+}
+
+/// What an interpreter does with a [`Script`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScriptMode {
+    /// Compile it and run its top-level code; answer `null`.
+    Check,
+    /// Compile it, run its top-level code and call its handler.
+    Run,
 }
 
 /// A finished execution.
@@ -59,6 +80,8 @@ pub struct GuestState {
     logs: Vec<LogLine>,
     /// Bytes of log messages still allowed.
     log_budget: usize,
+    /// What the `script` import answers.
+    script: Option<Script>,
 }
 
 impl WasiView for GuestState {
@@ -97,9 +120,30 @@ impl bindings::lambda::function::host::Host for GuestState {
     }
 }
 
+impl bindings::lambda::function::script::Host for GuestState {
+    fn read(&mut self) -> bindings::ScriptSource {
+        // A component that is no interpreter gets nothing to run: only its
+        // own function's source ever crosses, and only to an interpreter.
+        match &self.script {
+            Some(script) => bindings::ScriptSource {
+                text: script.text.to_string(),
+                mode: match script.mode {
+                    ScriptMode::Check => bindings::ScriptMode::Check,
+                    ScriptMode::Run => bindings::ScriptMode::Run,
+                },
+            },
+            None => bindings::ScriptSource {
+                text: String::new(),
+                mode: bindings::ScriptMode::Check,
+            },
+        }
+    }
+}
+
 /// The linker every component is instantiated against: WASI 0.2 (the
-/// interfaces language runtimes import, all backed by an empty context) and
-/// our `host` interface. Nothing else can be imported.
+/// interfaces language runtimes import, all backed by an empty context),
+/// our `host` interface and, for interpreters, `script`. Nothing else can
+/// be imported.
 pub fn linker(engine: &Engine) -> anyhow::Result<Linker<GuestState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -135,6 +179,7 @@ pub async fn run(
             limiter: MemoryLimiter::new(config.memory_limit_bytes),
             logs: Vec::new(),
             log_budget: config.output_limit_bytes,
+            script: invocation.script.clone(),
         },
     );
     store.limiter(|state| &mut state.limiter);

@@ -12,7 +12,8 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 use super::{
     FunctionFilter, FunctionKind, FunctionRecord, LogBatch, LogRecord, LogStore, Registry,
-    SWEEP_CHUNK, Session, SessionRecords, StoreError, StoreResult, parse_stored, session_status,
+    SWEEP_CHUNK, Session, SessionRecords, StoreError, StoreResult, TierState, TierUp, parse_stored,
+    session_status,
 };
 use crate::digest::Digest;
 use crate::language::LanguageTitle;
@@ -76,6 +77,7 @@ fn function_from_row(row: &PgRow) -> StoreResult<FunctionRecord> {
             row.get("component_digest"),
         )?,
         component_size: row.get::<i64, _>("component_size") as u64,
+        tier: TierState::from_columns(row.get("tier"), row.get("tier_error"))?,
         compile_options: row.get("compile_options"),
         schema: row
             .get::<Option<serde_json::Value>, _>("schema_definition")
@@ -115,8 +117,9 @@ impl Registry for PgStore {
         let id: Option<uuid::Uuid> = sqlx::query_scalar(
             "INSERT INTO meta.functions (language, title, language_title, description,
                  schema_definition, examples, created_at, updated_at, created_by, kind,
-                 build_digest, component_digest, component_size, compile_options)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                 build_digest, component_digest, component_size, compile_options,
+                 tier, tier_error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
              ON CONFLICT (language_title) DO UPDATE SET
                  description = EXCLUDED.description,
                  schema_definition = EXCLUDED.schema_definition,
@@ -125,7 +128,8 @@ impl Registry for PgStore {
                  build_digest = EXCLUDED.build_digest,
                  component_digest = EXCLUDED.component_digest,
                  component_size = EXCLUDED.component_size,
-                 compile_options = EXCLUDED.compile_options, is_active = TRUE
+                 compile_options = EXCLUDED.compile_options, is_active = TRUE,
+                 tier = EXCLUDED.tier, tier_error = EXCLUDED.tier_error
              WHERE EXCLUDED.kind = 'predefined'
                 OR (meta.functions.kind = 'dynamic'
                     AND meta.functions.created_by IS NOT DISTINCT FROM EXCLUDED.created_by)
@@ -145,6 +149,8 @@ impl Registry for PgStore {
         .bind(f.component_digest.to_string())
         .bind(f.component_size as i64)
         .bind(&f.compile_options)
+        .bind(f.tier.as_str())
+        .bind(f.tier.error())
         .fetch_optional(&mut *tx)
         .await
         .map_err(db("registering a function"))?;
@@ -190,6 +196,40 @@ impl Registry for PgStore {
         .await
         .map_err(db("reading a function"))?;
         row.as_ref().map(function_from_row).transpose()
+    }
+
+    async fn finish_tier_up(
+        &self,
+        language_title: &LanguageTitle,
+        build_digest: Digest,
+        outcome: &TierUp,
+    ) -> StoreResult<bool> {
+        let query = match outcome {
+            TierUp::Compiled {
+                component_digest,
+                component_size,
+            } => sqlx::query(
+                "UPDATE meta.functions SET tier = 'compiled', tier_error = NULL,
+                     component_digest = $3, component_size = $4
+                 WHERE language_title = $1 AND build_digest = $2 AND tier <> 'compiled'",
+            )
+            .bind(language_title.to_string())
+            .bind(build_digest.to_string())
+            .bind(component_digest.to_string())
+            .bind(*component_size as i64),
+            TierUp::Failed(reason) => sqlx::query(
+                "UPDATE meta.functions SET tier = 'failed', tier_error = $3
+                 WHERE language_title = $1 AND build_digest = $2 AND tier = 'pending'",
+            )
+            .bind(language_title.to_string())
+            .bind(build_digest.to_string())
+            .bind(reason.as_str()),
+        };
+        let written = query
+            .execute(&self.pool)
+            .await
+            .map_err(db("recording a function's tier"))?;
+        Ok(written.rows_affected() == 1)
     }
 
     async fn digests(&self) -> StoreResult<Vec<(Digest, Digest)>> {

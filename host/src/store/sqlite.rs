@@ -11,7 +11,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::{
     FunctionFilter, FunctionKind, FunctionRecord, LogBatch, LogRecord, LogStore, Registry,
-    SWEEP_CHUNK, Session, SessionRecords, StoreError, StoreResult, parse_stored, session_status,
+    SWEEP_CHUNK, Session, SessionRecords, StoreError, StoreResult, TierState, TierUp, parse_stored,
+    session_status,
 };
 use crate::digest::Digest;
 use crate::language::LanguageTitle;
@@ -86,6 +87,7 @@ fn function_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<FunctionRecor
             row.get("component_digest"),
         )?,
         component_size: row.get::<i64, _>("component_size") as u64,
+        tier: TierState::from_columns(row.get("tier"), row.get("tier_error"))?,
         compile_options: json_column(row.get("compile_options"))?,
         schema: json_column(row.get("schema"))?,
         examples: json_column(row.get("examples"))?,
@@ -113,15 +115,16 @@ impl Registry for SqliteStore {
         let written = sqlx::query(
             "INSERT INTO functions (language_title, language, title, kind, owner, description,
                  script_content, build_digest, component_digest, component_size, compile_options,
-                 schema, examples, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 schema, examples, created_at, updated_at, tier, tier_error)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (language_title) DO UPDATE SET
                  kind = excluded.kind, owner = excluded.owner,
                  description = excluded.description, script_content = excluded.script_content,
                  build_digest = excluded.build_digest, component_digest = excluded.component_digest,
                  component_size = excluded.component_size,
                  compile_options = excluded.compile_options, schema = excluded.schema,
-                 examples = excluded.examples, updated_at = excluded.updated_at
+                 examples = excluded.examples, updated_at = excluded.updated_at,
+                 tier = excluded.tier, tier_error = excluded.tier_error
              WHERE excluded.kind = 'predefined'
                 OR (functions.kind = 'dynamic' AND functions.owner IS excluded.owner)",
         )
@@ -140,9 +143,43 @@ impl Registry for SqliteStore {
         .bind(f.examples.to_string())
         .bind(f.created_at.to_rfc3339())
         .bind(f.updated_at.to_rfc3339())
+        .bind(f.tier.as_str())
+        .bind(f.tier.error())
         .execute(&self.pool)
         .await
         .map_err(db("registering a function"))?;
+        Ok(written.rows_affected() == 1)
+    }
+
+    async fn finish_tier_up(
+        &self,
+        language_title: &LanguageTitle,
+        build_digest: Digest,
+        outcome: &TierUp,
+    ) -> StoreResult<bool> {
+        let query = match outcome {
+            TierUp::Compiled {
+                component_digest,
+                component_size,
+            } => sqlx::query(
+                "UPDATE functions SET tier = 'compiled', tier_error = NULL,
+                     component_digest = ?, component_size = ?
+                 WHERE language_title = ? AND build_digest = ? AND tier <> 'compiled'",
+            )
+            .bind(component_digest.to_string())
+            .bind(*component_size as i64),
+            TierUp::Failed(reason) => sqlx::query(
+                "UPDATE functions SET tier = 'failed', tier_error = ?
+                 WHERE language_title = ? AND build_digest = ? AND tier = 'pending'",
+            )
+            .bind(reason.as_str()),
+        };
+        let written = query
+            .bind(language_title.to_string())
+            .bind(build_digest.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db("recording a function's tier"))?;
         Ok(written.rows_affected() == 1)
     }
 

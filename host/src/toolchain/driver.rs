@@ -3,7 +3,8 @@
 //! environment. Both follow one protocol, so one driver serves both:
 //!
 //! - the host writes `source.<ext>` and `wit/world.wit` into the empty
-//!   scratch directory and runs `<program> <script> <workdir>` there, in the
+//!   scratch directory and runs `<program> <script> <workdir>` there
+//!   (`<workdir> --interpreter` for the language's interpreter), in the
 //!   sandbox, with an environment of its making (`PATH`, and `HOME` and
 //!   `TMPDIR` inside the scratch directory);
 //! - exit 0: the component is `<workdir>/component.wasm`;
@@ -18,7 +19,7 @@ use anyhow::{Context as _, anyhow, bail};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use super::{BuildError, BuildJob, CompileError, Diagnostic, Toolchain, finished};
+use super::{BuildError, BuildJob, BuildKind, CompileError, Diagnostic, Toolchain, finished};
 use crate::digest::Digest;
 use crate::files::lock_exclusive;
 use crate::language::Language;
@@ -147,6 +148,7 @@ impl DriverToolchain {
             .context("creating a scratch directory")?;
         let limits = job.preparation_limits();
         self.run(
+            BuildKind::Function,
             cache.warm_up_source,
             scratch.path(),
             job.sandbox,
@@ -163,6 +165,7 @@ impl DriverToolchain {
     /// limits of the run and the configured ones (for messages).
     async fn run(
         &self,
+        kind: BuildKind,
         source: &str,
         workdir: &Path,
         sandbox: &Sandbox,
@@ -179,6 +182,9 @@ impl DriverToolchain {
 
         let mut job = sandbox.job(self.program.clone(), workdir, limits);
         job.args = vec![path_arg(&self.script)?, path_arg(workdir)?];
+        if kind == BuildKind::Interpreter {
+            job.args.push("--interpreter".to_owned());
+        }
         job.read_only = sandbox::system_paths();
         job.read_only.extend(self.read_only.iter().cloned());
         job.env = vec![
@@ -251,8 +257,15 @@ impl Toolchain for DriverToolchain {
     async fn build(&self, job: BuildJob<'_>) -> Result<(), BuildError> {
         let cache = self.cache_for_users(&job).await;
         let limits = (job.limits(), job.configured_limits);
-        self.run(job.source, job.workdir, job.sandbox, limits, cache)
-            .await
+        self.run(
+            job.kind,
+            job.source,
+            job.workdir,
+            job.sandbox,
+            limits,
+            cache,
+        )
+        .await
     }
 }
 

@@ -34,6 +34,9 @@ pub async fn detect(config: &ToolchainConfig) -> anyhow::Result<DriverToolchain>
             dir.join("package-lock.json"),
             dir.join("build.mjs"),
             dir.join("glue.js"),
+            dir.join("call.js"),
+            dir.join("source.js"),
+            dir.join("interpreter.js"),
         ],
     )?;
     let cache = config.cache_dir.join(format!(

@@ -35,6 +35,8 @@ pub async fn detect(toolchains_dir: &Path) -> anyhow::Result<DriverToolchain> {
             dir.join("requirements.txt"),
             dir.join("build.py"),
             dir.join("glue.py"),
+            dir.join("call.py"),
+            dir.join("interpreter.py"),
             dir.join("stdlib.py"),
         ],
     )?;

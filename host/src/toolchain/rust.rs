@@ -30,7 +30,8 @@ use tokio::sync::OnceCell;
 use super::driver::{Scrubber, path_arg, tail};
 use super::output::COMPONENT;
 use super::{
-    BuildError, BuildJob, CompileError, Diagnostic, OptimizationLevel, Toolchain, finished,
+    BuildError, BuildJob, BuildKind, CompileError, Diagnostic, OptimizationLevel, Toolchain,
+    finished,
 };
 use crate::config::ToolchainConfig;
 use crate::digest::Digest;
@@ -317,6 +318,13 @@ impl Toolchain for RustToolchain {
     }
 
     async fn build(&self, job: BuildJob<'_>) -> Result<(), BuildError> {
+        // A Rust function is compiled ahead of time or not at all.
+        if job.kind == BuildKind::Interpreter {
+            return Err(BuildError::Unavailable {
+                language: Language::Rust,
+                reason: "Rust has no interpreter: every function is built".to_owned(),
+            });
+        }
         if self.guard {
             guard::check(job.source)?;
         }

@@ -1,0 +1,307 @@
+//! The two tiers of JavaScript and Python functions through the API: a new
+//! function answers on its language's interpreter at once, moves to its
+//! own component when that is built, with no failed request on the way,
+//! and stays on the interpreter, saying why, when its own component
+//! cannot be built.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use lambda_host::config::Settings;
+use lambda_host::language::Language;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, interpreter, spawn_app_with, status_and_body};
+
+const SCOPES: &str = "execute:all read:functions";
+
+/// A server whose interpreters are loaded: new functions start on them.
+async fn app_with_interpreters(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    // Built (or found) in the shared artifact store first, with the
+    // default build limits, whatever `configure` sets.
+    for language in [Language::Nodejs, Language::Python] {
+        interpreter(language).await;
+    }
+    let app = spawn_app_with(|settings| {
+        settings.toolchain.no_interpreters = false;
+        // Executions and function reads without pause, as one user.
+        settings.server.rate_limits.execute_per_subject = 1_000_000;
+        settings.server.rate_limits.functions_per_subject = 1_000_000;
+        configure(settings);
+    })
+    .await;
+    let tiers = app.state.functions.tiers();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while tiers.interpreter(Language::Nodejs).is_none()
+        || tiers.interpreter(Language::Python).is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the interpreters never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app
+}
+
+async fn info(app: &TestApp, token: &str, name: &str) -> Value {
+    let response = app
+        .client
+        .get(app.url(&format!("/api/v1/functions/{name}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = status_and_body(response).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn executions(app: &TestApp, language: Language, tier: &str) -> u64 {
+    app.state
+        .metrics
+        .executions
+        .with_label_values(&[language.as_str(), tier, "ok"])
+        .get()
+}
+
+/// A source unique to this test run, so no earlier build of it exists.
+fn javascript() -> String {
+    format!(
+        "// {}\nconst loadedAt = Date.now();\nexport function handler(event) {{\n  \
+         return {{ doubled: event.params.n * 2, age_ms: Date.now() - loadedAt }};\n}}\n",
+        uuid::Uuid::new_v4()
+    )
+}
+
+fn python() -> String {
+    format!(
+        "# {}\nimport time\nLOADED_AT = time.time()\n\ndef handler(event):\n    \
+         return {{\"doubled\": event[\"params\"][\"n\"] * 2, \"age_ms\": (time.time() - LOADED_AT) * 1000}}\n",
+        uuid::Uuid::new_v4()
+    )
+}
+
+/// Initializes `source` and runs executions without pause from two
+/// clients until the function's own component runs, then a few more.
+/// Every request must succeed with the right result.
+async fn swaps_under_load(app: Arc<TestApp>, language: Language, source: String) {
+    let token = app.token("alice", SCOPES);
+    let name = format!("{language}-swap");
+    let started = Instant::now();
+    let session = app
+        .session(&token, &name, json!({ "script_content": source }))
+        .await;
+    let initialized = started.elapsed();
+    let before = info(&app, &token, &name).await;
+    assert_eq!(before["tier"], 0, "{before}");
+    assert_eq!(before["tier1"], "pending", "{before}");
+
+    let swapped = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client in 0..2u64 {
+        let (app, token, session, swapped) =
+            (app.clone(), token.clone(), session.clone(), swapped.clone());
+        clients.push(tokio::spawn(async move {
+            let mut n = client * 1_000_000;
+            let mut after_swap = 0;
+            let mut ages = Vec::new();
+            while after_swap < 5 {
+                n += 1;
+                let (status, body) =
+                    status_and_body(app.execute(&token, &session, json!({ "n": n })).await).await;
+                assert_eq!(status, 200, "{language}: {body}");
+                assert_eq!(
+                    body["result"]["doubled"],
+                    json!(n * 2),
+                    "{language}: {body}"
+                );
+                if swapped.load(Ordering::Relaxed) {
+                    after_swap += 1;
+                    ages.push(body["result"]["age_ms"].as_f64().unwrap());
+                }
+            }
+            ages
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let now = info(&app, &token, &name).await;
+        if now["tier"] == 1 {
+            assert_eq!(now["tier1"], "ready", "{now}");
+            break;
+        }
+        assert_eq!(now["tier1"], "pending", "{language}: {now}");
+        assert!(Instant::now() < deadline, "{language}: tier 1 never came");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Top-level code ran at build time in tier 1: a second later, its
+    // clock reading is at least a second old (on the interpreter it is
+    // read at every call).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    swapped.store(true, Ordering::Relaxed);
+    for client in clients {
+        let ages = client.await.unwrap();
+        assert!(
+            ages.iter().all(|age| *age >= 1000.0),
+            "{language}: {ages:?}"
+        );
+    }
+    assert!(
+        executions(&app, language, "0") > 0,
+        "{language}: nothing ran on tier 0"
+    );
+    assert!(
+        executions(&app, language, "1") >= 10,
+        "{language}: too little ran on tier 1"
+    );
+    assert!(
+        initialized < Duration::from_secs(5),
+        "{language}: initialize took {initialized:?}, as long as a build"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_functions_answer_on_the_interpreter_and_move_to_their_own_component_without_a_failed_request()
+ {
+    let app = Arc::new(app_with_interpreters(|_| {}).await);
+    tokio::join!(
+        swaps_under_load(app.clone(), Language::Nodejs, javascript()),
+        swaps_under_load(app.clone(), Language::Python, python()),
+    );
+    // Each version's tier 1 was built once, and time to tier 1 is measured.
+    for language in ["nodejs", "python"] {
+        let tier_ups = &app.state.metrics.tier_ups;
+        assert_eq!(tier_ups.with_label_values(&[language, "ok"]).get(), 1);
+        let histogram = app
+            .state
+            .metrics
+            .tier_up_duration
+            .with_label_values(&[language]);
+        assert_eq!(histogram.get_sample_count(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_interpreter_refuses_what_a_build_refuses_with_the_place_of_the_mistake() {
+    let app = app_with_interpreters(|settings| {
+        settings.runtime.default_timeout = Some(Duration::from_secs(1));
+    })
+    .await;
+    let token = app.token("alice", SCOPES);
+    let builds_before = app.state.functions.toolchains().stats();
+    let cases: [(&str, &str, &str, Option<u64>); 6] = [
+        (
+            "nodejs-syntax",
+            "export function handler(event) {\n  return {;\n}\n",
+            "SyntaxError",
+            Some(2),
+        ),
+        (
+            "nodejs-import",
+            "import fs from 'node:fs';\nexport default () => 1;\n",
+            "a function is one file",
+            Some(1),
+        ),
+        (
+            "nodejs-top-level",
+            "const x = 1;\nthrow new Error('at load');\n",
+            "Error: at load",
+            Some(2),
+        ),
+        (
+            "nodejs-endless",
+            "while (true) {}\n",
+            "did not finish within",
+            None,
+        ),
+        (
+            "python-syntax",
+            "def handler(event):\n    return (\n",
+            "SyntaxError",
+            Some(2),
+        ),
+        (
+            "python-top-level",
+            "x = 1\nraise ValueError('at load')\n",
+            "ValueError: at load",
+            Some(2),
+        ),
+    ];
+    for (name, source, message, line) in cases {
+        let started = Instant::now();
+        let response = app
+            .initialize(&token, name, json!({ "script_content": source }))
+            .await;
+        let (status, body) = status_and_body(response).await;
+        assert_eq!(status, 422, "{name}: {body}");
+        assert_eq!(body["error"]["code"], "COMPILE_ERROR", "{name}: {body}");
+        let text = body["error"]["message"].as_str().unwrap();
+        assert!(text.contains(message), "{name}: {body}");
+        let diagnostic = &body["error"]["details"]["diagnostics"][0];
+        assert_eq!(diagnostic["line"].as_u64(), line, "{name}: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{name} took {:?}",
+            started.elapsed()
+        );
+        // Nothing was registered.
+        let missing = app
+            .client
+            .get(app.url(&format!("/api/v1/functions/{name}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), 404, "{name}");
+    }
+    // No build ran for any of them.
+    assert_eq!(app.state.functions.toolchains().stats(), builds_before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_whose_own_component_cannot_be_built_stays_on_the_interpreter_and_says_why() {
+    // 64 MiB is far too little for a build (node and wizer, or CPython);
+    // no predefined function is built under it.
+    let no_predefined = tempfile::tempdir().unwrap();
+    let app = app_with_interpreters(|settings| {
+        settings.toolchain.build_memory_bytes = 64 << 20;
+        settings.components_dir = no_predefined.path().to_owned();
+    })
+    .await;
+    let token = app.token("alice", SCOPES);
+    let name = "nodejs-stays";
+    let session = app
+        .session(&token, name, json!({ "script_content": javascript() }))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let info = loop {
+        let now = info(&app, &token, name).await;
+        if now["tier1"] != "pending" {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "tier 1 never ended");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(info["tier"], 0, "{info}");
+    assert_eq!(info["tier1"], "failed", "{info}");
+    let reason = info["tier1_error"].as_str().unwrap();
+    assert!(reason.contains("memory"), "{info}");
+    assert!(
+        !reason.contains(app.data_dir.path().to_str().unwrap()),
+        "{info}"
+    );
+    let (status, body) =
+        status_and_body(app.execute(&token, &session, json!({ "n": 21 })).await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["doubled"], 42);
+    assert_eq!(
+        app.state
+            .metrics
+            .tier_ups
+            .with_label_values(&["nodejs", "failed"])
+            .get(),
+        1
+    );
+}
