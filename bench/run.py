@@ -177,6 +177,145 @@ def log_pipeline(backend, seconds, connections=64):
     return entry
 
 
+def get(url, headers):
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def serve_on(backend, work, data, extra_args=()):
+    """A host on a free port over `data`: embedded stores, or Redis and
+    PostgreSQL started for it. Returns (process, base URL, env, stop)."""
+    env = dict(os.environ, LAMBDA_DATA_DIR=str(data), LAMBDA_RUST_TARGET_DIR=str(ROOT / "target/guest-rust"))
+    services = ROOT / "target/bench-services"
+    if backend == "redis+postgres":
+        run("scripts/test-services.sh", "start", str(services))
+        service_env = dict(line.removeprefix("export ").split("=", 1) for line in (services / "env").read_text().splitlines())
+        env["LAMBDA_REDIS_URL"] = service_env["LAMBDA_TEST_REDIS_URL"]
+        env["LAMBDA_DATABASE_URL"] = service_env["LAMBDA_TEST_DATABASE_URL"]
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    host = subprocess.Popen([str(HOST), "serve", "--listen", f"127.0.0.1:{port}", *ONE_TENANT,
+                             "--rate-limit-initialize", "1000000", "--rate-limit-builds", "1000000", *extra_args],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(work / f"host-{port}.log", "w"))
+
+    def stop():
+        host.terminate()
+        try:
+            host.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            host.kill()
+        if backend == "redis+postgres":
+            run("scripts/test-services.sh", "stop", str(services))
+    wait_for(f"{base}/health")
+    return host, base, env, stop
+
+
+def new_source(language):
+    """A new function of typical size: a predefined function's source, made
+    new by a unique comment."""
+    path = {"nodejs": "components/nodejs-calculator/handler.js",
+            "python": "components/python-text_processor/handler.py"}[language]
+    marker = "//" if language == "nodejs" else "#"
+    return f"{marker} {uuid.uuid4()}\n" + (ROOT / path).read_text()
+
+
+def tiers(backend, count, tier_up=True):
+    """Initialize -> first result of `count` new JavaScript and `count` new
+    Python functions, one after another, on a host whose interpreters are
+    ready (tier 0), or that has none (`--no-interpreters`: every new
+    function waits for its build, as before tier 0). With tier 1 on, the
+    time until each function runs on its own component too."""
+    work, data = fresh_data_dir()
+    extra = {True: [], False: ["--no-tier-up"], None: ["--no-interpreters"]}[tier_up]
+    host, base, env, stop = serve_on(backend, work, data, extra)
+    results = []
+    try:
+        token = subprocess.run([str(HOST), "token", "--sub", "bench"], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        if tier_up is not None:
+            deadline = time.time() + 600
+            while get(f"{base}/health", {})["components"]["interpreters"] != {"nodejs": "ready", "python": "ready"}:
+                if time.time() > deadline:
+                    sys.exit("the interpreters never became ready")
+                time.sleep(0.2)
+        params = {"nodejs": FUNCTIONS["nodejs-calculator"], "python": FUNCTIONS["python-text_processor"]}
+        registered = {}
+        for language in ("nodejs", "python"):
+            first_result = []
+            for i in range(count):
+                name = f"{language}-bench_new_{i}"
+                started = time.perf_counter()
+                session = post(f"{base}/api/v1/initialize", {"script_content": new_source(language)}, {**auth, "Language-Title": name})
+                post(f"{base}/api/v1/execute/{session['request_id']}", {"params": params[language]}, auth)
+                first_result.append((time.perf_counter() - started) * 1000)
+                registered[name] = time.time()
+            tier = "no interpreters (build first)" if tier_up is None else "tier 0"
+            entry = {"name": f"new {language} function, initialize -> first result, {tier}, {backend}",
+                     "functions": count, "p50_ms": round(percentile(first_result, 0.5), 1),
+                     "p99_ms": round(percentile(first_result, 0.99), 1)}
+            results.append(entry)
+            print(f"{entry['name']}: p50 {entry['p50_ms']} ms, p99 {entry['p99_ms']} ms ({count} functions)", flush=True)
+        if tier_up:
+            # Every function's own component builds in the background, one
+            # per toolchain at a time: the time to tier 1 includes the queue.
+            waited = {}
+            deadline = time.time() + 1800
+            while len(waited) < len(registered) and time.time() < deadline:
+                for name, at in registered.items():
+                    if name not in waited and get(f"{base}/api/v1/functions/{name}", auth)["tier"] == 1:
+                        waited[name] = time.time() - at
+                time.sleep(0.5)
+            for language in ("nodejs", "python"):
+                times = [t for name, t in waited.items() if name.startswith(language)]
+                entry = {"name": f"new {language} function, registration -> tier 1 (builds queued), {backend}",
+                         "functions": len(times), "p50_s": round(percentile(times, 0.5), 1), "max_s": round(max(times), 1)}
+                results.append(entry)
+                print(f"{entry['name']}: p50 {entry['p50_s']} s, max {entry['max_s']} s ({len(times)} functions)", flush=True)
+    finally:
+        stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def tier_throughput(seconds, connections):
+    """Execute req/s of the same source on the interpreter (tier 0, a host
+    that never tiers up) and on its own component (tier 1: the predefined
+    function of that source)."""
+    work, data = fresh_data_dir()
+    host, base, env, stop = serve_on("embedded", work, data, ["--no-tier-up"])
+    results = []
+    try:
+        token = subprocess.run([str(HOST), "token", "--sub", "bench"], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        while get(f"{base}/health", {})["components"]["interpreters"] != {"nodejs": "ready", "python": "ready"}:
+            time.sleep(0.2)
+        for predefined in ("nodejs-calculator", "python-text_processor"):
+            language = predefined.split("-")[0]
+            path = next((ROOT / "components" / predefined).glob("handler.*"))
+            post(f"{base}/api/v1/initialize", {"script_content": path.read_text()},
+                 {**auth, "Language-Title": f"{language}-bench_tier0", "X-Request-ID": f"tier0-{language}"})
+            post(f"{base}/api/v1/initialize", {}, {**auth, "Language-Title": predefined, "X-Request-ID": f"tier1-{language}"})
+            for tier in ("0", "1"):
+                wrk_env = dict(os.environ, TOKEN=token, PARAMS=json.dumps(FUNCTIONS[predefined]), CACHED="0")
+                url = f"{base}/api/v1/execute/tier{tier}-{language}"
+                wrk(url, 4, 1, wrk_env)
+                numbers, _ = wrk(url, connections, seconds, wrk_env)
+                entry = {"name": f"execute {predefined} source on tier {tier}", "connections": connections, **numbers}
+                results.append(entry)
+                print(f"{entry['name']:45} {connections:3} conn  {numbers['rps']:10.0f} req/s  p50 {numbers['p50_ms']:7.2f} ms  "
+                      f"p99 {numbers['p99_ms']:7.2f} ms  errors {numbers['errors']}", flush=True)
+    finally:
+        stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
 def invoke_repeat(function, params, repeat, pooling, env):
     args = [str(HOST), "invoke", function, "--params", json.dumps(params), "--repeat", str(repeat)]
     if not pooling:
@@ -211,6 +350,18 @@ def compile_cache(work, env):
     return results
 
 
+def tier_results(quick):
+    """New functions on tier 0 (and, before it, on their build alone), on
+    both kinds of store; execute req/s on tier 0 vs tier 1."""
+    count = 5 if quick else 20
+    results = []
+    results.extend(tiers("embedded", count))
+    results.extend(tiers("redis+postgres", count, tier_up=False))
+    results.extend(tiers("embedded", 2 if quick else 3, tier_up=None))
+    results.extend(tier_throughput(3 if quick else 10, 16))
+    return results
+
+
 def machine():
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
@@ -223,7 +374,15 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="16 connections only, short runs")
     parser.add_argument("--logs-only", action="store_true", help="only the request log at peak rate, on SQLite and PostgreSQL")
+    parser.add_argument("--tiers-only", action="store_true", help="only new JavaScript and Python functions: tier 0 and tier 1")
     options = parser.parse_args()
+    if options.tiers_only:
+        run("cargo", "build", "--release", "--locked", "-q")
+        if shutil.which("wrk") is None:
+            run("bash", "-c", "apt-get update -qq && apt-get install -y -qq wrk")
+        for entry in tier_results(quick=options.quick):
+            print(json.dumps(entry))
+        return
     if options.logs_only:
         run("cargo", "build", "--release", "--locked", "-q")
         if shutil.which("wrk") is None:
@@ -311,6 +470,8 @@ def main():
                 results.append({"name": name, **numbers})
                 print(f"{name}: median {numbers['median_us']} us, p99 {numbers['p99_us']} us", flush=True)
 
+        results.extend(tier_results(quick=options.quick))
+
         # After each load run: the request log has a row for every request.
         for backend in ("sqlite", "postgres"):
             results.append(log_pipeline(backend, seconds, max(connection_counts)))
@@ -359,7 +520,7 @@ def write_table(report):
              f"{report['machine']['cores']} cores, {report['machine']['memory_gib']} GiB, {report['machine']['cpu']}.", "",
              "| measurement | connections | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
     for r in report["results"]:
-        if "p50_ms" in r:
+        if "p50_ms" in r and "connections" in r:
             lines.append(f"| {r['name']} | {r['connections']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
     lines += ["", "| measurement | value |", "|---|---|"]
     for r in report["results"]:
@@ -369,6 +530,10 @@ def write_table(report):
             lines.append(f"| {r['name']} | median {r['median_us']} µs, p99 {r['p99_us']} µs ({r['calls']} calls) |")
         elif "mib" in r:
             lines.append(f"| {r['name']} | {r['mib']} MiB |")
+        elif "p50_s" in r:
+            lines.append(f"| {r['name']} | p50 {r['p50_s']} s, max {r['max_s']} s ({r['functions']} functions) |")
+        elif "functions" in r:
+            lines.append(f"| {r['name']} | p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms ({r['functions']} functions) |")
         elif "rows" in r:
             lines.append(f"| {r['name']} | {r['rows']} rows for {r['served']} requests at {r['rps']:.0f} req/s, "
                          f"{r['connections']} connections ({r['dropped']} dropped, {r['quarantined']} quarantined) |")

@@ -14,6 +14,9 @@
 #   wait_for_http URL SECONDS [PID]
 #                                 wait until URL answers 2xx; fail after
 #                                 SECONDS, or as soon as process PID exits
+#   wait_for_interpreters BASE SECONDS
+#                                 wait until the host at BASE has its
+#                                 interpreters (tier 0) ready
 #   is_root                       succeed if running as root
 #   as_postgres COMMAND...        run COMMAND as the postgres user when root
 #   give_to_postgres PATH...      chown PATHs to postgres when root
@@ -57,6 +60,20 @@ wait_for_http() { # URL SECONDS [PID]
         if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
             return 1
         fi
+        sleep 0.5
+    done
+    return 1
+}
+
+# Polls a host's /health until its interpreters (tier 0) are ready: until
+# then a new JavaScript or Python function waits for its build.
+wait_for_interpreters() { # BASE_URL SECONDS
+    local url=$1/health tries=$(($2 * 2)) try
+    for ((try = 0; try < tries; try++)); do
+        curl -fs "$url" 2>/dev/null | python3 -c '
+import json, sys
+states = json.load(sys.stdin)["components"]["interpreters"].values()
+sys.exit(0 if all(s in ("ready", "off") for s in states) else 1)' && return 0
         sleep 0.5
     done
     return 1

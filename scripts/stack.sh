@@ -76,6 +76,11 @@ up() {
     for port in "${host_ports[@]}"; do
         LAMBDA_LISTEN=127.0.0.1:$port spawn "host-$port" "$host_bin" serve
         wait_for "http://127.0.0.1:$port/health" 600 "host replica on $port"
+        # Its interpreters too (the first replica builds them, the second
+        # reads them from the shared store): the load's new functions then
+        # start on tier 0 and build tier 1 in the background.
+        wait_for_interpreters "http://127.0.0.1:$port" 600 \
+            || { echo "the interpreters of the replica on $port never became ready; logs in $dir" >&2; return 1; }
         echo "host replica on http://127.0.0.1:$port" >&2
         targets+=("\"127.0.0.1:$port\"")
         upstreams+=("127.0.0.1:$port")

@@ -512,6 +512,11 @@ impl Toolchains {
         ]))
     }
 
+    /// The longest a build may take.
+    pub fn build_timeout(&self) -> std::time::Duration {
+        self.limits.wall
+    }
+
     /// Refuses a source over the size limit, as a build would.
     pub fn check_source_size(&self, source: &str) -> Result<(), CompileError> {
         if source.len() > self.max_source_bytes {

@@ -324,11 +324,16 @@ impl Functions {
         self.remember(&record);
         self.note_version(&record);
         self.tiers.checked.insert(build_digest, ());
-        if record.tier == TierState::Pending && self.tiers.tier_up {
-            // A pending version nobody here builds: its builder may have
-            // stopped (a restart mid-build). Building it again is cheap
-            // when another replica finished: the artifact store has it.
+        // Pending for longer than any build may take: whoever built it
+        // stopped before recording the outcome (a restart mid-build), so
+        // this host builds it. A younger one is another replica's to
+        // finish: a version is built once.
+        let abandoned = (chrono::Utc::now() - record.updated_at)
+            .to_std()
+            .is_ok_and(|age| age > 2 * self.toolchains.build_timeout());
+        if record.tier == TierState::Pending && self.tiers.tier_up && abandoned {
             if let Some(source) = &record.script_content {
+                tracing::info!(function = %language_title, "tier 1 was left pending: building it");
                 self.spawn_tier_up(&record, source.as_str().into());
             }
         }
