@@ -331,11 +331,13 @@ impl Functions {
         let abandoned = (chrono::Utc::now() - record.updated_at)
             .to_std()
             .is_ok_and(|age| age > 2 * self.toolchains.build_timeout());
-        if record.tier == TierState::Pending && self.tiers.tier_up && abandoned {
-            if let Some(source) = &record.script_content {
-                tracing::info!(function = %language_title, "tier 1 was left pending: building it");
-                self.spawn_tier_up(&record, source.as_str().into());
-            }
+        if record.tier == TierState::Pending
+            && self.tiers.tier_up
+            && abandoned
+            && let Some(source) = &record.script_content
+        {
+            tracing::info!(function = %language_title, "tier 1 was left pending: building it");
+            self.spawn_tier_up(&record, source.as_str().into());
         }
     }
 
