@@ -201,7 +201,8 @@ def serve_on(backend, work, data, extra_args=()):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     host = subprocess.Popen([str(HOST), "serve", "--listen", f"127.0.0.1:{port}", *ONE_TENANT,
-                             "--rate-limit-initialize", "1000000", "--rate-limit-builds", "1000000", *extra_args],
+                             "--rate-limit-initialize", "1000000", "--rate-limit-builds", "1000000",
+                             "--rate-limit-functions", "1000000", *extra_args],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(work / f"host-{port}.log", "w"))
 
     def stop():
@@ -277,6 +278,19 @@ def tiers(backend, count, tier_up=True):
                          "functions": len(times), "p50_s": round(percentile(times, 0.5), 1), "max_s": round(max(times), 1)}
                 results.append(entry)
                 print(f"{entry['name']}: p50 {entry['p50_s']} s, max {entry['max_s']} s ({len(times)} functions)", flush=True)
+            # One more of each on the idle host: a tier-up with no queue.
+            for language in ("nodejs", "python"):
+                name = f"{language}-bench_alone"
+                started = time.time()
+                post(f"{base}/api/v1/initialize", {"script_content": new_source(language)}, {**auth, "Language-Title": name})
+                while get(f"{base}/api/v1/functions/{name}", auth)["tier"] != 1:
+                    if time.time() - started > 600:
+                        sys.exit(f"{name} never reached tier 1")
+                    time.sleep(0.2)
+                entry = {"name": f"new {language} function alone, registration -> tier 1, {backend}",
+                         "seconds": round(time.time() - started, 2)}
+                results.append(entry)
+                print(f"{entry['name']}: {entry['seconds']} s", flush=True)
     finally:
         stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -297,9 +311,12 @@ def tier_throughput(seconds, connections):
             time.sleep(0.2)
         for predefined in ("nodejs-calculator", "python-text_processor"):
             language = predefined.split("-")[0]
-            path = next((ROOT / "components" / predefined).glob("handler.*"))
-            post(f"{base}/api/v1/initialize", {"script_content": path.read_text()},
+            # A new source (the predefined one and a comment): the very same
+            # source would run on the predefined function's component.
+            post(f"{base}/api/v1/initialize", {"script_content": new_source(language)},
                  {**auth, "Language-Title": f"{language}-bench_tier0", "X-Request-ID": f"tier0-{language}"})
+            info = get(f"{base}/api/v1/functions/{language}-bench_tier0", auth)
+            assert info["tier"] == 0, info
             post(f"{base}/api/v1/initialize", {}, {**auth, "Language-Title": predefined, "X-Request-ID": f"tier1-{language}"})
             for tier in ("0", "1"):
                 wrk_env = dict(os.environ, TOKEN=token, PARAMS=json.dumps(FUNCTIONS[predefined]), CACHED="0")
@@ -359,6 +376,31 @@ def tier_results(quick):
     results.extend(tiers("redis+postgres", count, tier_up=False))
     results.extend(tiers("embedded", 2 if quick else 3, tier_up=None))
     results.extend(tier_throughput(3 if quick else 10, 16))
+    results.extend(tier_calls(300 if quick else 2000))
+    return results
+
+
+def tier_calls(repeat):
+    """In-process instantiate+call of the same source on the interpreter
+    (checked once, then run prepared, as the host does) and built."""
+    work, data = fresh_data_dir()
+    env = dict(os.environ, LAMBDA_DATA_DIR=str(data))
+    results = []
+    try:
+        for predefined in ("nodejs-calculator", "python-text_processor"):
+            language = predefined.split("-")[0]
+            source = next((ROOT / "components" / predefined).glob("handler.*"))
+            params = json.dumps(FUNCTIONS[predefined])
+            for tier, target in (("0", ["--script", str(source), language]), ("1", [predefined])):
+                out = subprocess.run([str(HOST), "invoke", *target, "--params", params, "--repeat", str(repeat)],
+                                     cwd=ROOT, env=env, capture_output=True, text=True, check=True).stderr
+                match = re.search(r"median (\d+) us, p99 (\d+) us", out)
+                entry = {"name": f"instantiate+call {predefined} source on tier {tier}",
+                         "median_us": int(match.group(1)), "p99_us": int(match.group(2)), "calls": repeat}
+                results.append(entry)
+                print(f"{entry['name']}: median {entry['median_us']} us, p99 {entry['p99_us']} us", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return results
 
 

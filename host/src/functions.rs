@@ -263,11 +263,15 @@ impl Functions {
             }
             _ => None,
         };
-        let (component_digest, component_size, tier) = match &interpreter {
+        let on_interpreter = match &interpreter {
             Some(interpreter) => {
                 self.start_on_interpreter(interpreter, language_title, owner, source, build_digest)
                     .await?
             }
+            None => None,
+        };
+        let (component_digest, component_size, tier) = match on_interpreter {
+            Some(started) => started,
             None => {
                 let artifact = self.build_counted(language, source, options, false).await?;
                 (

@@ -191,7 +191,7 @@ async fn the_interpreter_refuses_what_a_build_refuses_with_the_place_of_the_mist
     .await;
     let token = app.token("alice", SCOPES);
     let builds_before = app.state.functions.toolchains().stats();
-    let cases: [(&str, &str, &str, Option<u64>); 6] = [
+    let cases: [(&str, &str, &str, Option<u64>); 5] = [
         (
             "nodejs-syntax",
             "export function handler(event) {\n  return {;\n}\n",
@@ -209,12 +209,6 @@ async fn the_interpreter_refuses_what_a_build_refuses_with_the_place_of_the_mist
             "const x = 1;\nthrow new Error('at load');\n",
             "Error: at load",
             Some(2),
-        ),
-        (
-            "nodejs-endless",
-            "while (true) {}\n",
-            "did not finish within",
-            None,
         ),
         (
             "python-syntax",
@@ -261,6 +255,56 @@ async fn the_interpreter_refuses_what_a_build_refuses_with_the_place_of_the_mist
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn top_level_code_longer_than_an_execution_is_left_to_the_build_and_its_limits() {
+    // An execution may last a second; a build forty.
+    let no_predefined = tempfile::tempdir().unwrap();
+    let app = app_with_interpreters(|settings| {
+        settings.runtime.default_timeout = Some(Duration::from_secs(1));
+        settings.toolchain.build_timeout = Duration::from_secs(40);
+        settings.components_dir = no_predefined.path().to_owned();
+    })
+    .await;
+    let token = app.token("alice", SCOPES);
+    // Two seconds of work at load: more than the interpreter may spend,
+    // well within a build, which runs it once.
+    let slow = format!(
+        "// {}\nconst until = Date.now() + 2000;\nwhile (Date.now() < until) {{}}\n\
+         export default (event) => ({{ ok: event.params.n }});\n",
+        uuid::Uuid::new_v4()
+    );
+    let id = app
+        .session(
+            &token,
+            "nodejs-slow_start",
+            json!({ "script_content": slow }),
+        )
+        .await;
+    let built = info(&app, &token, "nodejs-slow_start").await;
+    assert_eq!(
+        (&built["tier"], &built["tier1"]),
+        (&json!(1), &json!("ready")),
+        "{built}"
+    );
+    let (status, body) = status_and_body(app.execute(&token, &id, json!({ "n": 7 })).await).await;
+    assert_eq!(
+        (status, &body["result"]),
+        (200, &json!({ "ok": 7 })),
+        "{body}"
+    );
+    // Endless: the build's time limit ends it.
+    let response = app
+        .initialize(
+            &token,
+            "nodejs-endless",
+            json!({ "script_content": "while (true) {}\n" }),
+        )
+        .await;
+    let (status, body) = status_and_body(response).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["details"]["reason"], "build_limit", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_function_whose_own_component_cannot_be_built_stays_on_the_interpreter_and_says_why() {
     // 64 MiB is far too little for a build (node and wizer, or CPython);
     // no predefined function is built under it.
@@ -304,4 +348,63 @@ async fn a_function_whose_own_component_cannot_be_built_stays_on_the_interpreter
             .get(),
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_function_runs_at_once_on_another_replica_which_later_runs_the_first_ones_tier_1() {
+    use crate::helpers::{test_database_url, use_production_stores};
+    let database = test_database_url().await;
+    let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
+    // Each replica has its own data directory; they share Redis and
+    // PostgreSQL (the registry and the artifact store).
+    let replica = |database: String, prefix: String| {
+        app_with_interpreters(move |s| {
+            use_production_stores(s, &database, &prefix);
+            s.toolchain.artifacts_dir = s.data_dir.join("artifacts");
+        })
+    };
+    let a = replica(database.clone(), prefix.clone()).await;
+    let b = replica(database, prefix).await;
+    let token = a.token("carol", SCOPES);
+    let built_on_b = b.state.functions.toolchains().stats().built;
+
+    let id = a
+        .session(
+            &token,
+            "nodejs-elsewhere",
+            json!({ "script_content": javascript() }),
+        )
+        .await;
+    // B runs it on its interpreter at once.
+    let (status, body) = status_and_body(b.execute(&token, &id, json!({ "n": 1 })).await).await;
+    assert_eq!(
+        (status, &body["result"]["doubled"]),
+        (200, &json!(2)),
+        "{body}"
+    );
+    assert!(executions(&b, Language::Nodejs, "0") >= 1);
+
+    // A builds tier 1; B learns of it from the registry and moves to it,
+    // every request answered meanwhile, without building anything.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut n = 1;
+    while executions(&b, Language::Nodejs, "1") == 0 {
+        assert!(Instant::now() < deadline, "B never ran tier 1");
+        n += 1;
+        let (status, body) = status_and_body(b.execute(&token, &id, json!({ "n": n })).await).await;
+        assert_eq!(
+            (status, &body["result"]["doubled"]),
+            (200, &json!(n * 2)),
+            "{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(info(&b, &token, "nodejs-elsewhere").await["tier"], 1);
+    assert_eq!(
+        b.state.functions.toolchains().stats().built,
+        built_on_b,
+        "B built what A built"
+    );
+    a.stop().await;
+    b.stop().await;
 }

@@ -31,8 +31,8 @@ use super::{FunctionError, Functions};
 /// reads the registry again: another replica's tier 1 is noticed this
 /// quickly.
 const RECHECK_AFTER: Duration = Duration::from_secs(1);
-/// What the sources of tier-0 versions may hold in memory.
-const SOURCES_MAX_BYTES: u64 = 64 << 20;
+/// What the scripts of tier-0 versions may hold in memory.
+const SCRIPTS_MAX_BYTES: u64 = 64 << 20;
 
 /// A language's interpreter, loaded.
 pub struct Interpreter {
@@ -62,12 +62,15 @@ pub struct Tiers {
     interpreters: RwLock<HashMap<Language, Arc<Interpreter>>>,
     /// Build digest → the component digest of its tier 1, once built.
     compiled: moka::sync::Cache<Digest, Digest>,
-    /// Build digest → source, of versions run on an interpreter.
-    sources: moka::sync::Cache<Digest, Arc<str>>,
+    /// Build digest → what the interpreter runs of a version: the source
+    /// prepared by a check, or the source itself until one ran here.
+    scripts: moka::sync::Cache<Digest, Script>,
     /// Versions whose registry record was read within [`RECHECK_AFTER`].
     checked: moka::sync::Cache<Digest, ()>,
     /// Versions whose tier 1 this process is building.
     in_flight: Mutex<HashSet<Digest>>,
+    /// Versions whose source this process is preparing (a check).
+    preparing: Mutex<HashSet<Digest>>,
     /// Set once every interpreter was prepared or failed to.
     prepared: std::sync::atomic::AtomicBool,
 }
@@ -79,15 +82,16 @@ impl Tiers {
             tier_up,
             interpreters: RwLock::new(HashMap::new()),
             compiled: moka::sync::Cache::new(100_000),
-            sources: moka::sync::Cache::builder()
-                .max_capacity(SOURCES_MAX_BYTES)
-                .weigher(|_, source: &Arc<str>| u32::try_from(source.len()).unwrap_or(u32::MAX))
+            scripts: moka::sync::Cache::builder()
+                .max_capacity(SCRIPTS_MAX_BYTES)
+                .weigher(|_, script: &Script| u32::try_from(script.text.len()).unwrap_or(u32::MAX))
                 .build(),
             checked: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(RECHECK_AFTER)
                 .build(),
             in_flight: Mutex::new(HashSet::new()),
+            preparing: Mutex::new(HashSet::new()),
             prepared: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -200,9 +204,11 @@ impl Functions {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// The record of a new version that runs on `interpreter` at once,
-    /// after its source compiled and its top-level code ran there (the
-    /// checks a build makes).
+    /// The component, size and tier of a new version that runs on
+    /// `interpreter` at once, after its source compiled and its top-level
+    /// code ran there (the checks a build makes). `None` when the check
+    /// ran out of time or memory: the build, with its larger limits,
+    /// decides.
     pub(super) async fn start_on_interpreter(
         &self,
         interpreter: &Interpreter,
@@ -210,11 +216,44 @@ impl Functions {
         owner: &str,
         source: &str,
         build_digest: Digest,
-    ) -> Result<(Digest, u64, TierState), FunctionError> {
+    ) -> Result<Option<(Digest, u64, TierState)>, FunctionError> {
         self.toolchains
             .check_source_size(source)
             .map_err(BuildError::from)?;
-        let source: Arc<str> = source.into();
+        match self
+            .check(interpreter, language_title, owner, source.into())
+            .await
+        {
+            Ok(script) => {
+                self.tiers.scripts.insert(build_digest, script);
+            }
+            Err(e @ (runtime::Error::Timeout(_) | runtime::Error::OutOfMemory { .. })) => {
+                tracing::info!(function = %language_title, "the top-level code needs more than an execution may have ({e}): building it first");
+                return Ok(None);
+            }
+            Err(e) => return Err(check_failure(e)),
+        }
+        let tier = if self.tiers.tier_up {
+            TierState::Pending
+        } else {
+            TierState::Interpreted
+        };
+        Ok(Some((
+            interpreter.component_digest,
+            interpreter.component_size,
+            tier,
+        )))
+    }
+
+    /// Runs a source's check on the interpreter; what the interpreter runs
+    /// of it from then on: the prepared source it answered, or the source.
+    async fn check(
+        &self,
+        interpreter: &Interpreter,
+        language_title: &LanguageTitle,
+        owner: &str,
+        source: Arc<str>,
+    ) -> Result<Script, runtime::Error> {
         let check = Invocation {
             request_id: uuid::Uuid::new_v4().to_string(),
             language_title: language_title.to_string(),
@@ -226,25 +265,57 @@ impl Functions {
                 mode: ScriptMode::Check,
             }),
         };
-        match self
+        let checked = self
             .runtime
             .invoke(&interpreter.function, &check, None)
-            .await
+            .await?;
+        Ok(match checked.result {
+            serde_json::Value::String(prepared) => Script {
+                text: prepared.into(),
+                mode: ScriptMode::RunPrepared,
+            },
+            _ => Script {
+                text: source,
+                mode: ScriptMode::Run,
+            },
+        })
+    }
+
+    /// Prepares a version's source in the background (a check on the
+    /// interpreter), for a version this host knows only the source of.
+    fn prepare_aside(
+        &self,
+        interpreter: Arc<Interpreter>,
+        language_title: &LanguageTitle,
+        build_digest: Digest,
+        source: Arc<str>,
+    ) {
+        if !self
+            .tiers
+            .preparing
+            .lock()
+            .expect("the preparing set is never poisoned")
+            .insert(build_digest)
         {
-            Ok(_) => {}
-            Err(e) => return Err(check_failure(e)),
+            return;
         }
-        self.tiers.sources.insert(build_digest, source);
-        let tier = if self.tiers.tier_up {
-            TierState::Pending
-        } else {
-            TierState::Interpreted
+        let Some(this) = self.this.upgrade() else {
+            return;
         };
-        Ok((
-            interpreter.component_digest,
-            interpreter.component_size,
-            tier,
-        ))
+        let name = language_title.clone();
+        tokio::spawn(async move {
+            match this.check(&interpreter, &name, "lambda-host", source).await {
+                Ok(script) => this.tiers.scripts.insert(build_digest, script),
+                Err(e) => {
+                    tracing::warn!(function = %name, "preparing the source failed, it runs unprepared: {e}")
+                }
+            }
+            this.tiers
+                .preparing
+                .lock()
+                .expect("the preparing set is never poisoned")
+                .remove(&build_digest);
+        });
     }
 
     /// What runs the next execution of a version: its own component when
@@ -283,15 +354,22 @@ impl Functions {
             // the interpreter answers.
             self.load_aside(language_title, build_digest, compiled);
         }
-        match self.tiers.sources.get(&build_digest) {
-            Some(text) => Ok(Executable {
-                function: interpreter.function.clone(),
-                script: Some(Script {
-                    text,
-                    mode: ScriptMode::Run,
-                }),
-                tier: Tier::Interpreted,
-            }),
+        match self.tiers.scripts.get(&build_digest) {
+            Some(script) => {
+                if script.mode == ScriptMode::Run {
+                    self.prepare_aside(
+                        interpreter.clone(),
+                        language_title,
+                        build_digest,
+                        script.text.clone(),
+                    );
+                }
+                Ok(Executable {
+                    function: interpreter.function.clone(),
+                    script: Some(script),
+                    tier: Tier::Interpreted,
+                })
+            }
             // Neither the source (the function is another version by now,
             // on a host that never ran this one) nor a loaded tier 1: the
             // version's own component, if it was ever built.
@@ -349,10 +427,17 @@ impl Functions {
                     .compiled
                     .insert(record.build_digest, record.component_digest);
             }
-        } else if let Some(source) = &record.script_content {
-            self.tiers
-                .sources
-                .insert(record.build_digest, source.as_str().into());
+        } else if let Some(source) = &record.script_content
+            && !self.tiers.scripts.contains_key(&record.build_digest)
+        {
+            // The source as it is, until a check here prepares it.
+            self.tiers.scripts.insert(
+                record.build_digest,
+                Script {
+                    text: source.as_str().into(),
+                    mode: ScriptMode::Run,
+                },
+            );
         }
     }
 

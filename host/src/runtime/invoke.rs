@@ -40,13 +40,16 @@ pub struct Script {
     pub mode: ScriptMode,
 }
 
-/// What an interpreter does with a [`Script`].
+/// What an interpreter does with a [`Script`] (the `mode` of the WIT).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScriptMode {
-    /// Compile it and run its top-level code; answer `null`.
+    /// Compile it and run its top-level code; answer what `RunPrepared`
+    /// takes (or `null`).
     Check,
     /// Compile it, run its top-level code and call its handler.
     Run,
+    /// As `Run`, from what a `Check` of the source answered.
+    RunPrepared,
 }
 
 /// A finished execution.
@@ -130,6 +133,7 @@ impl bindings::lambda::function::script::Host for GuestState {
                 mode: match script.mode {
                     ScriptMode::Check => bindings::ScriptMode::Check,
                     ScriptMode::Run => bindings::ScriptMode::Run,
+                    ScriptMode::RunPrepared => bindings::ScriptMode::RunPrepared,
                 },
             },
             None => bindings::ScriptSource {
