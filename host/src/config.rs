@@ -238,6 +238,10 @@ pub struct RuntimeConfig {
     /// Cranelift's incremental compilation cache, in MiB (0: off): functions compiled for one component are reused for the next that contains them, such as the interpreter every JavaScript or Python component carries.
     #[arg(long = "compile-cache-mb", global = true, env = "LAMBDA_COMPILE_CACHE_MB", default_value = "128", value_parser = mebibytes)]
     pub compile_cache_bytes: u64,
+    /// A compilation cache shared with the other runtimes of the process
+    /// (a test binary starts many); by default a runtime makes its own.
+    #[arg(skip)]
+    pub shared_compile_cache: Option<std::sync::Arc<crate::runtime::CompiledFunctions>>,
     /// Where compiled components are serialized ahead of time, keyed by
     /// component digest and engine fingerprint (`<data-dir>/aot`).
     #[arg(skip)]

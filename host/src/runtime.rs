@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use cache::CacheStats;
+pub use incremental::CompiledFunctions;
 pub use invoke::{Execution, Invocation, LogLine, Script, ScriptMode};
 
 use crate::config::RuntimeConfig;

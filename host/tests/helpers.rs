@@ -45,6 +45,14 @@ pub fn shared_cli_data_dir() -> PathBuf {
     repo_root().join("target/test-cli-data")
 }
 
+fn shared_compile_cache() -> Arc<lambda_host::runtime::CompiledFunctions> {
+    static CACHE: std::sync::OnceLock<Arc<lambda_host::runtime::CompiledFunctions>> =
+        std::sync::OnceLock::new();
+    CACHE
+        .get_or_init(|| Arc::new(lambda_host::runtime::CompiledFunctions::new(512 << 20)))
+        .clone()
+}
+
 /// Settings over a fresh data directory, sharing the expensive caches of
 /// every test: the Rust target directory (dependencies built once), the
 /// artifact store (fixtures built once per change of their source) and the
@@ -58,6 +66,10 @@ pub fn settings(data_dir: &Path) -> Settings {
     settings.toolchain.artifacts_dir = repo_root().join("target/test-artifacts");
     settings.toolchain.toolchains_dir = repo_root().join("toolchains");
     settings.runtime.aot_cache_dir = Some(repo_root().join("target/test-aot"));
+    // One incremental compilation cache for every runtime of the test
+    // binary, as one host has: a new JavaScript or Python component then
+    // compiles in seconds, reusing its engine's code from earlier tests.
+    settings.runtime.shared_compile_cache = Some(shared_compile_cache());
     // One secret for every test, so what one test sealed into the shared
     // caches (artifacts, AOT entries) the next one trusts.
     settings.server.jwt_secret = Some(lambda_host::config::Secret::new(TEST_SECRET));

@@ -255,7 +255,7 @@ async fn the_interpreter_refuses_what_a_build_refuses_with_the_place_of_the_mist
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn top_level_code_longer_than_an_execution_is_left_to_the_build_and_its_limits() {
+async fn top_level_code_longer_than_an_execution_is_left_to_the_build() {
     // An execution may last a second; a build forty.
     let no_predefined = tempfile::tempdir().unwrap();
     let app = app_with_interpreters(|settings| {
@@ -291,17 +291,9 @@ async fn top_level_code_longer_than_an_execution_is_left_to_the_build_and_its_li
         (200, &json!({ "ok": 7 })),
         "{body}"
     );
-    // Endless: the build's time limit ends it.
-    let response = app
-        .initialize(
-            &token,
-            "nodejs-endless",
-            json!({ "script_content": "while (true) {}\n" }),
-        )
-        .await;
-    let (status, body) = status_and_body(response).await;
-    assert_eq!(status, 422, "{body}");
-    assert_eq!(body["error"]["details"]["reason"], "build_limit", "{body}");
+    // Endless top-level code ends at the build's time limit, as
+    // hostile_builds::never_ending_builds_end_at_the_time_limit_with_their_whole_tree
+    // shows.
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -407,4 +399,64 @@ async fn a_new_function_runs_at_once_on_another_replica_which_later_runs_the_fir
     );
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tier_1_left_pending_by_a_host_that_stopped_is_built_by_the_next_that_runs_it() {
+    use lambda_host::store::{FunctionKind, FunctionRecord, TierState};
+    use lambda_host::toolchain::BuildOptions;
+    let app = app_with_interpreters(|_| {}).await;
+    let token = app.token("dave", SCOPES);
+    let functions = &app.state.functions;
+    let source = python();
+    let options = BuildOptions::default();
+    let interpreter = functions.tiers().interpreter(Language::Python).unwrap();
+    // What a host leaves when it stops between registering a function on
+    // the interpreter and recording its tier 1: a pending record, older
+    // than any build could take.
+    let registered = chrono::Utc::now() - chrono::Duration::minutes(11);
+    let record = FunctionRecord {
+        language_title: "python-orphan".parse().unwrap(),
+        kind: FunctionKind::Dynamic,
+        owner: Some("dave".to_owned()),
+        description: String::new(),
+        script_content: Some(source.clone()),
+        build_digest: functions
+            .toolchains()
+            .digest(Language::Python, &source, &options)
+            .unwrap(),
+        component_digest: interpreter.component_digest,
+        component_size: interpreter.component_size,
+        tier: TierState::Pending,
+        compile_options: serde_json::to_value(options).unwrap(),
+        schema: json!({}),
+        examples: json!([]),
+        created_at: registered,
+        updated_at: registered,
+    };
+    assert!(functions.registry().upsert(&record).await.unwrap());
+
+    let id = app.session(&token, "python-orphan", json!({})).await;
+    let (status, body) = status_and_body(app.execute(&token, &id, json!({ "n": 4 })).await).await;
+    assert_eq!(
+        (status, &body["result"]["doubled"]),
+        (200, &json!(8)),
+        "{body}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while info(&app, &token, "python-orphan").await["tier"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned tier 1 was never built"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        app.state
+            .metrics
+            .tier_ups
+            .with_label_values(&["python", "ok"])
+            .get(),
+        1
+    );
 }

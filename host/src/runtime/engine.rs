@@ -61,11 +61,16 @@ pub fn build(config: &RuntimeConfig) -> anyhow::Result<Engine> {
     }
 
     if config.compile_cache_bytes > 0 {
-        wasm.enable_incremental_compilation(Arc::new(super::incremental::CompiledFunctions::new(
-            config.compile_cache_bytes,
-        )))
-        .map_err(anyhow::Error::from)
-        .context("enabling the incremental compilation cache")?;
+        // Entries are keyed by each function's content and the compiler's
+        // settings: runtimes with other settings can share one cache.
+        let cache = config.shared_compile_cache.clone().unwrap_or_else(|| {
+            Arc::new(super::incremental::CompiledFunctions::new(
+                config.compile_cache_bytes,
+            ))
+        });
+        wasm.enable_incremental_compilation(cache)
+            .map_err(anyhow::Error::from)
+            .context("enabling the incremental compilation cache")?;
     }
 
     Engine::new(&wasm)
