@@ -72,7 +72,7 @@ pub struct Tiers {
     /// Versions whose source this process is preparing (a check).
     preparing: Mutex<HashSet<Digest>>,
     /// Set once every interpreter was prepared or failed to.
-    prepared: std::sync::atomic::AtomicBool,
+    preparation_over: std::sync::atomic::AtomicBool,
 }
 
 impl Tiers {
@@ -92,7 +92,7 @@ impl Tiers {
                 .build(),
             in_flight: Mutex::new(HashSet::new()),
             preparing: Mutex::new(HashSet::new()),
-            prepared: std::sync::atomic::AtomicBool::new(false),
+            preparation_over: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -104,7 +104,8 @@ impl Tiers {
     /// Whether preparing the interpreters is over (each one loaded or
     /// failed).
     pub fn prepared(&self) -> bool {
-        self.prepared.load(std::sync::atomic::Ordering::Acquire)
+        self.preparation_over
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The language's interpreter, once prepared.
@@ -200,7 +201,7 @@ impl Functions {
             }
         }
         self.tiers
-            .prepared
+            .preparation_over
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
@@ -558,6 +559,7 @@ impl Functions {
 
 /// A check on the interpreter that failed, as a build reports it: the
 /// user's mistake (422) with where it is, unless the host was too busy.
+/// (Time and memory are the build's to judge: see `start_on_interpreter`.)
 fn check_failure(error: runtime::Error) -> FunctionError {
     let compile = |message: String, line, column| {
         FunctionError::Build(BuildError::Compile(CompileError {
@@ -571,16 +573,6 @@ fn check_failure(error: runtime::Error) -> FunctionError {
     };
     match error {
         runtime::Error::Guest(guest) => compile(guest.message, guest.line, guest.column),
-        runtime::Error::Timeout(limit) => compile(
-            format!("the top-level code did not finish within {limit:?}"),
-            None,
-            None,
-        ),
-        runtime::Error::OutOfMemory { limit_bytes } => compile(
-            format!("the top-level code exceeded the memory limit of {limit_bytes} bytes"),
-            None,
-            None,
-        ),
         runtime::Error::Trap { message } => {
             compile(format!("the top-level code crashed: {message}"), None, None)
         }
