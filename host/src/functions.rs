@@ -249,30 +249,29 @@ impl Functions {
         }
         let language = language_title.language();
         let build_digest = self.toolchains.digest(language, source, options)?;
-        // An identical source built before runs on its component at once.
-        let interpreter = match self.tiers.interpreter(language) {
-            Some(interpreter)
-                if self
-                    .toolchains
-                    .artifacts()
-                    .get(build_digest)
-                    .await
-                    .is_none() =>
-            {
-                Some(interpreter)
-            }
-            _ => None,
+        // A new source runs on its language's interpreter at once, where
+        // there is one; one built before runs on its stored component
+        // (read once, here), as does a source the check leaves to the build.
+        let interpreter = self.tiers.interpreter(language);
+        let stored = match &interpreter {
+            Some(_) => self.toolchains.artifacts().get(build_digest).await,
+            None => None,
         };
-        let on_interpreter = match &interpreter {
-            Some(interpreter) => {
+        let on_interpreter = match (&interpreter, &stored) {
+            (Some(interpreter), None) => {
                 self.start_on_interpreter(interpreter, language_title, owner, source, build_digest)
                     .await?
             }
-            None => None,
+            _ => None,
         };
-        let (component_digest, component_size, tier) = match on_interpreter {
-            Some(started) => started,
-            None => {
+        let (component_digest, component_size, tier) = match (on_interpreter, stored) {
+            (Some(started), _) => started,
+            (None, Some(component)) => (
+                Digest::of(&component),
+                component.len() as u64,
+                TierState::Compiled,
+            ),
+            (None, None) => {
                 let artifact = self.build_counted(language, source, options, false).await?;
                 (
                     Digest::of(&artifact.component),

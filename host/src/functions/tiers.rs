@@ -291,31 +291,47 @@ impl Functions {
         build_digest: Digest,
         source: Arc<str>,
     ) {
-        if !self
-            .tiers
-            .preparing
-            .lock()
-            .expect("the preparing set is never poisoned")
-            .insert(build_digest)
-        {
-            return;
-        }
-        let Some(this) = self.this.upgrade() else {
-            return;
-        };
         let name = language_title.clone();
-        tokio::spawn(async move {
+        self.spawn_once(|t| &t.preparing, build_digest, async move |this| {
             match this.check(&interpreter, &name, "lambda-host", source).await {
                 Ok(script) => this.tiers.scripts.insert(build_digest, script),
                 Err(e) => {
                     tracing::warn!(function = %name, "preparing the source failed, it runs unprepared: {e}")
                 }
             }
-            this.tiers
-                .preparing
+        });
+    }
+
+    /// Runs `work` in the background unless work for `digest` in the set
+    /// `set` picks is under way already in this process; the set holds the
+    /// digest until the work ends.
+    fn spawn_once<F>(
+        &self,
+        set: fn(&Tiers) -> &Mutex<HashSet<Digest>>,
+        digest: Digest,
+        work: impl FnOnce(Arc<Functions>) -> F + Send + 'static,
+    ) where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let Some(this) = self.this.upgrade() else {
+            return;
+        };
+        let claim = move |this: &Functions, claimed: bool| {
+            let mut set = set(&this.tiers)
                 .lock()
-                .expect("the preparing set is never poisoned")
-                .remove(&build_digest);
+                .expect("a work set is never poisoned");
+            if claimed {
+                set.insert(digest)
+            } else {
+                set.remove(&digest)
+            }
+        };
+        if !claim(&this, true) {
+            return;
+        }
+        tokio::spawn(async move {
+            work(this.clone()).await;
+            claim(&this, false);
         });
     }
 
@@ -460,32 +476,19 @@ impl Functions {
     /// At most one build per version runs in this process.
     pub(super) fn spawn_tier_up(&self, record: &FunctionRecord, source: Arc<str>) {
         let build_digest = record.build_digest;
-        if !self
-            .tiers
-            .in_flight
-            .lock()
-            .expect("the tier-up set is never poisoned")
-            .insert(build_digest)
-        {
-            return;
-        }
-        let Some(this) = self.this.upgrade() else {
-            return;
-        };
         let name = record.language_title.clone();
         let options: BuildOptions =
             serde_json::from_value(record.compile_options.clone()).unwrap_or_default();
         let registered = Instant::now();
-        tokio::spawn(async move {
-            let outcome = this.tier_up(&name, &source, &options).await;
-            this.record_tier_up(&name, build_digest, &outcome, registered.elapsed())
-                .await;
-            this.tiers
-                .in_flight
-                .lock()
-                .expect("the tier-up set is never poisoned")
-                .remove(&build_digest);
-        });
+        self.spawn_once(
+            |t| &t.in_flight,
+            build_digest,
+            async move |this| {
+                let outcome = this.tier_up(&name, &source, &options).await;
+                this.record_tier_up(&name, build_digest, &outcome, registered.elapsed())
+                    .await;
+            },
+        );
     }
 
     async fn tier_up(&self, name: &LanguageTitle, source: &str, options: &BuildOptions) -> TierUp {
