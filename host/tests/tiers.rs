@@ -460,3 +460,43 @@ async fn a_tier_1_left_pending_by_a_host_that_stopped_is_built_by_the_next_that_
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_that_forges_its_prepared_form_breaks_only_itself() {
+    let app = app_with_interpreters(|_| {}).await;
+    let mallory = app.token("mallory", SCOPES);
+    let alice = app.token("alice", SCOPES);
+    let honest = app
+        .session(
+            &alice,
+            "nodejs-honest",
+            json!({ "script_content": javascript() }),
+        )
+        .await;
+    // Top-level code that replaces what the check answers: a prepared
+    // form that is not one.
+    let forger = format!(
+        "// {}\nconst real = JSON.stringify;\n\
+         JSON.stringify = (v) => typeof v === 'string' ? real('not a prepared body') : real(v);\n\
+         export default () => ({{ ok: true }});\n",
+        uuid::Uuid::new_v4()
+    );
+    let forged = app
+        .session(
+            &mallory,
+            "nodejs-forger",
+            json!({ "script_content": forger }),
+        )
+        .await;
+    let (status, body) = status_and_body(app.execute(&mallory, &forged, json!({})).await).await;
+    // Its own execution fails as its own runtime error, nothing of the
+    // host's; another user's function is untouched.
+    assert_eq!(body["error"]["code"], "RUNTIME_ERROR", "{status} {body}");
+    let (status, body) =
+        status_and_body(app.execute(&alice, &honest, json!({ "n": 5 })).await).await;
+    assert_eq!(
+        (status, &body["result"]["doubled"]),
+        (200, &json!(10)),
+        "{body}"
+    );
+}
