@@ -15,6 +15,10 @@ use crate::language::LanguageTitle;
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub description: String,
+    /// Whether an instance may serve its caller's next execution (a warm
+    /// instance: globals persist between those executions).
+    #[serde(default)]
+    pub warm_instances: bool,
     /// JSON Schemas of `params` and `result`.
     #[serde(default)]
     pub schema: Schema,

@@ -349,6 +349,7 @@ async fn invoke(
             text: text.into(),
             mode: ScriptMode::Check,
         }),
+        warm_version: None,
     };
     // As the host runs a tier-0 function: a check prepares the source
     // once (and reports its mistakes), every call runs what it answered.

@@ -222,6 +222,45 @@ pub struct RuntimeConfig {
         default_value_t = 0.25
     )]
     pub caller_slot_share: f64,
+    // Warm instances (see runtime/warm.rs): a function that opted in may
+    // serve a caller's next execution of the same version from the
+    // instance of the last one.
+    /// How many warm instances may wait for their next execution (0: none are kept); the least recently used goes first.
+    #[arg(
+        long,
+        global = true,
+        env = "LAMBDA_WARM_INSTANCES",
+        default_value_t = 32
+    )]
+    pub warm_instances: u32,
+    /// How many executions one warm instance serves before it is retired.
+    #[arg(long, global = true, env = "LAMBDA_WARM_INSTANCE_USES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub warm_instance_uses: u32,
+    /// How long a warm instance waits unused before it is retired, e.g. `60s`.
+    #[arg(long, global = true, env = "LAMBDA_WARM_INSTANCE_IDLE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub warm_instance_idle: Duration,
+    // The pooling allocator's reuse of its slots (wasmtime's knobs; the
+    // numbers behind the defaults are in docs/benchmarks.md).
+    /// Bytes of each linear memory reset by `memset` and kept resident when its slot is freed, in KiB (beyond: `madvise`).
+    #[arg(long = "pool-memory-keep-resident-kib", global = true, env = "LAMBDA_POOL_MEMORY_KEEP_RESIDENT_KIB", default_value = "1024", value_parser = kibibytes)]
+    pub pool_memory_keep_resident: usize,
+    /// The same for each table, in KiB.
+    #[arg(long = "pool-table-keep-resident-kib", global = true, env = "LAMBDA_POOL_TABLE_KEEP_RESIDENT_KIB", default_value = "64", value_parser = kibibytes)]
+    pub pool_table_keep_resident: usize,
+    /// Reset only the pages a memory touched, found with Linux's PAGEMAP_SCAN (6.7+): `auto` uses it when the kernel has it and no swap is on (swapped-out pages would not be reset), `on` requires it, `off`.
+    #[arg(long, global = true, env = "LAMBDA_POOL_PAGEMAP_SCAN", value_enum, default_value_t = PagemapScan::Auto)]
+    pub pool_pagemap_scan: PagemapScan,
+    /// Freed slots whose memory is given back to the kernel in one batch (1: each at once).
+    #[arg(long, global = true, env = "LAMBDA_POOL_DECOMMIT_BATCH", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pool_decommit_batch: u32,
+    /// Freed slots kept warm (their images mapped) for the same component to take again.
+    #[arg(
+        long,
+        global = true,
+        env = "LAMBDA_POOL_WARM_SLOTS",
+        default_value_t = 100
+    )]
+    pub pool_warm_slots: u32,
     /// The period of the engine's epoch ticker: the granularity of
     /// deadlines and how often a running guest yields to the executor.
     #[arg(skip = Duration::from_millis(10))]
@@ -285,6 +324,10 @@ impl RuntimeConfig {
             self.loaded_components_max_bytes >= 1 << 20,
             "loaded_components_max_bytes must be at least 1 MiB (got {})",
             self.loaded_components_max_bytes
+        );
+        ensure!(
+            !self.warm_instance_idle.is_zero(),
+            "warm_instance_idle must be positive"
         );
         ensure!(!self.max_timeout.is_zero(), "max_timeout must be positive");
         ensure!(
@@ -631,6 +674,24 @@ fn mebibytes(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("`{text}` is not a whole number of MiB"))?;
     mib.checked_mul(1 << 20)
         .ok_or_else(|| format!("{mib} MiB is too large"))
+}
+
+/// A size given in KiB, as bytes.
+fn kibibytes(text: &str) -> Result<usize, String> {
+    let kib: usize = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number of KiB"))?;
+    kib.checked_mul(1 << 10)
+        .ok_or_else(|| format!("{kib} KiB is too large"))
+}
+
+/// Whether the pool resets memories with Linux's PAGEMAP_SCAN.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PagemapScan {
+    /// When the kernel has it and no swap is on.
+    Auto,
+    On,
+    Off,
 }
 
 /// A duration given in milliseconds.

@@ -173,6 +173,7 @@ impl Functions {
                 component_digest: Digest::of(&artifact.component),
                 component_size: artifact.component.len() as u64,
                 tier: TierState::Compiled,
+                warm_instances: function.manifest.warm_instances,
                 compile_options: serde_json::to_value(options).unwrap_or(json!({})),
                 schema: serde_json::to_value(&function.manifest.schema).unwrap_or(json!({})),
                 examples: serde_json::to_value(&function.manifest.examples).unwrap_or(json!([])),
@@ -224,13 +225,15 @@ impl Functions {
 
     /// Registers `source` as `owner`'s dynamic function: on its language's
     /// interpreter at once where there is one (its own component then
-    /// builds in the background), else once built.
+    /// builds in the background), else once built. `warm_instances` is the
+    /// function's opt-in to warm instances.
     pub async fn register_dynamic(
         &self,
         language_title: &LanguageTitle,
         owner: &str,
         source: &str,
         options: &BuildOptions,
+        warm_instances: bool,
     ) -> Result<FunctionRecord, FunctionError> {
         let name = language_title.to_string();
         let existing = self.registry.get(language_title).await?;
@@ -291,6 +294,7 @@ impl Functions {
             component_digest,
             component_size,
             tier,
+            warm_instances,
             compile_options: serde_json::to_value(options).unwrap_or(json!({})),
             schema: json!({}),
             examples: json!([]),

@@ -10,7 +10,9 @@
 //! - per component, [`LoadedFunction`]: compiled once (or loaded from the AOT
 //!   cache) and pre-instantiated, keyed by the digest of its bytes;
 //! - per execution: a fresh `Store` and instance with a deadline, a memory
-//!   cap and bounded output, dropped when the call returns.
+//!   cap and bounded output, dropped when the call returns; or, for a
+//!   function that opted in, a warm instance of the same caller and
+//!   function version ([`warm`]), with its own deadline and output.
 
 mod bindings;
 mod cache;
@@ -19,6 +21,7 @@ mod incremental;
 mod invoke;
 mod limits;
 mod slots;
+mod warm;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -27,6 +30,7 @@ use std::time::Duration;
 pub use cache::CacheStats;
 pub use incremental::CompiledFunctions;
 pub use invoke::{Execution, Invocation, LogLine, Script, ScriptMode};
+pub use warm::WarmStats;
 
 use crate::config::RuntimeConfig;
 use crate::digest::Digest;
@@ -139,7 +143,11 @@ pub struct Runtime {
     /// instantiation, so a burst waits (a bounded time) for a free slot
     /// instead of failing in the allocator; shared fairly between callers.
     slots: slots::Slots,
+    /// Instances waiting for their caller's next execution.
+    warm: Arc<warm::WarmPool>,
     config: RuntimeConfig,
+    /// Retires warm instances left idle; stopped on drop.
+    _reaper: warm::Reaper,
     /// Dropped last: stops and joins the ticker thread.
     _ticker: engine::EpochTicker,
 }
@@ -157,7 +165,15 @@ impl Runtime {
             config.integrity_key.clone(),
         )?;
         let ticker = engine::EpochTicker::start(&engine, config.epoch_tick)?;
+        let warm = Arc::new(warm::WarmPool::new(
+            config.warm_instances as usize,
+            config.warm_instance_uses,
+            config.warm_instance_idle,
+        ));
+        let reaper = warm::Reaper::start(&warm)?;
         Ok(Self {
+            warm,
+            _reaper: reaper,
             slots: slots::Slots::new(
                 config.max_instances,
                 config.caller_slot_share,
@@ -205,9 +221,10 @@ impl Runtime {
         self.slots.in_use()
     }
 
-    /// Runs one execution in a fresh instance, in a slot of the caller's
-    /// share. `timeout` is capped by the configured maximum; `None` takes
-    /// the default.
+    /// Runs one execution in a slot of the caller's share: in a fresh
+    /// instance, or in a warm one of the same caller and version when the
+    /// invocation allows it. `timeout` is capped by the configured maximum;
+    /// `None` takes the default.
     pub async fn invoke(
         &self,
         function: &LoadedFunction,
@@ -218,7 +235,20 @@ impl Runtime {
             .unwrap_or_else(|| self.config.default_timeout())
             .min(self.config.max_timeout);
         let _slot = self.slots.acquire(&invocation.caller).await?;
-        invoke::run(&self.engine, &self.config, function, invocation, timeout).await
+        invoke::run(
+            &self.engine,
+            &self.config,
+            function,
+            invocation,
+            timeout,
+            &self.warm,
+        )
+        .await
+    }
+
+    /// Counters of fresh and warm instances.
+    pub fn warm_stats(&self) -> WarmStats {
+        self.warm.stats()
     }
 
     /// Removes native code no function needs (see

@@ -62,10 +62,12 @@ impl Application {
             let toolchains = toolchains.clone();
             move || {
                 let stats = runtime.cache_stats();
+                let warm = runtime.warm_stats();
                 CountedElsewhere {
                     compiles: stats.compiles,
                     compile_seconds: stats.compile_micros as f64 / 1e6,
                     integrity_failures: [toolchains.artifacts().rejected(), stats.aot_rejected],
+                    instances_started: [warm.fresh, warm.reused],
                 }
             }
         });

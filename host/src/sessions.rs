@@ -70,6 +70,8 @@ struct SessionOptions {
     timeout_ms: Option<u64>,
     retain_session: Option<bool>,
     compile_options: Option<BuildOptions>,
+    /// With a source: the function's opt-in to warm instances.
+    warm_instances: Option<bool>,
 }
 
 /// What the caller asks of the result cache (`X-Cache-Control`).
@@ -227,6 +229,7 @@ impl Sessions {
                         &caller.subject,
                         &source,
                         &options.compile_options.unwrap_or_default(),
+                        options.warm_instances.unwrap_or(false),
                     )
                     .await?
             }
@@ -254,6 +257,7 @@ impl Sessions {
             context,
             timeout_ms,
             retain_session: options.retain_session.unwrap_or(true),
+            warm_instances: function.warm_instances,
             created_at: now,
             expires_at: now + self.settings.ttl,
             execution_count: 0,
@@ -397,6 +401,7 @@ impl Sessions {
             context: session.context.clone(),
             caller: session.owner.clone(),
             script: executable.script,
+            warm_version: session.warm_instances.then_some(session.build_digest),
         };
         let started = Instant::now();
         let outcome = self
@@ -518,6 +523,7 @@ mod tests {
             context,
             timeout_ms: 1000,
             retain_session: true,
+            warm_instances: false,
             created_at: now,
             expires_at: now,
             execution_count: 0,

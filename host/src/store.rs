@@ -97,6 +97,10 @@ pub struct Session {
     pub context: Value,
     pub timeout_ms: u64,
     pub retain_session: bool,
+    /// Whether its executions may run in a warm instance of its caller's
+    /// (the function's opt-in when the session started).
+    #[serde(default)]
+    pub warm_instances: bool,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub execution_count: u64,
@@ -312,6 +316,9 @@ pub struct FunctionRecord {
     pub component_digest: Digest,
     pub component_size: u64,
     pub tier: TierState,
+    /// Whether an instance may serve its caller's next execution of the
+    /// same version (a warm instance).
+    pub warm_instances: bool,
     pub compile_options: Value,
     /// `{"params": <JSON Schema>, "result": <JSON Schema>}` where known.
     pub schema: Value,

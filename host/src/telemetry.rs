@@ -31,6 +31,8 @@ pub struct Metrics {
     pub log_records_dropped: IntCounter,
     pub log_records_quarantined: IntCounter,
     pub instances_in_use: IntGauge,
+    /// Warm instances waiting for their caller's next execution.
+    pub warm_instances_idle: IntGauge,
     pub pool_size: IntGauge,
     pub loaded_components: IntGauge,
     pub loaded_component_bytes: IntGauge,
@@ -105,6 +107,10 @@ label_values! {
 
 /// The `store` label of `lambda_integrity_failures_total`.
 pub const INTEGRITY_STORES: [&str; 2] = ["artifact", "native_code"];
+
+/// The `start` label of `lambda_instances_started_total`, in the order of
+/// [`CountedElsewhere::instances_started`].
+pub const INSTANCE_STARTS: [&str; 2] = ["fresh", "warm"];
 /// Builds take seconds to minutes.
 const BUILD_BUCKETS: &[f64] = &[
     0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
@@ -118,6 +124,8 @@ pub struct CountedElsewhere {
     pub compile_seconds: f64,
     /// By [`INTEGRITY_STORES`].
     pub integrity_failures: [u64; 2],
+    /// Executions by how their instance started, by [`INSTANCE_STARTS`].
+    pub instances_started: [u64; 2],
 }
 
 /// A collector of [`CountedElsewhere`]: the values are read when
@@ -134,6 +142,7 @@ struct ElsewhereMetrics {
     compiles: IntCounter,
     compile_seconds: Counter,
     integrity_failures: IntCounterVec,
+    instances_started: IntCounterVec,
 }
 
 impl ElsewhereMetrics {
@@ -157,6 +166,14 @@ impl ElsewhereMetrics {
                 &["store"],
             )
             .expect("valid metric"),
+            instances_started: IntCounterVec::new(
+                Opts::new(
+                    "lambda_instances_started_total",
+                    "Executions by their instance: instantiated fresh, or a warm instance of the same caller and function version",
+                ),
+                &["start"],
+            )
+            .expect("valid metric"),
         }
     }
 }
@@ -167,6 +184,7 @@ impl prometheus::core::Collector for ReadAtScrape {
         let mut descs = t.compiles.desc();
         descs.extend(t.compile_seconds.desc());
         descs.extend(t.integrity_failures.desc());
+        descs.extend(t.instances_started.desc());
         descs
     }
 
@@ -182,9 +200,16 @@ impl prometheus::core::Collector for ReadAtScrape {
                 .with_label_values(&[store])
                 .inc_by(count);
         }
+        for (start, count) in INSTANCE_STARTS.iter().zip(now.instances_started) {
+            fresh
+                .instances_started
+                .with_label_values(&[start])
+                .inc_by(count);
+        }
         let mut families = fresh.compiles.collect();
         families.extend(fresh.compile_seconds.collect());
         families.extend(fresh.integrity_failures.collect());
+        families.extend(fresh.instances_started.collect());
         families
     }
 }
@@ -283,6 +308,10 @@ impl Metrics {
                 "Log records the database refused for their values, left out of their batch",
             ),
             instances_in_use: gauge("lambda_instances_in_use", "Instances executing now"),
+            warm_instances_idle: gauge(
+                "lambda_warm_instances_idle",
+                "Warm instances waiting for their caller's next execution of the same function version",
+            ),
             pool_size: gauge(
                 "lambda_instance_pool_size",
                 "Instances that may execute at once",

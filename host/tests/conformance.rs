@@ -2,8 +2,9 @@
 //! function written in JavaScript, Python and Rust: same params in, same
 //! JSON out, the same kind of error for the same bad input.
 
+use lambda_host::digest::Digest;
 use lambda_host::language::Language;
-use lambda_host::runtime::{Error, Script, ScriptMode};
+use lambda_host::runtime::{Error, LoadedFunction, Runtime, Script, ScriptMode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -72,17 +73,56 @@ async fn run_table(language: Language, tier: Tier) {
         }
         None => None,
     };
-    let language = format!("{language} ({tier:?})");
+    // Each row in a fresh instance, then the whole table again in one warm
+    // instance: its glue must answer every row the same after the rows
+    // before it, errors included.
+    let version = Digest::of(name.as_bytes());
+    for warm in [false, true] {
+        let before = runtime.warm_stats();
+        let ran = run_rows(
+            &table,
+            &runtime,
+            &function,
+            &name,
+            &script,
+            warm.then_some(version),
+            &format!("{language} ({tier:?}, warm {warm})"),
+        )
+        .await;
+        let after = runtime.warm_stats();
+        let reused = after.reused - before.reused;
+        if warm {
+            assert_eq!(
+                reused,
+                ran - 1,
+                "{language} ({tier:?}): one instance serves every row"
+            );
+        } else {
+            assert_eq!(reused, 0);
+        }
+    }
+}
+
+async fn run_rows(
+    table: &Table,
+    runtime: &Runtime,
+    function: &LoadedFunction,
+    name: &str,
+    script: &Option<Script>,
+    warm_version: Option<Digest>,
+    language: &str,
+) -> u64 {
     let mut ran = 0;
-    for row in table.rows {
+    for row in &table.rows {
         if let Some(languages) = &row.languages
             && !languages.iter().any(|l| name.starts_with(&format!("{l}-")))
         {
             continue;
         }
-        let mut call = invocation(&name, row.params.clone());
+        let mut call = invocation(name, row.params.clone());
         call.script = script.clone();
-        let outcome = runtime.invoke(&function, &call, None).await;
+        call.warm_version = warm_version;
+        let outcome = runtime.invoke(function, &call, None).await;
         match (&row.expect, row.error.as_deref(), outcome) {
             (Some(expected), None, Ok(execution)) => {
                 assert_eq!(&execution.result, expected, "{language}: {}", row.name)
@@ -101,6 +141,7 @@ async fn run_table(language: Language, tier: Tier) {
         ran += 1;
     }
     assert!(ran >= 11, "{language} ran only {ran} rows");
+    ran
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -173,6 +173,7 @@ pub fn invocation(language_title: &str, params: Value) -> Invocation {
         context: json!({}),
         caller: "test".to_owned(),
         script: None,
+        warm_version: None,
     }
 }
 

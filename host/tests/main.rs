@@ -16,3 +16,4 @@ mod stores;
 mod tiers;
 mod toolchain_rust;
 mod toolchain_scripts;
+mod warm;

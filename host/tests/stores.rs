@@ -57,6 +57,8 @@ fn session(id: &str, ttl: Duration) -> Session {
         context: json!({ "timeout_ms": 1000, "nested": { "ü": [1, 2] } }),
         timeout_ms: 1000,
         retain_session: true,
+        // Not the default: a record that drops it fails the round trip.
+        warm_instances: true,
         created_at: now,
         expires_at: now + ttl,
         execution_count: 0,
@@ -269,6 +271,8 @@ fn function(
         component_digest: Digest::of(title.as_bytes()),
         component_size: 1234,
         tier: TierState::Compiled,
+        // Not the default: a store that drops the column fails the round trip.
+        warm_instances: true,
         compile_options: json!({ "optimization_level": "release" }),
         schema: json!({ "params": { "type": "object" } }),
         examples: json!([{ "params": {}, "result": 1 }]),

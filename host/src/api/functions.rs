@@ -83,6 +83,10 @@ pub struct FunctionDetail {
     /// Why the function's own component could not be built.
     #[serde(skip_serializing_if = "Option::is_none")]
     tier1_error: Option<String>,
+    /// Whether an instance may serve the same caller's next executions of
+    /// this version (a warm instance): globals may then persist between
+    /// them, as in a warm Lambda environment.
+    warm_instances: bool,
 }
 
 /// One page of the registered functions, by name.
@@ -215,6 +219,7 @@ pub async fn detail(
             TierState::Interpreted => "off",
         },
         tier1_error: function.tier.error().map(str::to_owned),
+        warm_instances: function.warm_instances,
     }))
 }
 

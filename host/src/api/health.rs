@@ -126,6 +126,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         .instances_in_use
         .set(runtime.instances_in_use() as i64);
     metrics
+        .warm_instances_idle
+        .set(runtime.warm_stats().idle as i64);
+    metrics
         .pool_size
         .set(i64::from(runtime.config().max_instances));
     let (loaded, loaded_bytes) = runtime.loaded_components().await;

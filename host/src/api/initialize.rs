@@ -17,7 +17,10 @@ use crate::sessions::StartRequest;
 #[derive(Default, Deserialize, ToSchema)]
 pub struct InitializeRequest {
     /// A JSON object every execution of the session sees; the host reads
-    /// `timeout_ms`, `retain_session` and `compile_options` from it.
+    /// `timeout_ms`, `retain_session` and `compile_options` from it, and,
+    /// with `script_content`, `warm_instances` (the function's opt-in to
+    /// warm instances: an instance may serve the same caller's next
+    /// executions of this version, and globals may persist between them).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     context: Option<Value>,

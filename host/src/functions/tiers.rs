@@ -265,6 +265,8 @@ impl Functions {
                 text: source.clone(),
                 mode: ScriptMode::Check,
             }),
+            // A check's instance ran top-level code nobody executes again.
+            warm_version: None,
         };
         let checked = self
             .runtime

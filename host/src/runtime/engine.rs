@@ -6,9 +6,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::config::RuntimeConfig;
+use crate::config::{PagemapScan, RuntimeConfig};
 
 /// Guests of componentize-js and componentize-py are several core modules
 /// linked together (the interpreter, libc, adapters, the glue): a component
@@ -38,7 +38,9 @@ pub fn build(config: &RuntimeConfig) -> anyhow::Result<Engine> {
     wasm.memory_init_cow(true);
 
     if config.pooling() {
-        let instances = config.max_instances;
+        // Executing instances, and warm ones waiting for their next
+        // execution: both hold a slot of the pool.
+        let instances = config.max_instances + config.warm_instances;
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(instances)
             .total_core_instances(instances * MAX_CORE_INSTANCES_PER_COMPONENT)
@@ -49,14 +51,18 @@ pub fn build(config: &RuntimeConfig) -> anyhow::Result<Engine> {
             .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
             .table_elements(MAX_TABLE_ELEMENTS)
             .max_core_instance_size(MAX_CORE_INSTANCE_SIZE)
-            .total_stacks(instances)
+            // A stack is only held during a call: executing instances.
+            .total_stacks(config.max_instances)
             // A slot's memory can never grow past the per-execution cap: the
             // limiter refuses first, and the pool reserves no more than that.
             .max_memory_size(config.memory_limit_bytes as usize)
             // Keep a little memory resident in released slots, so the next
             // instance in that slot does not fault every page in again.
-            .linear_memory_keep_resident(1 << 20)
-            .table_keep_resident(64 << 10);
+            .linear_memory_keep_resident(config.pool_memory_keep_resident)
+            .table_keep_resident(config.pool_table_keep_resident)
+            .decommit_batch_size(config.pool_decommit_batch as usize)
+            .max_unused_warm_slots(config.pool_warm_slots)
+            .pagemap_scan(pagemap_scan(config.pool_pagemap_scan));
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
 
@@ -76,6 +82,28 @@ pub fn build(config: &RuntimeConfig) -> anyhow::Result<Engine> {
     Engine::new(&wasm)
         .map_err(anyhow::Error::from)
         .context("the wasmtime engine refused the runtime settings")
+}
+
+/// PAGEMAP_SCAN finds the pages a memory touched, to reset only those;
+/// but it does not see pages that were swapped out, which would then keep
+/// an earlier instance's data. `auto` therefore uses it only when no swap
+/// is on (wasmtime's own `Auto` checks the kernel alone).
+fn pagemap_scan(setting: PagemapScan) -> Enabled {
+    match setting {
+        PagemapScan::On => Enabled::Yes,
+        PagemapScan::Off => Enabled::No,
+        PagemapScan::Auto if swap_is_on() => Enabled::No,
+        PagemapScan::Auto => Enabled::Auto,
+    }
+}
+
+/// Whether any swap area is active: `/proc/swaps` lists one per line under
+/// its header. Unreadable counts as on, the safe answer.
+fn swap_is_on() -> bool {
+    match std::fs::read_to_string("/proc/swaps") {
+        Ok(text) => text.lines().skip(1).any(|line| !line.trim().is_empty()),
+        Err(_) => true,
+    }
 }
 
 /// The single thread that advances the engine's epoch. Dropping it stops and

@@ -12,6 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{self, ErrorInfo, Level, WitInvocation};
 use super::limits::{BoundedOutput, MemoryLimiter};
+use super::warm::{WarmInstance, WarmKey, WarmPool};
 use super::{Error, GuestError, LoadedFunction};
 use crate::config::RuntimeConfig;
 
@@ -30,6 +31,11 @@ pub struct Invocation {
     /// The function's source, for an interpreter (tier 0) to run; `None`
     /// for a function's own component.
     pub script: Option<Script>,
+    /// The function version (build digest) when the function opted in to
+    /// warm instances: the instance may then serve this caller's later
+    /// executions of the same version (see [`super::warm`]). `None`: a
+    /// fresh instance, dropped after the call.
+    pub warm_version: Option<crate::digest::Digest>,
 }
 
 /// A source handed to an interpreter component through the `script`
@@ -85,6 +91,47 @@ pub struct GuestState {
     log_budget: usize,
     /// What the `script` import answers.
     script: Option<Script>,
+    /// Where the guest's stdout and stderr go: the same buffers for the
+    /// store's life (the guest's glue may keep its stream handles between
+    /// the executions of a warm instance), emptied by each execution.
+    stdout: BoundedOutput,
+    stderr: BoundedOutput,
+}
+
+impl GuestState {
+    fn new(config: &RuntimeConfig) -> Self {
+        let stdout = BoundedOutput::new(config.output_limit_bytes);
+        let stderr = BoundedOutput::new(config.output_limit_bytes);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(config.memory_limit_bytes),
+            logs: Vec::new(),
+            log_budget: 0,
+            script: None,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Makes the state ready for one execution: its own log budget, its
+    /// script, and a memory cap that starts from what the instance holds.
+    fn start_execution(&mut self, config: &RuntimeConfig, invocation: &Invocation) {
+        self.logs.clear();
+        self.log_budget = config.output_limit_bytes;
+        self.script = invocation.script.clone();
+        self.limiter.start_execution();
+        // Left over only if an earlier execution's output was never read.
+        self.stdout.take_contents();
+        self.stderr.take_contents();
+    }
 }
 
 impl WasiView for GuestState {
@@ -165,28 +212,32 @@ pub async fn run(
     function: &LoadedFunction,
     invocation: &Invocation,
     timeout: Duration,
+    warm: &WarmPool,
 ) -> Result<Execution, Error> {
-    let stdout = BoundedOutput::new(config.output_limit_bytes);
-    let stderr = BoundedOutput::new(config.output_limit_bytes);
-    let wasi = WasiCtxBuilder::new()
-        .stdout(stdout.clone())
-        .stderr(stderr.clone())
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false)
-        .build();
-    let mut store = Store::new(
-        engine,
-        GuestState {
-            wasi,
-            table: ResourceTable::new(),
-            limiter: MemoryLimiter::new(config.memory_limit_bytes),
-            logs: Vec::new(),
-            log_budget: config.output_limit_bytes,
-            script: invocation.script.clone(),
-        },
-    );
-    store.limiter(|state| &mut state.limiter);
+    let key = invocation
+        .warm_version
+        .filter(|_| warm.enabled())
+        .map(|version| WarmKey {
+            caller: invocation.caller.clone(),
+            version,
+            component: function.digest(),
+        });
+    let reused = match &key {
+        Some(key) => warm.take(key),
+        None => {
+            warm.count_fresh();
+            None
+        }
+    };
+    let (mut store, instance, uses) = match reused {
+        Some(warm) => (warm.store, Some(warm.function), warm.uses),
+        None => {
+            let mut store = Store::new(engine, GuestState::new(config));
+            store.limiter(|state| &mut state.limiter);
+            (store, None, 0)
+        }
+    };
+    store.data_mut().start_execution(config, invocation);
 
     // Every tick the guest yields to the executor (so a busy guest never
     // holds a worker thread for long) and is interrupted once past its
@@ -214,46 +265,60 @@ pub async fn run(
     };
 
     let call = async {
-        let instance = function.pre.instantiate_async(&mut store).await?;
-        instance.call_handle(&mut store, &wit_invocation).await
+        let instance = match instance {
+            Some(instance) => instance,
+            None => function.pre.instantiate_async(&mut store).await?,
+        };
+        let returned = instance.call_handle(&mut store, &wit_invocation).await?;
+        Ok::<_, wasmtime::Error>((instance, returned))
     };
     // The epoch stops guest code; this stops a guest blocked in a host call
     // (a sleep, a poll), where no epoch check runs. Dropping the future
     // drops the instance with it.
     let outcome = tokio::time::timeout(timeout, call).await;
     let duration = started.elapsed();
-    let state = store.into_data();
 
-    let returned = match outcome {
+    // From here on, every path that is not a clean answer drops the store:
+    // only an instance whose execution ended as its glue intended is kept.
+    let (instance, returned) = match outcome {
         Err(_elapsed) => return Err(Error::Timeout(timeout)),
         Ok(Err(trap)) => {
+            let state = store.data();
             return Err(classify_trap(
                 trap,
                 &state.limiter,
                 config,
                 timeout,
-                &stderr,
+                &state.stderr,
             ));
         }
-        Ok(Ok(returned)) => returned,
+        Ok(Ok(answered)) => answered,
     };
-    match returned {
-        Ok(json) => {
-            let result =
-                serde_json::from_str(&json).map_err(|e| Error::InvalidResult(e.to_string()))?;
-            Ok(Execution {
+    let state = store.data_mut();
+    let logs = std::mem::take(&mut state.logs);
+    let stdout = state.stdout.take_contents();
+    let stderr = state.stderr.take_contents();
+    let hit_the_cap = state.limiter.hit_the_cap();
+    let answer = match returned {
+        Ok(json) => match serde_json::from_str(&json) {
+            Ok(result) => Ok(Execution {
                 result,
-                logs: state.logs,
-                stdout: stdout.contents(),
-                stderr: stderr.contents(),
+                logs,
+                stdout,
+                stderr,
                 duration,
-            })
-        }
+            }),
+            // The glue answered something it should not have: its state
+            // is not to be trusted with another execution.
+            Err(e) => return Err(Error::InvalidResult(e.to_string())),
+        },
         // A guest that caught its allocation failure and reported it is
-        // still out of memory, whatever words it chose.
-        Err(_) if state.limiter.hit_the_cap() => Err(Error::OutOfMemory {
-            limit_bytes: config.memory_limit_bytes,
-        }),
+        // still out of memory, whatever words it chose; the instance goes.
+        Err(_) if hit_the_cap => {
+            return Err(Error::OutOfMemory {
+                limit_bytes: config.memory_limit_bytes,
+            });
+        }
         Err(ErrorInfo {
             message,
             stack_trace,
@@ -265,7 +330,13 @@ pub async fn run(
             line,
             column,
         })),
+    };
+    // An answer or an error the guest's glue reported itself: the
+    // instance may serve this caller's next execution of this version.
+    if let Some(key) = key {
+        warm.put(key, WarmInstance::new(store, instance, uses + 1));
     }
+    answer
 }
 
 /// A stack trace without the paths of the machine that built the

@@ -32,6 +32,12 @@ impl MemoryLimiter {
     pub fn hit_the_cap(&self) -> bool {
         self.refused
     }
+
+    /// Starts an execution of the instance: a refusal of an earlier one is
+    /// forgotten; the memory it holds still counts.
+    pub fn start_execution(&mut self) {
+        self.refused = false;
+    }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
@@ -106,6 +112,16 @@ impl BoundedOutput {
         if captured.truncated {
             text.push_str("\n[output truncated]");
         }
+        text
+    }
+
+    /// [`contents`](Self::contents), leaving the buffer empty for the next
+    /// execution of the same instance.
+    pub fn take_contents(&self) -> String {
+        let text = self.contents();
+        let mut captured = self.lock();
+        captured.bytes.clear();
+        captured.truncated = false;
         text
     }
 
@@ -184,6 +200,11 @@ mod tests {
         assert_eq!(out.contents(), "hello");
         OutputStream::write(&mut out, Bytes::from_static(b" world")).unwrap();
         assert_eq!(out.contents(), "hello\n[output truncated]");
+        // The next execution of a warm instance starts empty, with room.
+        assert_eq!(out.take_contents(), "hello\n[output truncated]");
+        OutputStream::write(&mut out, Bytes::from_static(b"again")).unwrap();
+        assert_eq!(out.take_contents(), "again");
+        assert_eq!(out.contents(), "");
     }
 
     #[test]
@@ -195,5 +216,10 @@ mod tests {
         // A third memory would take the total past the cap.
         assert!(!limiter.memory_growing(0, 1, None).unwrap());
         assert!(limiter.hit_the_cap());
+        // A warm instance's next execution starts without the refusal but
+        // with the memory it holds.
+        limiter.start_execution();
+        assert!(!limiter.hit_the_cap());
+        assert!(!limiter.memory_growing(0, 1, None).unwrap());
     }
 }

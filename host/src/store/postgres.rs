@@ -78,6 +78,7 @@ fn function_from_row(row: &PgRow) -> StoreResult<FunctionRecord> {
         )?,
         component_size: row.get::<i64, _>("component_size") as u64,
         tier: TierState::from_columns(row.get("tier"), row.get("tier_error"))?,
+        warm_instances: row.get("warm_instances"),
         compile_options: row.get("compile_options"),
         schema: row
             .get::<Option<serde_json::Value>, _>("schema_definition")
@@ -118,8 +119,8 @@ impl Registry for PgStore {
             "INSERT INTO meta.functions (language, title, language_title, description,
                  schema_definition, examples, created_at, updated_at, created_by, kind,
                  build_digest, component_digest, component_size, compile_options,
-                 tier, tier_error)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                 tier, tier_error, warm_instances)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
              ON CONFLICT (language_title) DO UPDATE SET
                  description = EXCLUDED.description,
                  schema_definition = EXCLUDED.schema_definition,
@@ -129,7 +130,8 @@ impl Registry for PgStore {
                  component_digest = EXCLUDED.component_digest,
                  component_size = EXCLUDED.component_size,
                  compile_options = EXCLUDED.compile_options, is_active = TRUE,
-                 tier = EXCLUDED.tier, tier_error = EXCLUDED.tier_error
+                 tier = EXCLUDED.tier, tier_error = EXCLUDED.tier_error,
+                 warm_instances = EXCLUDED.warm_instances
              WHERE EXCLUDED.kind = 'predefined'
                 OR (meta.functions.kind = 'dynamic'
                     AND meta.functions.created_by IS NOT DISTINCT FROM EXCLUDED.created_by)
@@ -151,6 +153,7 @@ impl Registry for PgStore {
         .bind(&f.compile_options)
         .bind(f.tier.as_str())
         .bind(f.tier.error())
+        .bind(f.warm_instances)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db("registering a function"))?;
@@ -471,7 +474,7 @@ const REPLACE_UNLESS_LIVE: &str = " ON CONFLICT (request_id) DO UPDATE SET
      execution_count = excluded.execution_count, status = excluded.status,
      context = excluded.context, build_digest = excluded.build_digest,
      component_digest = excluded.component_digest, timeout_ms = excluded.timeout_ms,
-     retain_session = excluded.retain_session
+     retain_session = excluded.retain_session, warm_instances = excluded.warm_instances
      WHERE meta.sessions.status = 'ended' OR meta.sessions.expires_at <= NOW()";
 
 /// `INSERT INTO sessions ... VALUES` of these records; the caller adds
@@ -480,7 +483,7 @@ fn session_rows<'a>(rows: &'a [&'a Session]) -> QueryBuilder<'a, Postgres> {
     let mut query = QueryBuilder::<Postgres>::new(
         "INSERT INTO meta.sessions (request_id, language_title, user_id, created_at,
              expires_at, last_executed_at, execution_count, status, context,
-             build_digest, component_digest, timeout_ms, retain_session) ",
+             build_digest, component_digest, timeout_ms, retain_session, warm_instances) ",
     );
     query.push_values(rows, |mut row, s| {
         row.push_bind(&s.request_id)
@@ -495,7 +498,8 @@ fn session_rows<'a>(rows: &'a [&'a Session]) -> QueryBuilder<'a, Postgres> {
             .push_bind(s.build_digest.to_string())
             .push_bind(s.component_digest.to_string())
             .push_bind(i64::try_from(s.timeout_ms).unwrap_or(i64::MAX))
-            .push_bind(s.retain_session);
+            .push_bind(s.retain_session)
+            .push_bind(s.warm_instances);
     });
     query
 }
@@ -557,6 +561,7 @@ impl SessionRecords for PgStore {
                 None => return Ok(None),
             },
             retain_session: row.get::<Option<bool>, _>("retain_session").unwrap_or(true),
+            warm_instances: row.get("warm_instances"),
             created_at: row.get("created_at"),
             expires_at: row.get("expires_at"),
             execution_count: u64::try_from(row.get::<i32, _>("execution_count")).unwrap_or(0),

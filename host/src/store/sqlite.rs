@@ -88,6 +88,7 @@ fn function_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<FunctionRecor
         )?,
         component_size: row.get::<i64, _>("component_size") as u64,
         tier: TierState::from_columns(row.get("tier"), row.get("tier_error"))?,
+        warm_instances: row.get("warm_instances"),
         compile_options: json_column(row.get("compile_options"))?,
         schema: json_column(row.get("schema"))?,
         examples: json_column(row.get("examples"))?,
@@ -115,8 +116,8 @@ impl Registry for SqliteStore {
         let written = sqlx::query(
             "INSERT INTO functions (language_title, language, title, kind, owner, description,
                  script_content, build_digest, component_digest, component_size, compile_options,
-                 schema, examples, created_at, updated_at, tier, tier_error)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 schema, examples, created_at, updated_at, tier, tier_error, warm_instances)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (language_title) DO UPDATE SET
                  kind = excluded.kind, owner = excluded.owner,
                  description = excluded.description, script_content = excluded.script_content,
@@ -124,7 +125,8 @@ impl Registry for SqliteStore {
                  component_size = excluded.component_size,
                  compile_options = excluded.compile_options, schema = excluded.schema,
                  examples = excluded.examples, updated_at = excluded.updated_at,
-                 tier = excluded.tier, tier_error = excluded.tier_error
+                 tier = excluded.tier, tier_error = excluded.tier_error,
+                 warm_instances = excluded.warm_instances
              WHERE excluded.kind = 'predefined'
                 OR (functions.kind = 'dynamic' AND functions.owner IS excluded.owner)",
         )
@@ -145,6 +147,7 @@ impl Registry for SqliteStore {
         .bind(f.updated_at.to_rfc3339())
         .bind(f.tier.as_str())
         .bind(f.tier.error())
+        .bind(f.warm_instances)
         .execute(&self.pool)
         .await
         .map_err(db("registering a function"))?;
@@ -359,7 +362,7 @@ const REPLACE_UNLESS_LIVE: &str = " ON CONFLICT (request_id) DO UPDATE SET
      execution_count = excluded.execution_count, status = excluded.status,
      context = excluded.context, build_digest = excluded.build_digest,
      component_digest = excluded.component_digest, timeout_ms = excluded.timeout_ms,
-     retain_session = excluded.retain_session
+     retain_session = excluded.retain_session, warm_instances = excluded.warm_instances
      WHERE sessions.status = 'ended' OR sessions.expires_at <= ";
 
 /// `INSERT INTO sessions ... VALUES` of these records; the caller adds
@@ -368,7 +371,7 @@ fn session_rows<'a>(rows: &'a [&'a Session]) -> QueryBuilder<'a, Sqlite> {
     let mut query = QueryBuilder::<Sqlite>::new(
         "INSERT INTO sessions (request_id, language_title, user_id, build_digest,
              component_digest, context, timeout_ms, retain_session, created_at,
-             expires_at, execution_count, last_executed_at, status) ",
+             expires_at, execution_count, last_executed_at, status, warm_instances) ",
     );
     query.push_values(rows, |mut row, s| {
         row.push_bind(&s.request_id)
@@ -383,7 +386,8 @@ fn session_rows<'a>(rows: &'a [&'a Session]) -> QueryBuilder<'a, Sqlite> {
             .push_bind(s.expires_at.to_rfc3339())
             .push_bind(i64::try_from(s.execution_count).unwrap_or(i64::MAX))
             .push_bind(s.last_executed_at.map(|t| t.to_rfc3339()))
-            .push_bind(session_status::ACTIVE);
+            .push_bind(session_status::ACTIVE)
+            .push_bind(s.warm_instances);
     });
     query
 }
@@ -440,6 +444,7 @@ impl SessionRecords for SqliteStore {
             context: json_column(row.get("context"))?,
             timeout_ms: u64::try_from(row.get::<i64, _>("timeout_ms")).unwrap_or(0),
             retain_session: row.get("retain_session"),
+            warm_instances: row.get("warm_instances"),
             created_at: timestamp(row.get("created_at"))?,
             expires_at: timestamp(row.get("expires_at"))?,
             execution_count: u64::try_from(row.get::<i64, _>("execution_count")).unwrap_or(0),
