@@ -6,6 +6,7 @@
 //! `Debug` that shows it.
 
 use std::fmt;
+use std::sync::Arc;
 use std::path::Path;
 use std::time::Duration;
 
@@ -140,7 +141,22 @@ const SECRET_FILE: &str = "jwt-secret";
 pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// Tokens verified recently, by their exact text: a client sends the
+    /// same token with every request, and checking its signature again is
+    /// a measurable part of an execute. Only tokens that verified are
+    /// kept, each until its expiry (checked at every hit) and at most
+    /// [`VERIFIED_TTL`]; bounded by [`VERIFIED_CAPACITY`] entries.
+    verified: moka::sync::Cache<Box<str>, Arc<Verified>>,
 }
+
+/// A token that verified: who it names and until when.
+struct Verified {
+    principal: Principal,
+    expires_at: i64,
+}
+
+const VERIFIED_CAPACITY: u64 = 10_000;
+const VERIFIED_TTL: Duration = Duration::from_secs(300);
 
 impl fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -157,6 +173,10 @@ impl JwtKeys {
         Ok(Self {
             encoding: EncodingKey::from_secret(secret).context("invalid JWT secret")?,
             decoding: DecodingKey::from_secret(secret).context("invalid JWT secret")?,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_CAPACITY)
+                .time_to_live(VERIFIED_TTL)
+                .build(),
         })
     }
 
@@ -181,6 +201,12 @@ impl JwtKeys {
 
     /// Verifies a token: signature, algorithm and expiry.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if let Some(verified) = self.verified.get(token) {
+            if verified.expires_at > chrono::Utc::now().timestamp() {
+                return Ok(verified.principal.clone());
+            }
+            self.verified.invalidate(token);
+        }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 0;
@@ -194,10 +220,18 @@ impl JwtKeys {
             ScopeClaim::Text(text) => text.split_whitespace().map(str::to_owned).collect(),
             ScopeClaim::List(list) => list,
         };
-        Ok(Principal {
+        let principal = Principal {
             subject: data.claims.sub,
             scopes,
-        })
+        };
+        self.verified.insert(
+            token.into(),
+            Arc::new(Verified {
+                principal: principal.clone(),
+                expires_at: data.claims.exp,
+            }),
+        );
+        Ok(principal)
     }
 }
 
@@ -364,6 +398,29 @@ mod tests {
             .unwrap();
         assert_eq!(keys().verify(&forged), Err(AuthError::Invalid));
         assert_eq!(keys().verify("not.a.token"), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_only_as_itself_and_only_until_it_expires() {
+        let keys = keys();
+        let token = keys
+            .mint("alice", &["execute:all".into()], Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(keys.verify(&token).unwrap().subject, "alice");
+        assert_eq!(keys.verify(&token).unwrap().subject, "alice");
+        assert_eq!(keys.verified.get(token.as_str()).unwrap().principal.subject, "alice");
+        // The same token with one character of its signature changed is
+        // not the remembered one: it is verified, and refused. (Not the
+        // last character, whose low bits are base64 padding.)
+        let at = token.len() - 10;
+        let changed = if &token[at..=at] == "A" { "B" } else { "A" };
+        let tampered = format!("{}{changed}{}", &token[..at], &token[at + 1..]);
+        assert_eq!(keys.verify(&tampered), Err(AuthError::Invalid));
+        assert!(keys.verified.get(tampered.as_str()).is_none());
+        // Past its expiry the remembered token is refused like any other.
+        std::thread::sleep(Duration::from_millis(2100));
+        assert_eq!(keys.verify(&token), Err(AuthError::Expired));
+        assert!(keys.verified.get(token.as_str()).is_none());
     }
 
     #[test]

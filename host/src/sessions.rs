@@ -478,33 +478,53 @@ pub fn cache_key(session: &Session, params: &Value) -> String {
         Digest::of_fields([
             version.as_bytes(),
             session.owner.as_bytes(),
-            context.as_bytes(),
-            params.as_bytes(),
+            &context,
+            &params,
         ])
     )
 }
 
-fn canonical_json(value: &Value) -> String {
+fn canonical_json(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    write_canonical(value, &mut out);
+    out
+}
+
+/// JSON with every object's keys in order, written into one buffer: the
+/// same text for the same value, however its keys were ordered.
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            let fields: Vec<String> = entries
-                .into_iter()
-                .map(|(k, v)| format!("{}:{}", Value::String(k.clone()), canonical_json(v)))
-                .collect();
-            format!("{{{}}}", fields.join(","))
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json(out, key);
+                out.push(b':');
+                write_canonical(item, out);
+            }
+            out.push(b'}');
         }
-        Value::Array(items) => format!(
-            "[{}]",
-            items
-                .iter()
-                .map(canonical_json)
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
-        other => other.to_string(),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => write_json(out, scalar),
     }
+}
+
+/// A string or a scalar as JSON text.
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(out, value).expect("JSON into memory cannot fail");
 }
 
 #[cfg(test)]
@@ -552,6 +572,17 @@ mod tests {
         assert_ne!(
             cache_key(&v1, &json!({ "a": [1, 2] })),
             cache_key(&v1, &json!({ "a": [2, 1] }))
+        );
+    }
+
+    #[test]
+    fn canonical_json_is_compact_json_with_sorted_keys() {
+        // The text is part of every cached result's key (in Redis, across
+        // host versions): it must not change.
+        let value = json!({ "b": [1, { "d": "x\"y", "c": null }], "é": true, "a": 1.5 });
+        assert_eq!(
+            String::from_utf8(canonical_json(&value)).unwrap(),
+            r#"{"a":1.5,"b":[1,{"c":null,"d":"x\"y"}],"é":true}"#
         );
     }
 }

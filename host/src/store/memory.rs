@@ -38,9 +38,50 @@ impl<K, V> Expiry<K, (V, Instant)> for ByDeadline {
     }
 }
 
+/// A live session: what it was created with, and its counts, which
+/// change in place at every execution (no new entry, no copy of the
+/// context, no lock of the cache).
+struct LiveSession {
+    created: Session,
+    counted: Mutex<Counted>,
+}
+
+#[derive(Clone, Copy)]
+struct Counted {
+    execution_count: u64,
+    last_executed_at: Option<DateTime<Utc>>,
+}
+
+impl LiveSession {
+    fn new(session: &Session) -> Arc<Self> {
+        Arc::new(Self {
+            created: session.clone(),
+            counted: Mutex::new(Counted {
+                execution_count: session.execution_count,
+                last_executed_at: session.last_executed_at,
+            }),
+        })
+    }
+
+    fn counted(&self) -> std::sync::MutexGuard<'_, Counted> {
+        // Two plain fields, consistent after every statement.
+        self.counted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The session as it stands now.
+    fn session(&self) -> Session {
+        let counted = *self.counted();
+        Session {
+            execution_count: counted.execution_count,
+            last_executed_at: counted.last_executed_at,
+            ..self.created.clone()
+        }
+    }
+}
+
 /// Sessions in process.
 pub struct MemorySessions {
-    sessions: Cache<String, (Session, Instant)>,
+    sessions: Cache<String, (Arc<LiveSession>, Instant)>,
     /// What each owner's live sessions weigh, in bytes: added on insert,
     /// given back by the cache's listener whenever a session leaves
     /// (expired, removed, evicted).
@@ -56,16 +97,19 @@ impl MemorySessions {
         Self {
             sessions: Cache::builder()
                 .max_capacity(max_bytes)
-                .weigher(|_: &String, (session, _): &(Session, Instant)| {
-                    u32::try_from(session.weight()).unwrap_or(u32::MAX)
+                .weigher(|_: &String, (live, _): &(Arc<LiveSession>, Instant)| {
+                    u32::try_from(live.created.weight()).unwrap_or(u32::MAX)
                 })
                 .expire_after(ByDeadline)
-                .eviction_listener(move |_, (session, _): (Session, Instant), cause| {
-                    // A replaced entry is the same session, counted again.
-                    if cause != moka::notification::RemovalCause::Replaced {
-                        release(&listener_weights, &session.owner, session.weight());
-                    }
-                })
+                .eviction_listener(
+                    move |_, (live, _): (Arc<LiveSession>, Instant), cause| {
+                        // A replaced entry is the same session, counted again.
+                        if cause != moka::notification::RemovalCause::Replaced {
+                            let session = &live.created;
+                            release(&listener_weights, &session.owner, session.weight());
+                        }
+                    },
+                )
                 .build(),
             weights,
         }
@@ -121,7 +165,7 @@ impl SessionStore for MemorySessions {
         let entry = self
             .sessions
             .entry(session.request_id.clone())
-            .or_insert_with(async { (session.clone(), deadline_of(session)) })
+            .or_insert_with(async { (LiveSession::new(session), deadline_of(session)) })
             .await;
         if entry.is_fresh() {
             Ok(Insert::Inserted)
@@ -132,35 +176,32 @@ impl SessionStore for MemorySessions {
     }
 
     async fn get(&self, request_id: &str) -> StoreResult<Option<Session>> {
-        Ok(self.sessions.get(request_id).await.map(|(s, _)| s))
+        Ok(self
+            .sessions
+            .get(request_id)
+            .await
+            .map(|(live, _)| live.session()))
     }
 
-    /// The entry is updated under moka's per-key lock: concurrent
-    /// executions each count. An expired or removed session stays gone.
+    /// The count changes in place, under the session's own lock:
+    /// concurrent executions each count. An expired or removed session
+    /// stays gone (one removed while this counts is counted once more in
+    /// the copy returned, which changes no stored state).
     async fn record_execution(
         &self,
         session: &Session,
         at: DateTime<Utc>,
     ) -> StoreResult<Option<Session>> {
-        let result = self
-            .sessions
-            .entry(session.request_id.clone())
-            .and_compute_with(|existing| async move {
-                match existing {
-                    Some(entry) => {
-                        let (mut stored, deadline) = entry.into_value();
-                        stored.execution_count += 1;
-                        stored.last_executed_at = Some(at);
-                        moka::ops::compute::Op::Put((stored, deadline))
-                    }
-                    None => moka::ops::compute::Op::Nop,
-                }
-            })
-            .await;
-        Ok(match result {
-            moka::ops::compute::CompResult::ReplacedWith(entry) => Some(entry.into_value().0),
-            _ => None,
-        })
+        let Some((live, _)) = self.sessions.get(&session.request_id).await else {
+            return Ok(None);
+        };
+        {
+            let mut counted = live.counted();
+            counted.execution_count += 1;
+            // Executions may finish out of order: the latest time stays.
+            counted.last_executed_at = counted.last_executed_at.max(Some(at));
+        }
+        Ok(Some(live.session()))
     }
 
     async fn remove(&self, session: &Session) -> StoreResult<()> {
