@@ -23,6 +23,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import peers
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = ROOT / "target/release/lambda-host"
 # The bench is one user measuring the host's throughput: no rate limit, and
@@ -33,6 +35,14 @@ FUNCTIONS = {
     "rust-data_validator": {"data": {"age": 25}, "rules": ["required", "numeric"]},
     "nodejs-calculator": {"operation": "add", "a": 5, "b": 3},
     "python-text_processor": {"action": "count_words", "text": "Hello world"},
+}
+# Execute req/s at 16 connections before warm instances and the leaner
+# request path (bench/results.json of commit b5cdff375f0b, 2026-11-30, this
+# machine): what "fresh instances, 1.5x today's" is measured against.
+BEFORE_WARM_INSTANCES = {
+    "rust-data_validator": 7118.91,
+    "nodejs-calculator": 784.48,
+    "python-text_processor": 558.92,
 }
 DYNAMIC = {
     "rust": "use serde_json::{{json, Value}};\n// {tag}\npub fn handler(e: Value) -> Result<Value, String> {{ Ok(json!({{ \"n\": e[\"params\"][\"n\"] }})) }}\n",
@@ -333,10 +343,12 @@ def tier_throughput(seconds, connections):
     return results
 
 
-def invoke_repeat(function, params, repeat, pooling, env):
+def invoke_repeat(function, params, repeat, pooling, env, warm=False):
     args = [str(HOST), "invoke", function, "--params", json.dumps(params), "--repeat", str(repeat)]
     if not pooling:
         args.append("--no-pooling")
+    if warm:
+        args.append("--warm")
     out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stderr
     match = re.search(r"median (\d+) us, p99 (\d+) us", out)
     return {"median_us": int(match.group(1)), "p99_us": int(match.group(2)), "calls": repeat}
@@ -450,34 +462,48 @@ def main():
     wasmtime.chmod(0o755)
     if shutil.which("wrk") is None:
         run("bash", "-c", "apt-get update -qq && apt-get install -y -qq wrk")
+    peers.install(ROOT)
 
     work, data = fresh_data_dir()
+    fresh_work, fresh_data = fresh_data_dir()
     env = dict(os.environ, LAMBDA_DATA_DIR=str(data), LAMBDA_RUST_TARGET_DIR=str(ROOT / "target/guest-rust"))
-    ports = {name: free_port() for name in ("ours", "anchor", "ceiling")}
+    fresh_env = dict(env, LAMBDA_DATA_DIR=str(fresh_data))
+    ports = {name: free_port() for name in ("ours", "fresh", "anchor", "ceiling", "fastapi", "vm2")}
     processes = []
     try:
+        # Ours twice: as configured by default (the predefined functions opt
+        # in to warm instances), and with no warm instance kept (every
+        # execution in a fresh instance).
         host = subprocess.Popen([str(HOST), "serve", "--listen", f"127.0.0.1:{ports['ours']}", *ONE_TENANT],
                                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(work / "host.log", "w"))
         processes.append(host)
+        fresh_host = subprocess.Popen([str(HOST), "serve", "--listen", f"127.0.0.1:{ports['fresh']}", *ONE_TENANT, "--warm-instances", "0"],
+                                      cwd=ROOT, env=fresh_env, stdout=subprocess.DEVNULL, stderr=open(work / "host-fresh.log", "w"))
+        processes.append(fresh_host)
+        processes.extend(peers.start(ROOT, ports, log_dir=work))
         processes.append(subprocess.Popen([str(wasmtime), "serve", "-S", "cli=y", "--addr", f"127.0.0.1:{ports['anchor']}",
                                            str(bench_target / "wasm32-wasip2/release/anchor_http.wasm")],
                                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         processes.append(subprocess.Popen([str(bench_target / "release/ceiling"), f"127.0.0.1:{ports['ceiling']}"], cwd=ROOT))
         base = f"http://127.0.0.1:{ports['ours']}"
+        fresh_base = f"http://127.0.0.1:{ports['fresh']}"
         wait_for(f"{base}/health")
+        wait_for(f"{fresh_base}/health")
         wait_for(f"http://127.0.0.1:{ports['anchor']}/")
         wait_for(f"http://127.0.0.1:{ports['ceiling']}/")
         token = subprocess.run([str(HOST), "token", "--sub", "bench"], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
         auth = {"Authorization": f"Bearer {token}"}
+        fresh_token = subprocess.run([str(HOST), "token", "--sub", "bench"], cwd=ROOT, env=fresh_env, capture_output=True, text=True, check=True).stdout.strip()
         for function in FUNCTIONS:
             post(f"{base}/api/v1/initialize", {}, {**auth, "Language-Title": function, "X-Request-ID": f"bench-{function}"})
+            post(f"{fresh_base}/api/v1/initialize", {}, {"Authorization": f"Bearer {fresh_token}", "Language-Title": function, "X-Request-ID": f"bench-{function}"})
         idle_rss = rss_mib(host.pid)
         results = []
         peak_rss = idle_rss
 
-        def measure(name, url, params, connections, cached=False, sample=None):
+        def measure(name, url, params, connections, cached=False, sample=None, bearer=token):
             nonlocal peak_rss
-            wrk_env = dict(os.environ, TOKEN=token, PARAMS=json.dumps(params), CACHED="1" if cached else "0")
+            wrk_env = dict(os.environ, TOKEN=bearer, PARAMS=json.dumps(params), CACHED="1" if cached else "0")
             wrk(url, 4, 1, wrk_env)  # warm the slots
             numbers, peak = wrk(url, connections, seconds, wrk_env, sample)
             peak_rss = max(peak_rss, peak)
@@ -490,8 +516,12 @@ def main():
         for connections in connection_counts:
             for function, params in FUNCTIONS.items():
                 measure(f"execute {function}", f"{base}/api/v1/execute/bench-{function}", params, connections, sample=host.pid)
+                measure(f"execute {function}, fresh instances", f"{fresh_base}/api/v1/execute/bench-{function}", params, connections,
+                        sample=fresh_host.pid, bearer=fresh_token)
             measure("wasmtime serve (rust-data_validator)", f"http://127.0.0.1:{ports['anchor']}/", validator, connections)
             measure("plain axum (rust-data_validator)", f"http://127.0.0.1:{ports['ceiling']}/", validator, connections)
+            for name, (port, function) in peers.PEERS.items():
+                measure(name, f"http://127.0.0.1:{ports[port]}/", FUNCTIONS[function], connections)
         measure("execute rust-data_validator, cache hit", f"{base}/api/v1/execute/bench-rust-data_validator", validator, 16, cached=True)
 
         for language, template in DYNAMIC.items():
@@ -511,6 +541,10 @@ def main():
                 name = f"instantiate+call {function}, pooling {'on' if pooling else 'off'}"
                 results.append({"name": name, **numbers})
                 print(f"{name}: median {numbers['median_us']} us, p99 {numbers['p99_us']} us", flush=True)
+            numbers = invoke_repeat(function, params, repeat, True, cli_env, warm=True)
+            name = f"call {function} in a warm instance"
+            results.append({"name": name, **numbers})
+            print(f"{name}: median {numbers['median_us']} us, p99 {numbers['p99_us']} us", flush=True)
 
         results.extend(tier_results(quick=options.quick))
 
@@ -528,10 +562,15 @@ def main():
         for process in processes:
             process.wait()
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(fresh_work, ignore_errors=True)
 
     def at16(name):
         return next(r for r in results if r["name"] == name and r.get("connections") == 16)
-    ours, anchor, ceiling = (at16("execute rust-data_validator"), at16("wasmtime serve (rust-data_validator)"), at16("plain axum (rust-data_validator)"))
+    ours, anchor, ceiling = (at16("execute rust-data_validator, fresh instances"), at16("wasmtime serve (rust-data_validator)"), at16("plain axum (rust-data_validator)"))
+    warm = {function: at16(f"execute {function}") for function in FUNCTIONS}
+    fresh = {function: at16(f"execute {function}, fresh instances") for function in FUNCTIONS}
+    peer = {function: at16(name) for name, (_, function) in peers.PEERS.items()}
+    in_process = {r["name"]: r for r in results if "median_us" in r}
     versions = {
         "lambda-host": subprocess.run([str(HOST), "--version"], capture_output=True, text=True).stdout.strip(),
         "wasmtime (host crate)": "48.0.8",
@@ -547,9 +586,19 @@ def main():
         "versions": versions,
         "results": results,
         "ratios": {
+            # Fresh instances (every execution instantiates).
             "rust_execute_vs_wasmtime_serve_rps": round(ours["rps"] / anchor["rps"], 3),
             "rust_execute_vs_wasmtime_serve_p99": round(ours["p99_ms"] / anchor["p99_ms"], 3),
             "rust_execute_vs_plain_axum_rps": round(ours["rps"] / ceiling["rps"], 3),
+            **{f"{function}_fresh_vs_before_rps": round(fresh[function]["rps"] / before, 3)
+               for function, before in BEFORE_WARM_INSTANCES.items()},
+            # Warm instances, against the seed's designs and our own fresh instances.
+            "python_warm_vs_fastapi_exec_rps": round(warm["python-text_processor"]["rps"] / peer["python-text_processor"]["rps"], 3),
+            "nodejs_warm_vs_express_vm2_rps": round(warm["nodejs-calculator"]["rps"] / peer["nodejs-calculator"]["rps"], 3),
+            **{f"{function}_warm_vs_fresh_rps": round(warm[function]["rps"] / fresh[function]["rps"], 3) for function in FUNCTIONS},
+            **{f"{function}_warm_vs_fresh_in_process": round(in_process[f"instantiate+call {function}, pooling on"]["median_us"]
+                                                             / max(1, in_process[f"call {function} in a warm instance"]["median_us"]), 3)
+               for function in FUNCTIONS},
         },
     }
     (ROOT / "bench/results.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -580,8 +629,10 @@ def write_table(report):
             lines.append(f"| {r['name']} | {r['rows']} rows for {r['served']} requests at {r['rps']:.0f} req/s, "
                          f"{r['connections']} connections ({r['dropped']} dropped, {r['quarantined']} quarantined) |")
     ratios = report["ratios"]
-    lines += ["", f"Ratios at 16 connections: ours / `wasmtime serve` req/s **{ratios['rust_execute_vs_wasmtime_serve_rps']}**, "
-              f"p99 {ratios['rust_execute_vs_wasmtime_serve_p99']}; ours / plain axum req/s {ratios['rust_execute_vs_plain_axum_rps']}."]
+    lines += ["", f"Ratios at 16 connections, fresh instances: ours / `wasmtime serve` req/s **{ratios['rust_execute_vs_wasmtime_serve_rps']}**, "
+              f"p99 {ratios['rust_execute_vs_wasmtime_serve_p99']}; ours / plain axum req/s {ratios['rust_execute_vs_plain_axum_rps']}.", "",
+              "| ratio (16 connections unless in-process) | value |", "|---|---|"]
+    lines += [f"| `{name}` | {value} |" for name, value in ratios.items()]
     doc = ROOT / "docs/benchmarks.md"
     text = doc.read_text()
     begin, end = "<!-- BEGIN RESULTS -->", "<!-- END RESULTS -->"

@@ -6,8 +6,8 @@
 //! `Debug` that shows it.
 
 use std::fmt;
-use std::sync::Arc;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
@@ -408,7 +408,10 @@ mod tests {
             .unwrap();
         assert_eq!(keys.verify(&token).unwrap().subject, "alice");
         assert_eq!(keys.verify(&token).unwrap().subject, "alice");
-        assert_eq!(keys.verified.get(token.as_str()).unwrap().principal.subject, "alice");
+        assert_eq!(
+            keys.verified.get(token.as_str()).unwrap().principal.subject,
+            "alice"
+        );
         // The same token with one character of its signature changed is
         // not the remembered one: it is verified, and refused. (Not the
         // last character, whose low bits are base64 padding.)

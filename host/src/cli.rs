@@ -67,6 +67,9 @@ enum Command {
         /// Run it this many times, each in a fresh instance, and print timings to stderr.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         repeat: u32,
+        /// With --repeat: one warm instance serves every execution after the first (as the host serves a function that opted in to warm instances).
+        #[arg(long)]
+        warm: bool,
     },
     /// Builds a source file into a component with its language's toolchain.
     Build {
@@ -193,6 +196,7 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
             context,
             timeout_ms,
             repeat,
+            warm,
         } => {
             let params: Value =
                 serde_json::from_str(&params).context("--params is not valid JSON")?;
@@ -209,6 +213,7 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
                 context,
                 timeout_ms.map(Duration::from_millis),
                 repeat,
+                warm,
             )
             .await
         }
@@ -284,6 +289,7 @@ async fn invoke(
     context: Value,
     timeout: Option<Duration>,
     repeat: u32,
+    warm: bool,
 ) -> anyhow::Result<ExitCode> {
     let script = match script {
         Some(path) => Some(
@@ -372,6 +378,8 @@ async fn invoke(
             },
         });
     }
+    // The warm instance's version: the digest of the component it runs.
+    invocation.warm_version = warm.then(|| function.digest());
     let mut timings = Vec::with_capacity(repeat as usize);
     let mut outcome = None;
     for _ in 0..repeat {

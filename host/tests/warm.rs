@@ -12,13 +12,16 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, spawn_app, spawn_app_with, status_and_body};
 
 /// A Rust function with a call counter in a global; `do` makes it panic
-/// (a trap), spin forever (a timeout) or return an error of its own.
+/// (a trap), spin forever (a timeout), return an error of its own or keep
+/// 8 MiB more in a global.
 fn counter_source(version: &str) -> String {
     format!(
         r#"use serde_json::{{json, Value}};
+use std::sync::Mutex;
 use std::sync::atomic::{{AtomicU64, Ordering}};
 
 static CALLS: AtomicU64 = AtomicU64::new(0);
+static HOARD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 pub fn handler(event: Value) -> Result<Value, String> {{
     let calls = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
@@ -28,6 +31,11 @@ pub fn handler(event: Value) -> Result<Value, String> {{
             std::hint::black_box(calls);
         }},
         Some("fail") => Err(format!("asked to fail on call {{calls}}")),
+        Some("hoard") => {{
+            let mut hoard = HOARD.lock().unwrap();
+            hoard.push(vec![1u8; 8 << 20]);
+            Ok(json!({{ "calls": calls, "hoarded_mib": hoard.len() * 8 }}))
+        }}
         _ => Ok(json!({{ "calls": calls, "version": "{version}" }})),
     }}
 }}
@@ -173,6 +181,33 @@ async fn a_trap_or_a_timeout_retires_the_instance_but_a_reported_error_does_not(
         "{body}"
     );
     assert_eq!(alice.counts(1).await, [1]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_warm_instance_holds_counts_towards_each_cap_and_running_out_retires_it() {
+    let app = spawn_app_with(|settings| settings.runtime.memory_limit_bytes = 64 << 20).await;
+    let mut alice = Caller::start(&app, "alice", register("v1", true)).await;
+    // Each execution alone needs 8 MiB more; the instance keeps them all.
+    let mut hoarded = 0;
+    let out_of_memory = loop {
+        let (status, body) = alice.call("hoard").await;
+        if status != 200 {
+            break body;
+        }
+        hoarded = body["result"]["hoarded_mib"].as_u64().unwrap();
+        assert!(hoarded < 64, "{hoarded} MiB held under a 64 MiB cap");
+    };
+    assert!(hoarded >= 32, "only {hoarded} MiB before the cap");
+    let message = out_of_memory["error"]["message"].as_str().unwrap();
+    assert!(message.contains("memory limit"), "{out_of_memory}");
+    // The instance that ran out is gone: the next one starts empty.
+    assert_eq!(alice.counts(1).await, [1]);
+    let (status, body) = alice.call("hoard").await;
+    assert_eq!(
+        (status, &body["result"]["hoarded_mib"]),
+        (200, &json!(8)),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

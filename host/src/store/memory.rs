@@ -101,15 +101,13 @@ impl MemorySessions {
                     u32::try_from(live.created.weight()).unwrap_or(u32::MAX)
                 })
                 .expire_after(ByDeadline)
-                .eviction_listener(
-                    move |_, (live, _): (Arc<LiveSession>, Instant), cause| {
-                        // A replaced entry is the same session, counted again.
-                        if cause != moka::notification::RemovalCause::Replaced {
-                            let session = &live.created;
-                            release(&listener_weights, &session.owner, session.weight());
-                        }
-                    },
-                )
+                .eviction_listener(move |_, (live, _): (Arc<LiveSession>, Instant), cause| {
+                    // A replaced entry is the same session, counted again.
+                    if cause != moka::notification::RemovalCause::Replaced {
+                        let session = &live.created;
+                        release(&listener_weights, &session.owner, session.weight());
+                    }
+                })
                 .build(),
             weights,
         }
