@@ -115,7 +115,7 @@ soak seconds="600": setup
 # The soak for one minute.
 soak-quick: (soak "60")
 
-# Benchmarks (about 10 minutes): bench/results.json and docs/benchmarks.md.
+# Benchmarks (about 25 minutes): bench/results.json and docs/benchmarks.md.
 bench: setup
     python3 bench/run.py
 

@@ -37,12 +37,14 @@ FUNCTIONS = {
     "python-text_processor": {"action": "count_words", "text": "Hello world"},
 }
 # Execute req/s at 16 connections before warm instances and the leaner
-# request path (bench/results.json of commit b5cdff375f0b, 2026-11-30, this
-# machine): what "fresh instances, 1.5x today's" is measured against.
+# request path: the release build of commit 8f84179 on this machine, the
+# same wrk script, two runs of 5 s and 10 s averaged (2026-12-01; Python's
+# fresh instances varied from 203 to 370 req/s between runs). What "fresh
+# instances against before" is measured against.
 BEFORE_WARM_INSTANCES = {
-    "rust-data_validator": 7118.91,
-    "nodejs-calculator": 784.48,
-    "python-text_processor": 558.92,
+    "rust-data_validator": 4266.0,
+    "nodejs-calculator": 803.0,
+    "python-text_processor": 287.0,
 }
 DYNAMIC = {
     "rust": "use serde_json::{{json, Value}};\n// {tag}\npub fn handler(e: Value) -> Result<Value, String> {{ Ok(json!({{ \"n\": e[\"params\"][\"n\"] }})) }}\n",
@@ -312,7 +314,9 @@ def tier_throughput(seconds, connections):
     that never tiers up) and on its own component (tier 1: the predefined
     function of that source)."""
     work, data = fresh_data_dir()
-    host, base, env, stop = serve_on("embedded", work, data, ["--no-tier-up"])
+    # Fresh instances for both tiers: the predefined function (tier 1)
+    # opts in to warm instances, the new source (tier 0) does not.
+    host, base, env, stop = serve_on("embedded", work, data, ["--no-tier-up", "--warm-instances", "0"])
     results = []
     try:
         token = subprocess.run([str(HOST), "token", "--sub", "bench"], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
