@@ -20,6 +20,7 @@ mod engine;
 mod incremental;
 mod invoke;
 mod limits;
+mod periodic;
 mod slots;
 mod warm;
 
@@ -147,9 +148,9 @@ pub struct Runtime {
     warm: Arc<warm::WarmPool>,
     config: RuntimeConfig,
     /// Retires warm instances left idle; stopped on drop.
-    _reaper: warm::Reaper,
+    _reaper: periodic::Periodic,
     /// Dropped last: stops and joins the ticker thread.
-    _ticker: engine::EpochTicker,
+    _ticker: periodic::Periodic,
 }
 
 impl Runtime {
@@ -164,13 +165,13 @@ impl Runtime {
             config.loaded_components_max_bytes,
             config.integrity_key.clone(),
         )?;
-        let ticker = engine::EpochTicker::start(&engine, config.epoch_tick)?;
+        let ticker = engine::start_epoch_ticker(&engine, config.epoch_tick)?;
         let warm = Arc::new(warm::WarmPool::new(
             config.warm_instances as usize,
             config.warm_instance_uses,
             config.warm_instance_idle,
         ));
-        let reaper = warm::Reaper::start(&warm)?;
+        let reaper = warm::start_reaper(&warm)?;
         Ok(Self {
             warm,
             _reaper: reaper,

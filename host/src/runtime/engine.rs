@@ -1,13 +1,12 @@
 //! The process-wide engine and its epoch ticker.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use super::periodic::Periodic;
 use crate::config::{PagemapScan, RuntimeConfig};
 
 /// Guests of componentize-js and componentize-py are several core modules
@@ -106,46 +105,16 @@ fn swap_is_on() -> bool {
     }
 }
 
-/// The single thread that advances the engine's epoch. Dropping it stops and
-/// joins the thread.
-pub struct EpochTicker {
-    /// Set on drop; the thread checks it every tick.
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl EpochTicker {
-    pub fn start(engine: &Engine, tick: Duration) -> anyhow::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        // A weak handle: the ticker must not keep the engine alive.
-        let engine = engine.weak();
-        let handle = std::thread::Builder::new()
-            .name("wasm-epoch-ticker".into())
-            .spawn({
-                let stop = stop.clone();
-                move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(tick);
-                        match engine.upgrade() {
-                            Some(engine) => engine.increment_epoch(),
-                            None => break,
-                        }
-                    }
-                }
-            })
-            .context("cannot start the epoch ticker thread")?;
-        Ok(Self {
-            stop,
-            handle: Some(handle),
-        })
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
+/// The single thread that advances the engine's epoch; it stops when
+/// dropped.
+pub fn start_epoch_ticker(engine: &Engine, tick: Duration) -> anyhow::Result<Periodic> {
+    // A weak handle: the ticker must not keep the engine alive.
+    let engine = engine.weak();
+    Periodic::start("wasm-epoch-ticker", tick, move || match engine.upgrade() {
+        Some(engine) => {
+            engine.increment_epoch();
+            true
         }
-    }
+        None => false,
+    })
 }

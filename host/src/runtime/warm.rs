@@ -21,15 +21,15 @@
 //! each execution gets its own deadline, output buffers and log budget.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
 use super::bindings;
 use super::invoke::GuestState;
+use super::periodic::Periodic;
 use crate::digest::Digest;
 
 /// Whose and which instance this is: it serves only the same key again.
@@ -222,47 +222,17 @@ impl Idle {
 }
 
 /// The thread that retires idle instances, so an instance nobody calls
-/// again gives its memory back. Dropping it stops and joins the thread.
-pub struct Reaper {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl Reaper {
-    pub fn start(pool: &Arc<WarmPool>) -> anyhow::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let period =
-            (pool.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-        let pool: Weak<WarmPool> = Arc::downgrade(pool);
-        let handle = std::thread::Builder::new()
-            .name("warm-instance-reaper".into())
-            .spawn({
-                let stop = stop.clone();
-                move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        // Parked, not asleep: dropping the reaper wakes it.
-                        std::thread::park_timeout(period);
-                        match pool.upgrade() {
-                            Some(pool) => pool.retire_idle(),
-                            None => break,
-                        }
-                    }
-                }
-            })
-            .map_err(|e| anyhow::anyhow!("cannot start the warm-instance reaper thread: {e}"))?;
-        Ok(Self {
-            stop,
-            handle: Some(handle),
-        })
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(handle) = self.handle.take() {
-            handle.thread().unpark();
-            let _ = handle.join();
+/// again gives its memory back; it stops when dropped.
+pub fn start_reaper(pool: &Arc<WarmPool>) -> anyhow::Result<Periodic> {
+    let period = (pool.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let pool: Weak<WarmPool> = Arc::downgrade(pool);
+    Periodic::start("warm-instance-reaper", period, move || {
+        match pool.upgrade() {
+            Some(pool) => {
+                pool.retire_idle();
+                true
+            }
+            None => false,
         }
-    }
+    })
 }
