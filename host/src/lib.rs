@@ -30,6 +30,8 @@ pub mod files;
 pub mod functions;
 pub mod integrity;
 pub mod language;
+pub mod log_output;
+pub mod periodic;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;

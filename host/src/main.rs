@@ -26,7 +26,8 @@ fn main() -> ExitCode {
             }
         },
     };
-    init_logging(&args);
+    // Held to the end: dropping it writes out the last buffered lines.
+    let _log_output = init_logging(&args);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -39,11 +40,13 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr, filtered by `--log`/`LAMBDA_LOG` (a tracing filter such as
 /// `info` or `lambda_host=debug,sqlx=warn`), as text for people or as one
-/// JSON object per line for log collectors (`--log-format json`).
-fn init_logging(args: &cli::Args) {
+/// JSON object per line for log collectors (`--log-format json`). Lines are
+/// written in blocks, warnings and errors at once (`log_output`).
+fn init_logging(args: &cli::Args) -> lambda_host::log_output::StderrGuard {
     let filter = tracing_subscriber::EnvFilter::new(args.log_filter());
+    let (stderr, guard) = lambda_host::log_output::buffered_stderr();
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(stderr)
         .with_env_filter(filter);
     match args.log_format() {
         cli::LogFormat::Text => builder
@@ -59,4 +62,5 @@ fn init_logging(args: &cli::Args) {
             .with_span_list(false)
             .init(),
     }
+    guard
 }

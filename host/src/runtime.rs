@@ -20,7 +20,6 @@ mod engine;
 mod incremental;
 mod invoke;
 mod limits;
-mod periodic;
 mod slots;
 mod warm;
 
@@ -148,9 +147,9 @@ pub struct Runtime {
     warm: Arc<warm::WarmPool>,
     config: RuntimeConfig,
     /// Retires warm instances left idle; stopped on drop.
-    _reaper: periodic::Periodic,
+    _reaper: crate::periodic::Periodic,
     /// Dropped last: stops and joins the ticker thread.
-    _ticker: periodic::Periodic,
+    _ticker: crate::periodic::Periodic,
 }
 
 impl Runtime {

@@ -194,7 +194,10 @@ pub async fn observe(
         "request"
     );
     let now = Utc::now();
-    let request_log_id = uuid::Uuid::new_v4();
+    // Time-ordered (UUIDv7), so its index in the request log grows at one
+    // end instead of at a random page per row: the log database does less
+    // work per request.
+    let request_log_id = uuid::Uuid::now_v7();
     // The request row first: the error row refers to it.
     state.logs.record(LogRecord::Request(RequestLog {
         id: request_log_id,

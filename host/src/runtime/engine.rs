@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::periodic::Periodic;
+use crate::periodic::Periodic;
 use crate::config::{PagemapScan, RuntimeConfig};
 
 /// Guests of componentize-js and componentize-py are several core modules

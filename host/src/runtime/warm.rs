@@ -29,7 +29,7 @@ use wasmtime::Store;
 
 use super::bindings;
 use super::invoke::GuestState;
-use super::periodic::Periodic;
+use crate::periodic::Periodic;
 use crate::digest::Digest;
 
 /// Whose and which instance this is: it serves only the same key again.

@@ -1,5 +1,5 @@
 //! A thread that runs a task every period until it is dropped: the epoch
-//! ticker and the warm-instance reaper.
+//! ticker, the warm-instance reaper and the log flusher.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
