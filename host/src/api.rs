@@ -6,6 +6,7 @@ mod execute;
 mod extract;
 mod functions;
 mod health;
+mod http_functions;
 mod initialize;
 mod middleware;
 mod openapi;
@@ -102,10 +103,29 @@ pub fn router_and_document(state: AppState) -> (Router, utoipa::openapi::OpenApi
             state.clone(),
             middleware::rate_limit_initialize,
         ));
+    // Any method reaches an HTTP function; the document lists the usual ones.
+    let http_functions = OpenApiRouter::new()
+        .route(
+            "/fn/{language_title}/{*path}",
+            axum::routing::any(http_functions::serve),
+        )
+        .route(
+            "/fn/{language_title}",
+            axum::routing::any(http_functions::serve_root),
+        )
+        .route(
+            "/fn/{language_title}/",
+            axum::routing::any(http_functions::serve_root),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::rate_limit_execute,
+        ));
     let api = OpenApiRouter::new()
         .merge(initialize)
         .routes(routes!(sessions::get))
         .merge(execute)
+        .merge(http_functions)
         .merge(functions)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -116,6 +136,9 @@ pub fn router_and_document(state: AppState) -> (Router, utoipa::openapi::OpenApi
         .routes(routes!(health::health))
         .routes(routes!(health::metrics))
         .split_for_parts();
+    // The catch-all route of HTTP functions is documented apart: its axum
+    // path (`{*path}`) is not an OpenAPI path.
+    document.merge(http_functions::Document::openapi());
     // The document describes itself too; the route serves it from here.
     document.info.version = env!("CARGO_PKG_VERSION").to_owned();
     let served = openapi::Document(Arc::new(document.clone()));

@@ -95,7 +95,7 @@ impl Functions {
         &self.tiers
     }
 
-    pub fn runtime(&self) -> &Runtime {
+    pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
     }
 

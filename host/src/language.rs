@@ -9,11 +9,19 @@ pub enum Language {
     Nodejs,
     Python,
     Rust,
+    /// A prebuilt component, uploaded as its bytes (base64 in
+    /// `script_content`): validated, never built.
+    Wasm,
 }
 
 impl Language {
     /// Every supported language, in the order error messages list them.
-    pub const ALL: [Language; 3] = [Language::Nodejs, Language::Python, Language::Rust];
+    pub const ALL: [Language; 4] = [
+        Language::Nodejs,
+        Language::Python,
+        Language::Rust,
+        Language::Wasm,
+    ];
 
     /// The canonical name: the `Language-Title` prefix and the scope suffix.
     pub fn as_str(self) -> &'static str {
@@ -21,6 +29,7 @@ impl Language {
             Language::Nodejs => "nodejs",
             Language::Python => "python",
             Language::Rust => "rust",
+            Language::Wasm => "wasm",
         }
     }
 
@@ -30,6 +39,7 @@ impl Language {
             Language::Nodejs => "handler.js",
             Language::Python => "handler.py",
             Language::Rust => "handler.rs",
+            Language::Wasm => "component.wasm.b64",
         }
     }
 
@@ -67,6 +77,7 @@ impl FromStr for Language {
             "nodejs" | "js" => Ok(Language::Nodejs),
             "python" => Ok(Language::Python),
             "rust" => Ok(Language::Rust),
+            "wasm" => Ok(Language::Wasm),
             other => Err(ParseError::UnknownLanguage(other.to_owned())),
         }
     }
@@ -186,7 +197,7 @@ mod tests {
     fn refuses_unknown_languages_naming_the_supported_ones() {
         let err = LanguageTitle::parse("cobol-payroll").unwrap_err();
         assert_eq!(err, ParseError::UnknownLanguage("cobol".into()));
-        assert!(err.to_string().contains("nodejs, python, rust"));
+        assert!(err.to_string().contains("nodejs, python, rust, wasm"));
     }
 
     #[test]

@@ -166,13 +166,7 @@ pub fn buffered_stderr() -> (BufferedLines<io::Stderr>, StderrGuard) {
         on_panic.flush();
         previous(info);
     }));
-    (
-        lines.clone(),
-        StderrGuard {
-            lines,
-            flusher,
-        },
-    )
+    (lines.clone(), StderrGuard { lines, flusher })
 }
 
 #[cfg(test)]
@@ -220,7 +214,10 @@ mod tests {
         let text = sink.text();
         let order: Vec<_> = ["first", "second", "third"]
             .iter()
-            .map(|word| text.find(word).unwrap_or_else(|| panic!("{word} in {text}")))
+            .map(|word| {
+                text.find(word)
+                    .unwrap_or_else(|| panic!("{word} in {text}"))
+            })
             .collect();
         assert!(order.is_sorted(), "{text}");
     }
@@ -235,7 +232,10 @@ mod tests {
                 tracing::info!("{line}");
             }
             let written = sink.text().len();
-            assert!(written >= FLUSH_AT, "{written} bytes out after a full buffer");
+            assert!(
+                written >= FLUSH_AT,
+                "{written} bytes out after a full buffer"
+            );
             tracing::info!("last");
         });
         assert!(!sink.text().contains("last"));

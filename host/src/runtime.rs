@@ -17,11 +17,13 @@
 mod bindings;
 mod cache;
 mod engine;
+mod http;
 mod incremental;
 mod invoke;
 mod limits;
 mod slots;
 mod warm;
+pub mod worlds;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -59,6 +61,10 @@ pub enum Error {
     /// The guest answered with something that is not JSON.
     #[error("the function returned invalid JSON: {0}")]
     InvalidResult(String),
+    /// The function implements the other world: an HTTP function asked to
+    /// execute, or a JSON function asked to serve a request.
+    #[error("{0}")]
+    WrongWorld(&'static str),
     /// The bytes are not a component of the `lambda:function` world.
     #[error("not a valid function component: {0:#}")]
     InvalidComponent(anyhow::Error),
@@ -82,6 +88,7 @@ impl Error {
                 message: message.clone(),
             },
             Error::InvalidResult(text) => Error::InvalidResult(text.clone()),
+            Error::WrongWorld(why) => Error::WrongWorld(why),
             Error::InvalidComponent(e) => Error::InvalidComponent(anyhow::anyhow!("{e:#}")),
             Error::Internal(e) => Error::Internal(anyhow::anyhow!("{e:#}")),
         }
@@ -95,7 +102,9 @@ impl Error {
             Error::OutOfMemory { .. } => ExecutionOutcome::OutOfMemory,
             Error::Overloaded { .. } => ExecutionOutcome::Overloaded,
             Error::CallerAtShare { .. } => ExecutionOutcome::RateLimited,
-            Error::Internal(_) | Error::InvalidComponent(_) => ExecutionOutcome::Error,
+            Error::Internal(_) | Error::InvalidComponent(_) | Error::WrongWorld(_) => {
+                ExecutionOutcome::Error
+            }
             Error::Guest(_) | Error::Trap { .. } | Error::InvalidResult(_) => {
                 ExecutionOutcome::RuntimeError
             }
@@ -119,12 +128,26 @@ pub struct GuestError {
 pub struct LoadedFunction {
     /// The digest of the component's bytes.
     digest: Digest,
-    /// Linked once against the runtime's linker; instantiating it only
+    /// Linked once against its world's linker; instantiating it only
     /// allocates and initialises, it never resolves imports again.
-    pre: bindings::FunctionPre<invoke::GuestState>,
+    entry: Entry,
     /// The size of the component, its weight in the cache of loaded
     /// functions (its native code grows with it).
     component_bytes: usize,
+}
+
+/// How a loaded component is called: its world's pre-instantiation.
+enum Entry {
+    /// `lambda:function`: `handle(invocation)` (execute).
+    Function(bindings::FunctionPre<invoke::GuestState>),
+    /// `wasi:http/proxy`: `incoming-handler.handle` (`/fn/...`).
+    Http(wasmtime_wasi_http::p2::bindings::ProxyPre<invoke::GuestState>),
+}
+
+/// One linker per world: what each grants is exactly its WIT world.
+struct Linkers {
+    function: wasmtime::component::Linker<invoke::GuestState>,
+    http: wasmtime::component::Linker<invoke::GuestState>,
 }
 
 impl LoadedFunction {
@@ -132,12 +155,20 @@ impl LoadedFunction {
     pub fn digest(&self) -> Digest {
         self.digest
     }
+
+    /// The world the component implements.
+    pub fn world(&self) -> worlds::World {
+        match self.entry {
+            Entry::Function(_) => worlds::World::Function,
+            Entry::Http(_) => worlds::World::Http,
+        }
+    }
 }
 
 /// The process-wide runtime. Cheap to share behind an `Arc`.
 pub struct Runtime {
     engine: wasmtime::Engine,
-    linker: Arc<wasmtime::component::Linker<invoke::GuestState>>,
+    linkers: Linkers,
     cache: cache::ComponentCache,
     /// Back-pressure: one slot per instance of the pool, taken before
     /// instantiation, so a burst waits (a bounded time) for a free slot
@@ -157,7 +188,10 @@ impl Runtime {
     /// engine refuses, before anything runs.
     pub fn new(config: &RuntimeConfig) -> anyhow::Result<Self> {
         let engine = engine::build(config)?;
-        let linker = Arc::new(invoke::linker(&engine)?);
+        let linkers = Linkers {
+            function: invoke::linker(&engine)?,
+            http: http::linker(&engine)?,
+        };
         let cache = cache::ComponentCache::new(
             &engine,
             config.aot_cache_dir.clone(),
@@ -180,7 +214,7 @@ impl Runtime {
                 config.slot_wait,
             ),
             engine,
-            linker,
+            linkers,
             cache,
             config: config.clone(),
             _ticker: ticker,
@@ -202,7 +236,7 @@ impl Runtime {
         component: Arc<[u8]>,
     ) -> Result<Arc<LoadedFunction>, Error> {
         self.cache
-            .load(&self.engine, &self.linker, digest, component)
+            .load(&self.engine, &self.linkers, digest, component)
             .await
     }
 
@@ -234,6 +268,11 @@ impl Runtime {
         let timeout = timeout
             .unwrap_or_else(|| self.config.default_timeout())
             .min(self.config.max_timeout);
+        if function.world() == worlds::World::Http {
+            return Err(Error::WrongWorld(
+                "this is an HTTP function (wasi:http/proxy): call it at /fn/<language-title>/<path>",
+            ));
+        }
         let _slot = self.slots.acquire(&invocation.caller).await?;
         invoke::run(
             &self.engine,

@@ -17,6 +17,7 @@ mod js;
 mod output;
 mod python;
 pub mod rust;
+pub mod wasm;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -377,7 +378,8 @@ impl Toolchains {
         this.sandbox_state = this.check_sandbox().await;
         if let SandboxState::Unavailable(reason) = &this.sandbox_state {
             tracing::error!("{reason}");
-            for language in Language::ALL {
+            // A prebuilt component's check runs no program: it stays.
+            for language in Language::ALL.into_iter().filter(|&l| l != Language::Wasm) {
                 if this.toolchains.remove(&language).is_some() {
                     this.unavailable.insert(language, reason.clone());
                 }
@@ -432,6 +434,11 @@ impl Toolchains {
         toolchains: Vec<Arc<dyn Toolchain>>,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.work_dir)?;
+        // Uploads of prebuilt components need no installed toolchain.
+        let mut toolchains = toolchains;
+        if !toolchains.iter().any(|t| t.language() == Language::Wasm) {
+            toolchains.push(Arc::new(wasm::WasmUploads));
+        }
         Ok(Self {
             toolchains: toolchains
                 .into_iter()

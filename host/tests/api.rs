@@ -760,7 +760,7 @@ async fn health_reports_embedded_stores_and_metrics_move_with_requests() {
     assert_eq!(health["components"]["postgres"], "embedded");
     assert_eq!(
         health["components"]["runtimes"],
-        json!({ "nodejs": "ok", "python": "ok", "rust": "ok" })
+        json!({ "nodejs": "ok", "python": "ok", "rust": "ok", "wasm": "ok" })
     );
     let sandbox = &health["components"]["build_sandbox"];
     assert_eq!(sandbox["status"], "ok", "{sandbox}");
@@ -1353,7 +1353,8 @@ async fn the_openapi_document_covers_every_route_and_error_code() {
         "{}",
         document["openapi"]
     );
-    // Every route of API.md, and these operations only.
+    // Every route of API.md, the routes of HTTP functions (any method;
+    // the usual ones documented), and these operations only.
     let mut operations: Vec<String> = document["paths"]
         .as_object()
         .unwrap()
@@ -1369,14 +1370,19 @@ async fn the_openapi_document_covers_every_route_and_error_code() {
     assert_eq!(
         operations,
         [
+            "DELETE /fn/{language_title}/{path}",
             "GET /api/v1/functions",
             "GET /api/v1/functions/{language_title}",
             "GET /api/v1/openapi.json",
             "GET /api/v1/sessions/{request_id}",
+            "GET /fn/{language_title}/{path}",
             "GET /health",
             "GET /metrics",
+            "PATCH /fn/{language_title}/{path}",
             "POST /api/v1/execute/{request_id}",
             "POST /api/v1/initialize",
+            "POST /fn/{language_title}/{path}",
+            "PUT /fn/{language_title}/{path}",
         ]
     );
     // Every error code is named, and every status an error can have is

@@ -151,6 +151,7 @@ pub fn fixture_source(language: Language, name: &str) -> String {
         Language::Nodejs => ("js", "js"),
         Language::Python => ("python", "py"),
         Language::Rust => ("rust", "rs"),
+        Language::Wasm => ("wasm", "b64"),
     };
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(format!("tests/fixtures/{folder}/{name}.{extension}"));

@@ -8,6 +8,7 @@ mod cli;
 mod conformance;
 mod faults;
 mod hostile_builds;
+mod http_functions;
 mod logs;
 mod predefined;
 mod runtime;

@@ -298,6 +298,7 @@ impl From<runtime::Error> for ApiError {
                 ApiError::new(Code::RuntimeError, message.clone())
                     .with_details(json!({ "message": message }))
             }
+            E::WrongWorld(why) => ApiError::invalid_request(why),
             E::InvalidComponent(_) | E::Internal(_) => ApiError::internal(error),
         }
     }

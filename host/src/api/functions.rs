@@ -95,7 +95,7 @@ pub struct FunctionDetail {
     path = "/api/v1/functions",
     tag = "functions",
     params(
-        ("language" = Option<String>, Query, nullable = false, description = "nodejs, python or rust", pattern = "^(nodejs|python|rust)$"),
+        ("language" = Option<String>, Query, nullable = false, description = "nodejs, python, rust or wasm", pattern = "^(nodejs|python|rust|wasm)$"),
         ("user_id" = Option<String>, Query, nullable = false, description = "The owner of dynamic functions", pattern = "^[^\\u0000]*$"),
         ("type" = Option<String>, Query, nullable = false, description = "predefined or dynamic", pattern = "^(predefined|dynamic)$"),
         ("page" = Option<u32>, Query, nullable = false, description = "1-based, default 1", minimum = 1, maximum = 1000000),
@@ -178,7 +178,7 @@ pub async fn list(
     get,
     path = "/api/v1/functions/{language_title}",
     tag = "functions",
-    params(("language_title" = String, Path, description = "`<language>-<title>`", pattern = "^(nodejs|python|rust)-[a-z0-9_-]{1,64}$")),
+    params(("language_title" = String, Path, description = "`<language>-<title>`", pattern = "^(nodejs|python|rust|wasm)-[a-z0-9_-]{1,64}$")),
     responses(
         (status = 200, description = "The function", body = FunctionDetail),
         (status = 400, description = "INVALID_REQUEST: not a language title", body = ErrorBody),

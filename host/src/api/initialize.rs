@@ -26,7 +26,9 @@ pub struct InitializeRequest {
     context: Option<Value>,
     /// The function's source: creates the dynamic function named by
     /// `Language-Title`, or replaces the caller's own. No NUL characters
-    /// (400): sources are stored as text.
+    /// (400): sources are stored as text. For `wasm-<title>`, the
+    /// component's bytes in base64 (a `lambda:function` or a
+    /// `wasi:http/proxy` component; see docs/http-functions.md).
     #[serde(default)]
     #[schema(pattern = "^[^\\u0000]*$")]
     script_content: Option<String>,
@@ -48,7 +50,7 @@ pub struct InitializeResponse {
     path = "/api/v1/initialize",
     tag = "sessions",
     params(
-        ("Language-Title" = String, Header, description = "`<language>-<title>`: nodejs, python or rust, then a title of lowercase letters, digits, `_` and `-`", pattern = "^(nodejs|python|rust)-[a-z0-9_-]{1,64}$"),
+        ("Language-Title" = String, Header, description = "`<language>-<title>`: nodejs, python, rust or wasm (a prebuilt component), then a title of lowercase letters, digits, `_` and `-`", pattern = "^(nodejs|python|rust|wasm)-[a-z0-9_-]{1,64}$"),
         ("X-Request-ID" = Option<String>, Header, nullable = false, description = "A session id of the caller's choosing: 1 to 64 letters, digits, `-` or `_`", pattern = "^[A-Za-z0-9_-]{1,64}$"),
     ),
     request_body(content = Option<InitializeRequest>, content_type = "application/json"),

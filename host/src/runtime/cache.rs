@@ -18,11 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context as _;
 use cap_std::fs::Dir;
 use wasmtime::Engine;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::Component;
+
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use super::bindings::FunctionPre;
-use super::invoke::GuestState;
-use super::{Error, LoadedFunction};
+use super::worlds::{self, World};
+use super::{Entry, Error, Linkers, LoadedFunction};
 use crate::digest::Digest;
 use crate::files::{read_file, write_atomically};
 use crate::integrity::{IntegrityKey, Kind};
@@ -124,7 +126,7 @@ impl ComponentCache {
     pub async fn load(
         &self,
         engine: &Engine,
-        linker: &Linker<GuestState>,
+        linkers: &Linkers,
         digest: Digest,
         bytes: Arc<[u8]>,
     ) -> Result<Arc<LoadedFunction>, Error> {
@@ -137,13 +139,33 @@ impl ComponentCache {
         self.loaded
             .try_get_with(digest, async {
                 let component = self.compile_or_deserialize(engine, digest, bytes).await?;
-                let pre = linker
-                    .instantiate_pre(&component)
-                    .map_err(|e| Error::InvalidComponent(e.into()))?;
-                let pre = FunctionPre::new(pre).map_err(|e| Error::InvalidComponent(e.into()))?;
+                // Its exports say which world it implements, and so which
+                // linker (which grant) it is instantiated against.
+                let world = worlds::of_exports(
+                    component
+                        .component_type()
+                        .exports(engine)
+                        .map(|(name, _)| name),
+                );
+                let invalid = |e: wasmtime::Error| Error::InvalidComponent(e.into());
+                let entry = match world {
+                    World::Function => Entry::Function(
+                        FunctionPre::new(
+                            linkers
+                                .function
+                                .instantiate_pre(&component)
+                                .map_err(invalid)?,
+                        )
+                        .map_err(invalid)?,
+                    ),
+                    World::Http => Entry::Http(
+                        ProxyPre::new(linkers.http.instantiate_pre(&component).map_err(invalid)?)
+                            .map_err(invalid)?,
+                    ),
+                };
                 Ok(Arc::new(LoadedFunction {
                     digest,
-                    pre,
+                    entry,
                     component_bytes,
                 }))
             })

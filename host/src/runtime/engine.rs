@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::periodic::Periodic;
 use crate::config::{PagemapScan, RuntimeConfig};
+use crate::periodic::Periodic;
 
 /// Guests of componentize-js and componentize-py are several core modules
 /// linked together (the interpreter, libc, adapters, the glue): a component

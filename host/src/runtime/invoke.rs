@@ -13,7 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::{self, ErrorInfo, Level, WitInvocation};
 use super::limits::{BoundedOutput, MemoryLimiter};
 use super::warm::{WarmInstance, WarmKey, WarmPool};
-use super::{Error, GuestError, LoadedFunction};
+use super::{Entry, Error, GuestError, LoadedFunction};
 use crate::config::RuntimeConfig;
 
 /// What the caller hands to one execution.
@@ -96,10 +96,14 @@ pub struct GuestState {
     /// the executions of a warm instance), emptied by each execution.
     stdout: BoundedOutput,
     stderr: BoundedOutput,
+    /// `wasi:http`, for HTTP functions (only their linker adds it).
+    pub(super) http: wasmtime_wasi_http::WasiHttpCtx,
+    /// Decides each outbound request of an HTTP function.
+    pub(super) outbound: super::http::OutboundPolicy,
 }
 
 impl GuestState {
-    fn new(config: &RuntimeConfig) -> Self {
+    pub(super) fn new(config: &RuntimeConfig) -> Self {
         let stdout = BoundedOutput::new(config.output_limit_bytes);
         let stderr = BoundedOutput::new(config.output_limit_bytes);
         let wasi = WasiCtxBuilder::new()
@@ -118,7 +122,14 @@ impl GuestState {
             script: None,
             stdout,
             stderr,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            outbound: super::http::OutboundPolicy::default(),
         }
+    }
+
+    /// Makes a fresh state ready for one HTTP request: its memory cap.
+    pub(super) fn start_request(&mut self) {
+        self.limiter.start_execution();
     }
 
     /// Makes the state ready for one execution: its own log budget, its
@@ -131,6 +142,16 @@ impl GuestState {
         // Left over only if an earlier execution's output was never read.
         self.stdout.take_contents();
         self.stderr.take_contents();
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for GuestState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
     }
 }
 
@@ -231,27 +252,10 @@ pub async fn run(
     };
     let (mut store, instance, uses) = match reused {
         Some(warm) => (warm.store, Some(warm.function), warm.uses),
-        None => {
-            let mut store = Store::new(engine, GuestState::new(config));
-            store.limiter(|state| &mut state.limiter);
-            (store, None, 0)
-        }
+        None => (fresh_store(engine, config), None, 0),
     };
     store.data_mut().start_execution(config, invocation);
-
-    // Every tick the guest yields to the executor (so a busy guest never
-    // holds a worker thread for long) and is interrupted once past its
-    // deadline.
-    let started = Instant::now();
-    let deadline = started + timeout;
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::Yield(1))
-        }
-    });
+    let started = start_deadline(&mut store, timeout);
 
     let params =
         serde_json::to_string(&invocation.params).map_err(|e| Error::Internal(e.into()))?;
@@ -267,7 +271,13 @@ pub async fn run(
     let call = async {
         let instance = match instance {
             Some(instance) => instance,
-            None => function.pre.instantiate_async(&mut store).await?,
+            None => match &function.entry {
+                Entry::Function(pre) => pre.instantiate_async(&mut store).await?,
+                // Refused before a slot is taken (Runtime::invoke).
+                Entry::Http(_) => {
+                    return Err(wasmtime::Error::msg("not a lambda:function component"));
+                }
+            },
         };
         let returned = instance.call_handle(&mut store, &wit_invocation).await?;
         Ok::<_, wasmtime::Error>((instance, returned))
@@ -282,16 +292,7 @@ pub async fn run(
     // only an instance whose execution ended as its glue intended is kept.
     let (instance, returned) = match outcome {
         Err(_elapsed) => return Err(Error::Timeout(timeout)),
-        Ok(Err(trap)) => {
-            let state = store.data();
-            return Err(classify_trap(
-                trap,
-                &state.limiter,
-                config,
-                timeout,
-                &state.stderr,
-            ));
-        }
+        Ok(Err(trap)) => return Err(trap_error(&store, trap, config, timeout)),
         Ok(Ok(answered)) => answered,
     };
     let state = store.data_mut();
@@ -337,6 +338,41 @@ pub async fn run(
         warm.put(key, WarmInstance::new(store, instance, uses + 1));
     }
     answer
+}
+
+/// A store for an execution in a fresh instance, its memory capped.
+pub(super) fn fresh_store(engine: &Engine, config: &RuntimeConfig) -> Store<GuestState> {
+    let mut store = Store::new(engine, GuestState::new(config));
+    store.limiter(|state| &mut state.limiter);
+    store
+}
+
+/// Starts the execution's clock: every epoch tick the guest yields to the
+/// executor (so a busy guest never holds a worker thread for long), and
+/// it is interrupted once past `timeout`. Returns when it started.
+pub(super) fn start_deadline(store: &mut Store<GuestState>, timeout: Duration) -> Instant {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    started
+}
+
+/// Why a call into the guest failed, named from the trap and the store.
+pub(super) fn trap_error(
+    store: &Store<GuestState>,
+    trap: wasmtime::Error,
+    config: &RuntimeConfig,
+    timeout: Duration,
+) -> Error {
+    let state = store.data();
+    classify_trap(trap, &state.limiter, config, timeout, &state.stderr)
 }
 
 /// A stack trace without the paths of the machine that built the

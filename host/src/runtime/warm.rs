@@ -29,8 +29,8 @@ use wasmtime::Store;
 
 use super::bindings;
 use super::invoke::GuestState;
-use crate::periodic::Periodic;
 use crate::digest::Digest;
+use crate::periodic::Periodic;
 
 /// Whose and which instance this is: it serves only the same key again.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

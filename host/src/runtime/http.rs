@@ -1,0 +1,150 @@
+//! HTTP functions: components of the `wasi:http/proxy` world, each request
+//! served by a fresh instance under the same deadline, memory cap and
+//! instance slots as an execution.
+//!
+//! The response's head goes back as soon as the guest sets it; its body
+//! streams from the guest while the call goes on, until the call ends or
+//! its deadline stops it (the client then sees the body cut short).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::http;
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks, WasiHttpView as _};
+
+use super::invoke::{self, GuestState};
+use super::{Entry, Error, LoadedFunction, Runtime};
+
+/// The linker of HTTP functions: WASI 0.2 over an empty context (as for
+/// every component), `wasi:http/types` and `wasi:http/outgoing-handler`,
+/// whose every request [`OutboundPolicy`] decides. Nothing else.
+pub fn linker(engine: &Engine) -> anyhow::Result<Linker<GuestState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("linking WASI")?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("linking wasi:http")?;
+    Ok(linker)
+}
+
+/// What an HTTP function may reach. Nothing, for now: every outbound
+/// request is answered `HTTP-request-denied` without a connection, a DNS
+/// lookup or anything else leaving the host.
+#[derive(Default)]
+pub struct OutboundPolicy {}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _response_errors: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        let host = request.uri().host().unwrap_or_default().to_owned();
+        Box::new(async move {
+            tracing::debug!(%host, "outbound HTTP request denied: no host is granted");
+            Err(wasmtime_wasi_http::Error::HttpRequestDenied)
+        })
+    }
+}
+
+/// The guest's response: its head, and a body that streams from the guest.
+pub type Response = http::Response<WasiBody>;
+
+impl Runtime {
+    /// Serves one request with an HTTP function in a fresh instance, in a
+    /// slot of the caller's share. `timeout` bounds the whole call,
+    /// streaming included; `None` takes the default.
+    pub async fn serve_http<B>(
+        self: &Arc<Self>,
+        function: Arc<LoadedFunction>,
+        caller: &str,
+        request: http::Request<B>,
+        timeout: Option<Duration>,
+    ) -> Result<Response, Error>
+    where
+        B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let Entry::Http(pre) = &function.entry else {
+            return Err(Error::WrongWorld(
+                "this is a JSON function (lambda:function): call it with execute",
+            ));
+        };
+        let pre = pre.clone();
+        let timeout = timeout
+            .unwrap_or_else(|| self.config.default_timeout())
+            .min(self.config.max_timeout);
+        let (response_sender, response) = tokio::sync::oneshot::channel();
+        let runtime = self.clone();
+        let caller = caller.to_owned();
+        // The call runs in its own task so that the body can stream while
+        // the guest writes it; the task holds the slot until it ends.
+        let call = tokio::spawn(async move {
+            let _slot = runtime.slots.acquire(&caller).await?;
+            let mut store = invoke::fresh_store(&runtime.engine, &runtime.config);
+            store.data_mut().start_request();
+            let internal = |e: wasmtime::Error| Error::Internal(anyhow::Error::from(e));
+            let guest_request = store
+                .data_mut()
+                .http()
+                .new_incoming_request(Scheme::Http, request)
+                .map_err(internal)?;
+            let out = store
+                .data_mut()
+                .http()
+                .new_response_outparam(response_sender)
+                .map_err(internal)?;
+            invoke::start_deadline(&mut store, timeout);
+            let handled = tokio::time::timeout(timeout, async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, guest_request, out)
+                    .await
+            })
+            .await;
+            match handled {
+                Err(_elapsed) => Err(Error::Timeout(timeout)),
+                Ok(Err(trap)) => Err(invoke::trap_error(&store, trap, &runtime.config, timeout)),
+                Ok(Ok(())) => Ok(()),
+            }
+        });
+        match response.await {
+            Ok(Ok(response)) => Ok(response),
+            // The guest answered with an error code instead of a response.
+            Ok(Err(code)) => Err(Error::Guest(super::GuestError {
+                message: format!("the function answered an error instead of a response: {code:?}"),
+                stack_trace: None,
+                line: None,
+                column: None,
+            })),
+            // The call ended without setting a response: why is in its result.
+            Err(_) => match call.await {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => Err(Error::Trap {
+                    message: "the function returned without setting a response".to_owned(),
+                }),
+                Err(join) => Err(Error::Internal(anyhow::anyhow!(
+                    "the call's task failed: {join}"
+                ))),
+            },
+        }
+    }
+}
