@@ -199,6 +199,9 @@ pub struct RuntimeConfig {
     /// Turn the pooling instance allocator off.
     #[arg(long, global = true, env = "LAMBDA_NO_POOLING")]
     pub no_pooling: bool,
+    /// The operator's policy file of outbound HTTP: which HTTP functions may call which hosts (TOML; docs/http-functions.md). Unset: no function may make outbound requests.
+    #[arg(long, global = true, env = "LAMBDA_OUTBOUND_POLICY")]
+    pub outbound_policy: Option<std::path::PathBuf>,
     /// How many executions may run at once: the size of the instance pool.
     #[arg(long, global = true, env = "LAMBDA_MAX_INSTANCES", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_instances: u32,

@@ -21,6 +21,7 @@ mod http;
 mod incremental;
 mod invoke;
 mod limits;
+pub mod outbound;
 mod slots;
 mod warm;
 pub mod worlds;
@@ -177,6 +178,8 @@ pub struct Runtime {
     /// Instances waiting for their caller's next execution.
     warm: Arc<warm::WarmPool>,
     config: RuntimeConfig,
+    /// What HTTP functions may call (the operator's policy file).
+    outbound: outbound::Policy,
     /// Retires warm instances left idle; stopped on drop.
     _reaper: crate::periodic::Periodic,
     /// Dropped last: stops and joins the ticker thread.
@@ -205,6 +208,10 @@ impl Runtime {
             config.warm_instance_idle,
         ));
         let reaper = warm::start_reaper(&warm)?;
+        let outbound = match &config.outbound_policy {
+            Some(path) => outbound::Policy::load(path)?,
+            None => outbound::Policy::default(),
+        };
         Ok(Self {
             warm,
             _reaper: reaper,
@@ -217,6 +224,7 @@ impl Runtime {
             linkers,
             cache,
             config: config.clone(),
+            outbound,
             _ticker: ticker,
         })
     }

@@ -307,3 +307,206 @@ async fn a_broken_or_hostile_http_function_gets_a_clean_error() {
     let (status, _) = call(&app, &token, reqwest::Method::GET, "/fn/wasm-echo/ok", "").await;
     assert_eq!(status, 200);
 }
+
+/// A loopback upstream for outbound tests, counting the connections it
+/// accepts. By path: `/ok` answers `hello`; `/big` 1 MiB; `/slow` never
+/// answers; `/redirect?<url>` answers 302 to `<url>`.
+async fn upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let (status, extra, body): (&str, String, Vec<u8>) = match target.split_once('?') {
+                    Some(("/redirect", to)) => {
+                        ("302 Found", format!("location: {to}\r\n"), Vec::new())
+                    }
+                    _ if target == "/big" => ("200 OK", String::new(), vec![b'x'; 1 << 20]),
+                    _ if target == "/slow" => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        return;
+                    }
+                    _ => ("200 OK", String::new(), b"hello".to_vec()),
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.write_all(&body).await;
+            });
+        }
+    });
+    (address, accepted)
+}
+
+#[tokio::test]
+async fn outbound_http_reaches_only_what_the_policy_grants() {
+    use std::sync::atomic::Ordering;
+    let (upstream, accepted) = upstream().await;
+    let port = upstream.port();
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy = policy_dir.path().join("outbound.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"
+            [limits]
+            first_byte_timeout_ms = 300
+            max_response_bytes = 65536
+
+            # The test's upstream, on loopback: named, and its address allowed.
+            [[grant]]
+            functions = ["wasm-echo"]
+            hosts = ["127.0.0.1:{port}"]
+            private_addresses = true
+
+            # Granted by name, but they are (or resolve to) special addresses.
+            [[grant]]
+            functions = ["wasm-echo"]
+            hosts = ["localhost:{port}", "169.254.169.254", "[::ffff:127.0.0.1]:{port}"]
+            "#
+        ),
+    )
+    .unwrap();
+    let app =
+        spawn_app_with(|settings| settings.runtime.outbound_policy = Some(policy.clone())).await;
+    let token = app.token("alice", "execute:all");
+    assert_eq!(
+        upload(&app, &token, "wasm-echo", echo_component().await)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        upload(&app, &token, "wasm-other", echo_component().await)
+            .await
+            .0,
+        200
+    );
+    let fetch = |function: &'static str, route: &'static str, url: String| {
+        let app = &app;
+        let token = &token;
+        async move {
+            call(
+                app,
+                token,
+                reqwest::Method::GET,
+                &format!("/fn/{function}/{route}?{url}"),
+                "",
+            )
+            .await
+        }
+    };
+
+    // Allowed: named in the policy, address allowed.
+    let (status, text) = fetch("wasm-echo", "fetch", format!("http://127.0.0.1:{port}/ok")).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (200, "upstream answered 200 with 5 bytes")
+    );
+
+    // Another host, another port, another function: denied before any lookup.
+    for (function, url) in [
+        ("wasm-echo", format!("http://127.0.0.3:{port}/ok")),
+        (
+            "wasm-echo",
+            format!("http://127.0.0.1:{}/ok", port.wrapping_add(1)),
+        ),
+        ("wasm-other", format!("http://127.0.0.1:{port}/ok")),
+    ] {
+        let (status, text) = fetch(function, "fetch", url.clone()).await;
+        assert_eq!(status, 502, "{function} {url}: {text}");
+        assert!(
+            text.contains("HttpRequestDenied"),
+            "{function} {url}: {text}"
+        );
+    }
+
+    // Granted names that are, or resolve to, loopback or link-local
+    // addresses without `private_addresses`: refused by address.
+    for url in [
+        format!("http://localhost:{port}/ok"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        format!("http://[::ffff:127.0.0.1]:{port}/ok"),
+    ] {
+        let (status, text) = fetch("wasm-echo", "fetch", url.clone()).await;
+        assert_eq!(status, 502, "{url}: {text}");
+        assert!(text.contains("DestinationIpProhibited"), "{url}: {text}");
+    }
+
+    // A redirect to a host not granted: the guest's second request is its
+    // own, and it is denied.
+    let (status, text) = fetch(
+        "wasm-echo",
+        "follow",
+        format!("http://127.0.0.1:{port}/redirect?http://127.0.0.3:{port}/ok"),
+    )
+    .await;
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("HttpRequestDenied"), "{text}");
+
+    // An oversized response is cut at the cap; a slow upstream times out.
+    let (status, text) = fetch("wasm-echo", "fetch", format!("http://127.0.0.1:{port}/big")).await;
+    assert_eq!(status, 502, "{text}");
+    // The guest's read fails past the cap (wasmtime reports the stream
+    // error as text, without an error code).
+    assert!(
+        text.contains("body size exceeds limit: 65536 bytes"),
+        "{text}"
+    );
+    let started = std::time::Instant::now();
+    let (status, text) = fetch(
+        "wasm-echo",
+        "fetch",
+        format!("http://127.0.0.1:{port}/slow"),
+    )
+    .await;
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("HttpResponseTimeout"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Only the allowed requests connected: ok, the redirect's first hop,
+    // big and slow.
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn a_malformed_policy_file_stops_the_host_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("outbound.toml");
+    std::fs::write(
+        &policy,
+        "[[grant]]\nfunctions = [\"wasm-a\"]\nhosts = [\"http://everything/\"]\n",
+    )
+    .unwrap();
+    let output = crate::helpers::lambda_host(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--outbound-policy"])
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("outbound policy"), "{stderr}");
+}

@@ -101,7 +101,13 @@ async fn serve_function(
     let outcome = state
         .functions
         .runtime()
-        .serve_http(executable.function, &principal.subject, request, None)
+        .serve_http(
+            executable.function,
+            &language_title.to_string(),
+            &principal.subject,
+            request,
+            None,
+        )
         .await;
     let label = match &outcome {
         Ok(_) => ExecutionOutcome::Ok,

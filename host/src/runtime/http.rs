@@ -6,7 +6,6 @@
 //! streams from the guest while the call goes on, until the call ends or
 //! its deadline stops it (the client then sees the body cut short).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,14 +14,16 @@ use axum::http;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks, WasiHttpView as _};
+use wasmtime_wasi_http::{WasiBody, WasiHttpView as _};
 
 use super::invoke::{self, GuestState};
+use super::outbound::OutboundPolicy;
 use super::{Entry, Error, LoadedFunction, Runtime};
 
 /// The linker of HTTP functions: WASI 0.2 over an empty context (as for
 /// every component), `wasi:http/types` and `wasi:http/outgoing-handler`,
-/// whose every request [`OutboundPolicy`] decides. Nothing else.
+/// whose every request the operator's policy decides
+/// ([`super::outbound`]). Nothing else.
 pub fn linker(engine: &Engine) -> anyhow::Result<Linker<GuestState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -34,46 +35,18 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<GuestState>> {
     Ok(linker)
 }
 
-/// What an HTTP function may reach. Nothing, for now: every outbound
-/// request is answered `HTTP-request-denied` without a connection, a DNS
-/// lookup or anything else leaving the host.
-#[derive(Default)]
-pub struct OutboundPolicy {}
-
-type SendFuture = Box<
-    dyn Future<
-            Output = wasmtime_wasi_http::Result<(
-                http::Response<WasiBody>,
-                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-            )>,
-        > + Send,
->;
-
-impl WasiHttpHooks for OutboundPolicy {
-    fn send_request(
-        &mut self,
-        request: http::Request<WasiBody>,
-        _options: Option<RequestOptions>,
-        _response_errors: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-    ) -> SendFuture {
-        let host = request.uri().host().unwrap_or_default().to_owned();
-        Box::new(async move {
-            tracing::debug!(%host, "outbound HTTP request denied: no host is granted");
-            Err(wasmtime_wasi_http::Error::HttpRequestDenied)
-        })
-    }
-}
-
 /// The guest's response: its head, and a body that streams from the guest.
 pub type Response = http::Response<WasiBody>;
 
 impl Runtime {
     /// Serves one request with an HTTP function in a fresh instance, in a
     /// slot of the caller's share. `timeout` bounds the whole call,
-    /// streaming included; `None` takes the default.
+    /// streaming included; `None` takes the default. `name` is the
+    /// function's language title, which the outbound policy grants by.
     pub async fn serve_http<B>(
         self: &Arc<Self>,
         function: Arc<LoadedFunction>,
+        name: &str,
         caller: &str,
         request: http::Request<B>,
         timeout: Option<Duration>,
@@ -94,12 +67,14 @@ impl Runtime {
         let (response_sender, response) = tokio::sync::oneshot::channel();
         let runtime = self.clone();
         let caller = caller.to_owned();
+        let grant = self.outbound.for_function(name);
         // The call runs in its own task so that the body can stream while
         // the guest writes it; the task holds the slot until it ends.
         let call = tokio::spawn(async move {
             let _slot = runtime.slots.acquire(&caller).await?;
             let mut store = invoke::fresh_store(&runtime.engine, &runtime.config);
             store.data_mut().start_request();
+            store.data_mut().outbound = OutboundPolicy::new(grant);
             let internal = |e: wasmtime::Error| Error::Internal(anyhow::Error::from(e));
             let guest_request = store
                 .data_mut()

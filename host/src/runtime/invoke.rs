@@ -99,7 +99,7 @@ pub struct GuestState {
     /// `wasi:http`, for HTTP functions (only their linker adds it).
     pub(super) http: wasmtime_wasi_http::WasiHttpCtx,
     /// Decides each outbound request of an HTTP function.
-    pub(super) outbound: super::http::OutboundPolicy,
+    pub(super) outbound: super::outbound::OutboundPolicy,
 }
 
 impl GuestState {
@@ -123,7 +123,7 @@ impl GuestState {
             stdout,
             stderr,
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
-            outbound: super::http::OutboundPolicy::default(),
+            outbound: super::outbound::OutboundPolicy::default(),
         }
     }
 
