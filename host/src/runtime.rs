@@ -278,7 +278,7 @@ impl Runtime {
             .min(self.config.max_timeout);
         if function.world() == worlds::World::Http {
             return Err(Error::WrongWorld(
-                "this is an HTTP function (wasi:http/proxy): call it at /fn/<language-title>/<path>",
+                "this is an HTTP function (wasi:http/proxy): execute it through Sessions, or call it at /fn/<language-title>/<path>",
             ));
         }
         let _slot = self.slots.acquire(&invocation.caller).await?;

@@ -17,6 +17,7 @@ use crate::digest::Digest;
 use crate::functions::{FunctionError, Functions};
 use crate::language::{Language, LanguageTitle};
 use crate::runtime::Invocation;
+use crate::runtime::worlds::World;
 use crate::store::{
     Insert, LogRecord, LogWriter, RateDecision, RateLimiter, ResultCache, Session, SessionStore,
     StoreError,
@@ -404,15 +405,21 @@ impl Sessions {
             warm_version: session.warm_instances.then_some(session.build_digest),
         };
         let started = Instant::now();
-        let outcome = self
-            .functions
-            .runtime()
-            .invoke(
-                &executable.function,
-                &invocation,
-                Some(Duration::from_millis(session.timeout_ms)),
-            )
-            .await;
+        let timeout = Some(Duration::from_millis(session.timeout_ms));
+        let runtime = self.functions.runtime();
+        // An HTTP function executes as a JSON POST of the params.
+        let outcome = match executable.function.world() {
+            World::Function => {
+                runtime
+                    .invoke(&executable.function, &invocation, timeout)
+                    .await
+            }
+            World::Http => {
+                runtime
+                    .execute_http(executable.function.clone(), &invocation, timeout)
+                    .await
+            }
+        };
         let label = match &outcome {
             Ok(_) => ExecutionOutcome::Ok,
             Err(e) => e.outcome(),

@@ -124,19 +124,19 @@ async fn an_uploaded_http_component_answers_at_its_route() {
     let (status, _) = call(&app, &bob, reqwest::Method::PUT, "/fn/wasm-echo/x", "").await;
     assert_eq!(status, 200);
 
-    // A function in the other world is called with execute, and this one
-    // is not: each says where to go.
+    // Executed, it gets the params as a JSON POST and answers its status
+    // and body.
     let id = app.session(&alice, "wasm-echo", json!({})).await;
-    let (status, body) = status_and_body(app.execute(&alice, &id, json!({})).await).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (400, Some("INVALID_REQUEST")),
-        "{body}"
-    );
+    let (status, body) = status_and_body(app.execute(&alice, &id, json!({ "a": 1 })).await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["status"], 200, "{body}");
+    let text = body["result"]["body"].as_str().unwrap();
+    assert!(text.contains("method POST\npath /\n"), "{text}");
     assert!(
-        body["error"]["message"].as_str().unwrap().contains("/fn/"),
-        "{body}"
+        text.contains("content-type") && text.contains("body {\"a\":1}\n"),
+        "{text}"
     );
+    // A JSON function is not served at /fn: it says where to go.
     let response = app
         .client
         .get(app.url("/fn/rust-data_validator/"))

@@ -18,7 +18,10 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpView as _};
 
 use super::invoke::{self, GuestState};
 use super::outbound::OutboundPolicy;
-use super::{Entry, Error, LoadedFunction, Runtime};
+use http_body_util::BodyExt as _;
+use serde_json::Value;
+
+use super::{Entry, Error, Execution, Invocation, LoadedFunction, Runtime};
 
 /// The linker of HTTP functions: WASI 0.2 over an empty context (as for
 /// every component), `wasi:http/types` and `wasi:http/outgoing-handler`,
@@ -35,10 +38,72 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<GuestState>> {
     Ok(linker)
 }
 
+/// The most of an HTTP function's response body that `execute` reads.
+pub const MAX_EXECUTE_BODY_BYTES: usize = 1 << 20;
+
 /// The guest's response: its head, and a body that streams from the guest.
 pub type Response = http::Response<WasiBody>;
 
 impl Runtime {
+    /// `execute` of an HTTP function: the params as the JSON body of a
+    /// `POST /`, the answer as `{"status": <code>, "body": <the body as
+    /// JSON, or as text when it is not JSON>}`. The body is read up to
+    /// [`MAX_EXECUTE_BODY_BYTES`]; past that the execution fails.
+    pub async fn execute_http(
+        self: &Arc<Self>,
+        function: Arc<LoadedFunction>,
+        invocation: &Invocation,
+        timeout: Option<Duration>,
+    ) -> Result<Execution, Error> {
+        let started = std::time::Instant::now();
+        let body = serde_json::to_vec(&invocation.params).map_err(|e| Error::Internal(e.into()))?;
+        let request = http::Request::post("http://localhost/")
+            .header(http::header::HOST, "localhost")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header("x-request-id", invocation.request_id.as_str())
+            .body(
+                http_body_util::Full::new(bytes::Bytes::from(body))
+                    .map_err(|never| -> wasmtime_wasi_http::Error { match never {} }),
+            )
+            .map_err(|e| Error::Internal(e.into()))?;
+        let response = self
+            .serve_http(
+                function,
+                &invocation.language_title,
+                &invocation.caller,
+                request,
+                timeout,
+            )
+            .await?;
+        let status = response.status().as_u16();
+        let collected = http_body_util::Limited::new(response.into_body(), MAX_EXECUTE_BODY_BYTES)
+            .collect()
+            .await;
+        let body = match collected {
+            Ok(body) => body.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(Error::InvalidResult(format!(
+                    "the response body is over {MAX_EXECUTE_BODY_BYTES} bytes"
+                )));
+            }
+            // The call ended mid-body: a trap, or the deadline.
+            Err(e) => {
+                return Err(Error::Trap {
+                    message: format!("the response body was cut short: {e}"),
+                });
+            }
+        };
+        let body = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+        Ok(Execution {
+            result: serde_json::json!({ "status": status, "body": body }),
+            logs: Vec::new(),
+            stdout: String::new(),
+            stderr: String::new(),
+            duration: started.elapsed(),
+        })
+    }
+
     /// Serves one request with an HTTP function in a fresh instance, in a
     /// slot of the caller's share. `timeout` bounds the whole call,
     /// streaming included; `None` takes the default. `name` is the
