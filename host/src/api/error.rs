@@ -298,7 +298,9 @@ impl From<runtime::Error> for ApiError {
                 ApiError::new(Code::RuntimeError, message.clone())
                     .with_details(json!({ "message": message }))
             }
-            E::WrongWorld(why) => ApiError::invalid_request(why),
+            // `/fn/...` of a JSON function: there is no HTTP function by
+            // that name.
+            E::WrongWorld(why) => ApiError::not_found(why),
             E::InvalidComponent(_) | E::Internal(_) => ApiError::internal(error),
         }
     }
