@@ -45,6 +45,10 @@ const KNOWN_RECORDS_MAX_BYTES: u64 = 64 << 20;
 /// What a record weighs besides its source: digests, schemas, timestamps.
 const RECORD_OVERHEAD_BYTES: usize = 1024;
 
+/// How long a request by name may run the version it found before: a new
+/// version reaches `/fn/...` within this time.
+const CURRENT_VERSION_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct Functions {
     /// The last record read or written of each function: initialize keeps
     /// working from it while the registry's database is unreachable.
@@ -57,6 +61,10 @@ pub struct Functions {
     metrics: Arc<Metrics>,
     components_dir: PathBuf,
     tiers: Tiers,
+    /// The version each function called by name runs now (`/fn/...`),
+    /// remembered for a second: a stream of requests to one function does
+    /// not read its record, source and all, from the database each time.
+    current: moka::sync::Cache<String, (Digest, Digest)>,
     /// Itself, for the work it spawns (tier-1 builds).
     this: Weak<Functions>,
 }
@@ -86,6 +94,10 @@ impl Functions {
             metrics,
             components_dir,
             tiers,
+            current: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(CURRENT_VERSION_TTL)
+                .build(),
             this: this.clone(),
         })
     }
@@ -216,6 +228,24 @@ impl Functions {
                 None => Err(e.into()),
             },
         }
+    }
+
+    /// The build and component digests of the version a call by name runs
+    /// now, read from the registry at most once per second per function.
+    pub async fn current_version(
+        &self,
+        language_title: &LanguageTitle,
+    ) -> Result<Option<(Digest, Digest)>, FunctionError> {
+        let name = language_title.to_string();
+        if let Some(version) = self.current.get(&name) {
+            return Ok(Some(version));
+        }
+        let Some(record) = self.get(language_title).await? else {
+            return Ok(None);
+        };
+        let version = (record.build_digest, record.component_digest);
+        self.current.insert(name, version);
+        Ok(Some(version))
     }
 
     fn remember(&self, record: &FunctionRecord) {

@@ -83,18 +83,14 @@ async fn serve_function(
             "this token has no execute scope for {language}"
         )));
     }
-    let record = state
+    let (build_digest, component_digest) = state
         .functions
-        .get(&language_title)
+        .current_version(&language_title)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no function {language_title}")))?;
     let executable = state
         .functions
-        .executable(
-            &language_title,
-            record.build_digest,
-            record.component_digest,
-        )
+        .executable(&language_title, build_digest, component_digest)
         .await?;
     let request = for_the_guest(request, state.config.body_limit_bytes)?;
     // The deadline of an execute without `timeout_ms`.
