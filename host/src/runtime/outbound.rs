@@ -74,11 +74,11 @@ struct HostRule {
     private_addresses: bool,
 }
 
-/// The policy, read once at start.
+/// The policy, read once at start: each function's grant, gathered from
+/// every `[[grant]]` that names it, so a request only looks its up.
 #[derive(Debug, Default)]
 pub struct Policy {
-    limits: Limits,
-    grants: Vec<(Vec<String>, Vec<HostRule>)>,
+    by_function: std::collections::HashMap<String, Arc<FunctionGrant>>,
 }
 
 impl Policy {
@@ -92,38 +92,38 @@ impl Policy {
 
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let file: PolicyFile = toml::from_str(text)?;
-        let mut grants = Vec::new();
+        let mut hosts_of: std::collections::HashMap<String, Vec<HostRule>> = Default::default();
         for grant in file.grants {
             let mut rules = Vec::new();
             for entry in &grant.hosts {
                 rules.push(parse_host(entry, grant.private_addresses)?);
             }
-            for function in &grant.functions {
-                crate::language::LanguageTitle::parse(function)
+            for function in grant.functions {
+                crate::language::LanguageTitle::parse(&function)
                     .with_context(|| format!("`{function}` is not a language title"))?;
+                hosts_of
+                    .entry(function)
+                    .or_default()
+                    .extend(rules.iter().cloned());
             }
-            grants.push((grant.functions, rules));
         }
-        Ok(Self {
-            limits: file.limits,
-            grants,
-        })
+        let by_function = hosts_of
+            .into_iter()
+            .filter(|(_, hosts)| !hosts.is_empty())
+            .map(|(function, hosts)| {
+                let grant = FunctionGrant {
+                    hosts,
+                    limits: file.limits,
+                };
+                (function, Arc::new(grant))
+            })
+            .collect();
+        Ok(Self { by_function })
     }
 
     /// What `function` may call: `None` when nothing.
     pub fn for_function(&self, function: &str) -> Option<Arc<FunctionGrant>> {
-        let hosts: Vec<HostRule> = self
-            .grants
-            .iter()
-            .filter(|(functions, _)| functions.iter().any(|f| f == function))
-            .flat_map(|(_, hosts)| hosts.iter().cloned())
-            .collect();
-        (!hosts.is_empty()).then(|| {
-            Arc::new(FunctionGrant {
-                hosts,
-                limits: self.limits,
-            })
-        })
+        self.by_function.get(function).cloned()
     }
 }
 
