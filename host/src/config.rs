@@ -199,9 +199,9 @@ pub struct RuntimeConfig {
     /// Turn the pooling instance allocator off.
     #[arg(long, global = true, env = "LAMBDA_NO_POOLING")]
     pub no_pooling: bool,
-    /// The operator's policy file of outbound HTTP: which HTTP functions may call which hosts (TOML; docs/http-functions.md). Unset: no function may make outbound requests.
-    #[arg(long, global = true, env = "LAMBDA_OUTBOUND_POLICY")]
-    pub outbound_policy: Option<std::path::PathBuf>,
+    /// The operator's capability policy: which HTTP functions may call which hosts, open a key-value store, read which variables (TOML; docs/http-functions.md). Unset: nothing is granted.
+    #[arg(long, global = true, env = "LAMBDA_CAPABILITY_POLICY")]
+    pub capability_policy: Option<std::path::PathBuf>,
     /// How many executions may run at once: the size of the instance pool.
     #[arg(long, global = true, env = "LAMBDA_MAX_INSTANCES", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_instances: u32,
@@ -355,7 +355,8 @@ impl RuntimeConfig {
 
 /// A secret string: shown as `[redacted]` by `Debug`, so it cannot reach a
 /// log through a settings dump.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(from = "String")]
 pub struct Secret(String);
 
 impl Secret {

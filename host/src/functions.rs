@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::catalog;
 use crate::digest::Digest;
 use crate::language::{Language, LanguageTitle};
-use crate::runtime::{self, LoadedFunction, Runtime};
+use crate::runtime::{self, FunctionOwner, LoadedFunction, Runtime};
 use crate::store::{FunctionKind, FunctionRecord, Registry, StoreError, TierState};
 use crate::telemetry::{BuildOutcome, Metrics};
 use crate::toolchain::{Artifact, BuildError, BuildOptions, Toolchains};
@@ -49,6 +49,23 @@ const RECORD_OVERHEAD_BYTES: usize = 1024;
 /// version reaches `/fn/...` within this time.
 const CURRENT_VERSION_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The version a call by name runs now, and whose function it is.
+#[derive(Clone, Debug)]
+pub struct CurrentVersion {
+    pub build_digest: Digest,
+    pub component_digest: Digest,
+    pub owner: FunctionOwner,
+}
+
+/// Whose function a registry record is.
+fn owner_of(record: &FunctionRecord) -> FunctionOwner {
+    match (&record.kind, &record.owner) {
+        (FunctionKind::Dynamic, Some(owner)) => FunctionOwner::User(owner.as_str().into()),
+        (FunctionKind::Predefined, _) => FunctionOwner::Predefined,
+        (FunctionKind::Dynamic, None) => FunctionOwner::Unknown,
+    }
+}
+
 pub struct Functions {
     /// The last record read or written of each function: initialize keeps
     /// working from it while the registry's database is unreachable.
@@ -64,7 +81,7 @@ pub struct Functions {
     /// The version each function called by name runs now (`/fn/...`),
     /// remembered for a second: a stream of requests to one function does
     /// not read its record, source and all, from the database each time.
-    current: moka::sync::Cache<String, (Digest, Digest)>,
+    current: moka::sync::Cache<String, CurrentVersion>,
     /// Itself, for the work it spawns (tier-1 builds).
     this: Weak<Functions>,
 }
@@ -230,12 +247,12 @@ impl Functions {
         }
     }
 
-    /// The build and component digests of the version a call by name runs
-    /// now, read from the registry at most once per second per function.
+    /// The version a call by name runs now, read from the registry at
+    /// most once per second per function.
     pub async fn current_version(
         &self,
         language_title: &LanguageTitle,
-    ) -> Result<Option<(Digest, Digest)>, FunctionError> {
+    ) -> Result<Option<CurrentVersion>, FunctionError> {
         let name = language_title.to_string();
         if let Some(version) = self.current.get(&name) {
             return Ok(Some(version));
@@ -243,9 +260,27 @@ impl Functions {
         let Some(record) = self.get(language_title).await? else {
             return Ok(None);
         };
-        let version = (record.build_digest, record.component_digest);
-        self.current.insert(name, version);
+        let version = CurrentVersion {
+            build_digest: record.build_digest,
+            component_digest: record.component_digest,
+            owner: owner_of(&record),
+        };
+        self.current.insert(name, version.clone());
         Ok(Some(version))
+    }
+
+    /// Whose function version `build_digest` is: its record's owner while
+    /// it is the current version, else [`FunctionOwner::Unknown`] (a
+    /// session may run a version since replaced).
+    pub async fn owner_of_version(
+        &self,
+        language_title: &LanguageTitle,
+        build_digest: Digest,
+    ) -> FunctionOwner {
+        match self.current_version(language_title).await {
+            Ok(Some(current)) if current.build_digest == build_digest => current.owner,
+            _ => FunctionOwner::Unknown,
+        }
     }
 
     fn remember(&self, record: &FunctionRecord) {

@@ -22,7 +22,10 @@ mod incremental;
 mod invoke;
 mod limits;
 pub mod outbound;
+pub mod policy;
 mod slots;
+pub mod spin;
+pub use spin::FunctionOwner;
 mod warm;
 pub mod worlds;
 
@@ -178,8 +181,11 @@ pub struct Runtime {
     /// Instances waiting for their caller's next execution.
     warm: Arc<warm::WarmPool>,
     config: RuntimeConfig,
-    /// What HTTP functions may call (the operator's policy file).
-    outbound: outbound::Policy,
+    /// What HTTP functions may use (the operator's policy file).
+    policy: policy::Policy,
+    /// Where granted functions keep key-value data; `None` in processes
+    /// that serve no HTTP functions (the CLI's `invoke`).
+    key_value: Option<Arc<dyn crate::store::KeyValueStore>>,
     /// Retires warm instances left idle; stopped on drop.
     _reaper: crate::periodic::Periodic,
     /// Dropped last: stops and joins the ticker thread.
@@ -187,6 +193,13 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Gives HTTP functions granted key-value their store (the server's
+    /// Redis, or its embedded database).
+    pub fn with_key_value(mut self, store: Arc<dyn crate::store::KeyValueStore>) -> Self {
+        self.key_value = Some(store);
+        self
+    }
+
     /// Builds the engine, the linker and the caches. Fails on settings the
     /// engine refuses, before anything runs.
     pub fn new(config: &RuntimeConfig) -> anyhow::Result<Self> {
@@ -208,9 +221,9 @@ impl Runtime {
             config.warm_instance_idle,
         ));
         let reaper = warm::start_reaper(&warm)?;
-        let outbound = match &config.outbound_policy {
-            Some(path) => outbound::Policy::load(path)?,
-            None => outbound::Policy::default(),
+        let policy = match &config.capability_policy {
+            Some(path) => policy::Policy::load(path)?,
+            None => policy::Policy::default(),
         };
         Ok(Self {
             warm,
@@ -224,7 +237,8 @@ impl Runtime {
             linkers,
             cache,
             config: config.clone(),
-            outbound,
+            policy,
+            key_value: None,
             _ticker: ticker,
         })
     }

@@ -24,7 +24,8 @@ use crate::store::redis::RedisStore;
 use crate::store::resilient::ResilientSessions;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
-    LogStore, LogWriter, RateLimiter, Registry, ResultCache, SessionRecords, SessionStore,
+    KeyValueStore, LogStore, LogWriter, RateLimiter, Registry, ResultCache, SessionRecords,
+    SessionStore,
 };
 use crate::telemetry::{CountedElsewhere, Metrics};
 use crate::toolchain::{ArtifactStore, Toolchains};
@@ -51,7 +52,8 @@ impl Application {
             &settings.data_dir,
         )?);
         let durable = durable_stores(&settings).await?;
-        let runtime = Arc::new(Runtime::new(&settings.runtime)?);
+        let key_value = key_value_store(&settings, &durable).await?;
+        let runtime = Arc::new(Runtime::new(&settings.runtime)?.with_key_value(key_value));
         let mut toolchains = Toolchains::detect(&settings.toolchain).await?;
         if let Some(shared) = &durable.artifacts {
             toolchains = toolchains.with_shared_artifacts(shared.clone());
@@ -250,6 +252,8 @@ struct Durable {
     /// What decides whether a session exists when the live store does
     /// not know it.
     session_records: Arc<dyn SessionRecords>,
+    /// The embedded database, when it holds the registry.
+    embedded: Option<Arc<SqliteStore>>,
 }
 
 async fn durable_stores(settings: &Settings) -> anyhow::Result<Durable> {
@@ -267,6 +271,7 @@ async fn durable_stores(settings: &Settings) -> anyhow::Result<Durable> {
                 logs: postgres.clone(),
                 artifacts: Some(postgres.clone()),
                 session_records: postgres,
+                embedded: None,
             })
         }
         None => {
@@ -275,10 +280,28 @@ async fn durable_stores(settings: &Settings) -> anyhow::Result<Durable> {
                 registry: sqlite.clone(),
                 logs: sqlite.clone(),
                 artifacts: None,
-                session_records: sqlite,
+                session_records: sqlite.clone(),
+                embedded: Some(sqlite),
             })
         }
     }
+}
+
+/// The key-value data of HTTP functions: Redis when a URL is set, else
+/// the embedded SQLite database (the registry's, or one of its own in the
+/// data directory when the registry is PostgreSQL).
+async fn key_value_store(
+    settings: &Settings,
+    durable: &Durable,
+) -> anyhow::Result<Arc<dyn KeyValueStore>> {
+    Ok(match (&settings.stores.redis_url, &durable.embedded) {
+        (Some(url), _) => Arc::new(RedisStore::connect(
+            url.expose(),
+            &settings.stores.redis_prefix,
+        )?),
+        (None, Some(sqlite)) => sqlite.clone(),
+        (None, None) => Arc::new(SqliteStore::open(&settings.data_dir.join(SQLITE_FILE)).await?),
+    })
 }
 
 type SharedStores = (

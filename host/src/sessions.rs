@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::auth::Principal;
 use crate::digest::Digest;
-use crate::functions::{FunctionError, Functions};
+use crate::functions::{Executable, FunctionError, Functions};
 use crate::language::{Language, LanguageTitle};
 use crate::runtime::Invocation;
 use crate::runtime::worlds::World;
@@ -334,8 +334,20 @@ impl Sessions {
                 ));
             }
         };
+        let executable = self
+            .functions
+            .executable(
+                &session.language_title,
+                session.build_digest,
+                session.component_digest,
+            )
+            .await?;
+        // An HTTP function may have effects (outbound calls, key-value
+        // writes): its results are never cached.
+        let cacheable = executable.function.world() == World::Function;
         let key = cache_key(&session, &params);
         let cached = match request.cache {
+            _ if !cacheable => None,
             CachePolicy::NoCache => None,
             _ => self.lookup(&key).await,
         };
@@ -347,14 +359,14 @@ impl Sessions {
                 cached: true,
             });
         }
-        let outcome = self.run(&session, &params).await;
+        let outcome = self.run(&session, executable, &params).await;
         self.count_on_session(&session).await;
         let result = outcome?;
         let ttl = match request.cache {
             CachePolicy::MaxAge(ttl) => ttl.min(self.settings.cache_max_ttl),
             _ => self.settings.cache_ttl,
         };
-        if let Err(e) = self.cache.put(&key, &result, ttl).await {
+        if cacheable && let Err(e) = self.cache.put(&key, &result, ttl).await {
             tracing::warn!("result cache unavailable, result not stored: {e}");
         }
         Ok(Executed {
@@ -385,16 +397,13 @@ impl Sessions {
     }
 
     /// One execution in a fresh instance, counted in the metrics.
-    async fn run(&self, session: &Session, params: &Value) -> Result<Value, FunctionError> {
+    async fn run(
+        &self,
+        session: &Session,
+        executable: Executable,
+        params: &Value,
+    ) -> Result<Value, FunctionError> {
         let language = session.language_title.language();
-        let executable = self
-            .functions
-            .executable(
-                &session.language_title,
-                session.build_digest,
-                session.component_digest,
-            )
-            .await?;
         let invocation = Invocation {
             request_id: session.request_id.clone(),
             language_title: session.language_title.to_string(),
@@ -415,8 +424,12 @@ impl Sessions {
                     .await
             }
             World::Http => {
+                let owner = self
+                    .functions
+                    .owner_of_version(&session.language_title, session.build_digest)
+                    .await;
                 runtime
-                    .execute_http(executable.function.clone(), &invocation, timeout)
+                    .execute_http(executable.function.clone(), &invocation, &owner, timeout)
                     .await
             }
         };

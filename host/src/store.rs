@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | sessions, result cache, rate limits | [`memory`]: in process, TTL-aware, bounded | Redis |
 //! | registry, request/error logs, session records | [`sqlite`]: a file in the data directory | PostgreSQL |
+//! | key-value data of HTTP functions | [`sqlite`] | Redis |
 //!
 //! Build artifacts (component bytes) live in the toolchain's
 //! [`ArtifactStore`](crate::toolchain::ArtifactStore).
@@ -168,6 +169,38 @@ pub enum RateDecision {
     Limited {
         retry_after_secs: u64,
     },
+}
+
+/// What came of [`KeyValueStore::set`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvSet {
+    Stored,
+    /// The namespace would hold more than its quota with this value; the
+    /// old value (if any) stays.
+    OverQuota,
+}
+
+/// The key-value data of HTTP functions (Spin's key-value interface),
+/// durable: in Redis or the embedded database. A namespace is one
+/// function's and owner's store; the caller derives it and enforces key
+/// lengths. A namespace's size is the bytes of its keys and values.
+#[async_trait::async_trait]
+pub trait KeyValueStore: Send + Sync {
+    async fn get(&self, namespace: &str, key: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// Stores `value` under `key` unless the namespace would then weigh
+    /// more than `quota_bytes` (one check and write, so concurrent sets
+    /// cannot overshoot together).
+    async fn set(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &[u8],
+        quota_bytes: u64,
+    ) -> StoreResult<KvSet>;
+    /// Removes `key`; a missing key is no error.
+    async fn delete(&self, namespace: &str, key: &str) -> StoreResult<()>;
+    async fn exists(&self, namespace: &str, key: &str) -> StoreResult<bool>;
+    async fn keys(&self, namespace: &str) -> StoreResult<Vec<String>>;
 }
 
 /// Fixed-window request counters, shared by every replica in production.

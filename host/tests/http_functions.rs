@@ -10,7 +10,11 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-use crate::helpers::{TestApp, repo_root, spawn_app, spawn_app_with, status_and_body};
+use lambda_host::language::Language;
+
+use crate::helpers::{
+    TestApp, fixture_source, repo_root, spawn_app, spawn_app_with, status_and_body,
+};
 
 /// `tests/fixtures/http-echo`, built once per test binary with cargo for
 /// `wasm32-wasip2` (its own lockfile), as a user would build it.
@@ -391,7 +395,7 @@ async fn outbound_http_reaches_only_what_the_policy_grants() {
     )
     .unwrap();
     let app =
-        spawn_app_with(|settings| settings.runtime.outbound_policy = Some(policy.clone())).await;
+        spawn_app_with(|settings| settings.runtime.capability_policy = Some(policy.clone())).await;
     let token = app.token("alice", "execute:all");
     assert_eq!(
         upload(&app, &token, "wasm-echo", echo_component().await)
@@ -502,11 +506,234 @@ fn a_malformed_policy_file_stops_the_host_at_start() {
     )
     .unwrap();
     let output = crate::helpers::lambda_host(dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0", "--outbound-policy"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--capability-policy"])
         .arg(&policy)
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("outbound policy"), "{stderr}");
+    assert!(stderr.contains("capability policy"), "{stderr}");
+}
+
+/// The initialize of a Rust source; its status and body.
+async fn initialize_source(
+    app: &TestApp,
+    token: &str,
+    language_title: &str,
+    source: &str,
+) -> (u16, Value) {
+    status_and_body(
+        app.initialize(token, language_title, json!({ "script_content": source }))
+            .await,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_spin_sdk_source_is_built_by_the_rust_toolchain_and_checked_like_an_upload() {
+    let app = spawn_app().await;
+    let alice = app.token("alice", "execute:all");
+    let hello = fixture_source(Language::Rust, "http_hello");
+    let (status, body) = initialize_source(&app, &alice, "rust-http_hello", &hello).await;
+    assert_eq!(status, 200, "{body}");
+    let response = app
+        .client
+        .get(app.url("/fn/rust-http_hello/some/path?x=1"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/plain");
+    assert_eq!(
+        response.text().await.unwrap(),
+        "Hello from GET /some/path?x=1"
+    );
+    // The JSON API still runs it: the params as a JSON POST to `/`.
+    let session = app.session(&alice, "rust-http_hello", json!({})).await;
+    let (status, body) =
+        status_and_body(app.execute(&alice, &session, json!({ "a": 1 })).await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["status"], 200, "{body}");
+    assert_eq!(body["result"]["body"], "Hello from POST /", "{body}");
+
+    // An interface the host does not serve: it compiles, and is refused
+    // by name at initialize, not at its first call.
+    let sqlite = "use spin_sdk::http::{IntoResponse, Request, Response};\n\
+                  use spin_sdk::http_component;\n\
+                  #[http_component]\n\
+                  fn handle(_req: Request) -> anyhow::Result<impl IntoResponse> {\n\
+                      let db = spin_sdk::sqlite::Connection::open_default()?;\n\
+                      db.execute(\"SELECT 1\", &[])?;\n\
+                      Ok(Response::new(200, \"\"))\n\
+                  }\n";
+    let (status, body) = initialize_source(&app, &alice, "rust-http_sqlite", sqlite).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("COMPILE_ERROR")),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("fermyon:spin/sqlite@2.0.0"), "{message}");
+
+    // A JSON handler that reaches for a Spin interface: HTTP functions'
+    // grants are not a JSON function's.
+    let json_with_variables = "use serde_json::Value;\n\
+        pub fn handler(_event: Value) -> Result<Value, String> {\n\
+            spin_sdk::variables::get(\"x\").map(Value::String).map_err(|e| format!(\"{e:?}\"))\n\
+        }\n";
+    let (status, body) =
+        initialize_source(&app, &alice, "rust-json_variables", json_with_variables).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("COMPILE_ERROR")),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("fermyon:spin/variables@2.0.0") && message.contains("lambda:function"),
+        "{message}"
+    );
+    for refused in ["rust-http_sqlite", "rust-json_variables"] {
+        let (status, _) = call(
+            &app,
+            &alice,
+            reqwest::Method::GET,
+            &format!("/fn/{refused}/"),
+            "",
+        )
+        .await;
+        assert_eq!(status, 404, "{refused} was registered");
+    }
+}
+
+#[tokio::test]
+async fn key_value_data_is_the_function_owners_and_bounded_by_its_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        r#"
+        [key_value]
+        quota_bytes = 64
+
+        [[grant]]
+        functions = ["rust-store_a", "rust-store_b"]
+        key_value = true
+        "#,
+    )
+    .unwrap();
+    let app = spawn_app_with(|settings| settings.runtime.capability_policy = Some(policy)).await;
+    let alice = app.token("alice", "execute:rust");
+    let bob = app.token("bob", "execute:rust");
+    let carol = app.token("carol", "execute:rust");
+    let source = fixture_source(Language::Rust, "http_store");
+    for (token, title) in [
+        (&alice, "rust-store_a"),
+        (&bob, "rust-store_b"),
+        (&carol, "rust-store_c"),
+    ] {
+        let (status, body) = initialize_source(&app, token, title, &source).await;
+        assert_eq!(status, 200, "{title}: {body}");
+    }
+    let put = reqwest::Method::PUT;
+    let get = reqwest::Method::GET;
+    assert_eq!(
+        call(
+            &app,
+            &alice,
+            put.clone(),
+            "/fn/rust-store_a/kv/color",
+            "blue"
+        )
+        .await,
+        (200, "stored".into())
+    );
+    assert_eq!(
+        call(&app, &alice, get.clone(), "/fn/rust-store_a/kv/color", "").await,
+        (200, "blue".into())
+    );
+
+    // Bob's function runs the same code under another owner: an empty
+    // store of its own, whose writes alice's never sees.
+    assert_eq!(
+        call(&app, &bob, get.clone(), "/fn/rust-store_b/kv/color", "").await,
+        (404, "no such key".into())
+    );
+    assert_eq!(
+        call(&app, &bob, get.clone(), "/fn/rust-store_b/keys", "").await,
+        (200, String::new())
+    );
+    assert_eq!(
+        call(&app, &bob, put.clone(), "/fn/rust-store_b/kv/color", "red")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(&app, &alice, get.clone(), "/fn/rust-store_a/kv/color", "").await,
+        (200, "blue".into())
+    );
+    assert_eq!(
+        call(&app, &alice, get.clone(), "/fn/rust-store_a/keys", "").await,
+        (200, "color".into())
+    );
+    // Bob cannot take alice's title to read her data.
+    let (status, body) = initialize_source(&app, &bob, "rust-store_a", &source).await;
+    assert_ne!(status, 200, "{body}");
+    // Calling alice's function reaches alice's function's data, as that
+    // function decides: the store belongs to the function, not the caller.
+    assert_eq!(
+        call(&app, &bob, get.clone(), "/fn/rust-store_a/kv/color", "").await,
+        (200, "blue".into())
+    );
+
+    // No grant: the store does not open.
+    let (status, text) = call(&app, &carol, get.clone(), "/fn/rust-store_c/kv/color", "").await;
+    assert_eq!((status, text.as_str()), (403, "Error::AccessDenied"));
+
+    // 64 bytes: "color" + "blue" = 9 used; 60 more do not fit.
+    let big = "x".repeat(60);
+    let (status, text) = call(&app, &alice, put.clone(), "/fn/rust-store_a/kv/big", &big).await;
+    assert_eq!((status, text.as_str()), (507, "Error::StoreTableFull"));
+    assert_eq!(
+        call(&app, &alice, get.clone(), "/fn/rust-store_a/kv/big", "")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        call(
+            &app,
+            &alice,
+            reqwest::Method::DELETE,
+            "/fn/rust-store_a/kv/color",
+            ""
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        call(
+            &app,
+            &alice,
+            put.clone(),
+            "/fn/rust-store_a/kv/big",
+            &"x".repeat(61)
+        )
+        .await
+        .0,
+        200
+    );
+    // An over-long key is an error, not a write.
+    let long_key = format!("/fn/rust-store_a/kv/{}", "k".repeat(300));
+    let (status, text) = call(&app, &alice, put.clone(), &long_key, "v").await;
+    assert_eq!(status, 500, "{text}");
+    assert!(text.contains("at most 256 bytes"), "{text}");
+    // Bob's store is untouched by all of it.
+    assert_eq!(
+        call(&app, &bob, get.clone(), "/fn/rust-store_b/keys", "").await,
+        (200, "color".into())
+    );
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{lambda_host, shared_cli_data_dir};
+use lambda_host::language::Language;
+
+use crate::helpers::{fixture_source, lambda_host, shared_cli_data_dir};
 
 const JWT_SECRET: &str = "log-test-secret-that-must-never-be-logged-0123";
 const FORGED_TOKEN: &str = "forged.token-SECRET-4242.never-log-me";
@@ -23,10 +25,16 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server with these settings added to its environment.
+    fn start_with(env: &[(&str, &str)]) -> Self {
         let mut child = lambda_host(&shared_cli_data_dir())
             .args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0"])
             .env("LAMBDA_JWT_SECRET", JWT_SECRET)
             .env("LAMBDA_LOG", "info")
+            .envs(env.iter().copied())
             .env_remove("LAMBDA_REDIS_URL")
             .env_remove("LAMBDA_DATABASE_URL")
             .stderr(Stdio::piped())
@@ -78,6 +86,22 @@ impl Server {
             if matches(&value) {
                 return value;
             }
+        }
+    }
+
+    /// Stops the server as an operator does (SIGTERM: it writes what its
+    /// log queue holds) and reads the rest of its stderr.
+    fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let stopped = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(stopped.success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "serve exited with {status}");
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
         }
     }
 
@@ -163,6 +187,116 @@ async fn every_request_gets_a_json_access_line_and_no_token_or_secret_is_logged(
         assert!(
             !everything.contains(secret),
             "the log holds a credential: {everything}"
+        );
+    }
+}
+
+/// A variable's value reaches the function granted it and nothing else:
+/// not another function, not an error, not the registry's answers, not
+/// the host's log (at debug) nor the request and error logs it keeps.
+#[tokio::test]
+async fn a_variable_value_reaches_its_function_and_no_log() {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let secret = format!("sk-live-{run}");
+    let (title, other) = (
+        format!("rust-vars_{}", &run[..8]),
+        format!("rust-novars_{}", &run[..8]),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[grant]]\nfunctions = [\"{title}\"]\nvariables = {{ api_key = \"{secret}\" }}\n\n\
+             [[grant]]\nfunctions = [\"{other}\"]\nkey_value = true\n"
+        ),
+    )
+    .unwrap();
+    let mut server = Server::start_with(&[
+        ("LAMBDA_CAPABILITY_POLICY", policy.to_str().unwrap()),
+        (
+            "LAMBDA_LOG",
+            "debug,sqlx=info,cranelift_codegen=info,wasmtime=info",
+        ),
+    ]);
+    let token = token();
+    let client = reqwest::Client::new();
+    let source = fixture_source(Language::Rust, "http_store");
+    for name in [&title, &other] {
+        let initialized = client
+            .post(format!("{}/api/v1/initialize", server.base))
+            .bearer_auth(&token)
+            .header("Language-Title", name.as_str())
+            .json(&json!({ "script_content": source }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            initialized.status(),
+            200,
+            "{}",
+            initialized.text().await.unwrap()
+        );
+    }
+    let get = |path: String| {
+        let client = &client;
+        let token = &token;
+        let base = &server.base;
+        async move {
+            let response = client
+                .get(format!("{base}{path}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    // The function granted it reads it, and answers it: its own response.
+    assert_eq!(
+        get(format!("/fn/{title}/var/api_key")).await,
+        (200, secret.clone())
+    );
+    let mut answers = Vec::new();
+    for path in [
+        format!("/fn/{other}/var/api_key"),
+        format!("/fn/{title}/var/missing"),
+        format!("/fn/{title}/var/API_KEY"),
+        format!("/fn/{title}/kv/x"),
+        format!("/api/v1/functions/{title}"),
+        "/api/v1/functions?per_page=100".to_owned(),
+        "/metrics".to_owned(),
+    ] {
+        let (status, text) = get(path.clone()).await;
+        assert!(
+            !text.contains(&secret),
+            "{path} answered the secret: {text}"
+        );
+        answers.push((path, status, text));
+    }
+    assert_eq!(answers[0].1, 404, "{answers:?}");
+    assert!(answers[0].2.contains("Undefined"), "{answers:?}");
+    assert!(answers[2].2.contains("InvalidName"), "{answers:?}");
+    assert_eq!(answers[3].1, 403, "no key-value grant: {answers:?}");
+    assert_eq!(answers[4].1, 200, "{answers:?}");
+
+    server.stop();
+    let everything = server.seen.join("\n");
+    assert!(everything.contains(&title), "the log saw the calls");
+    assert!(
+        !everything.contains(&secret),
+        "the host's log holds the variable: {everything}"
+    );
+    // The request and error logs, and everything else the database holds.
+    for file in ["lambda.db", "lambda.db-wal"] {
+        let path = shared_cli_data_dir().join(file);
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{} holds the variable",
+            path.display()
         );
     }
 }

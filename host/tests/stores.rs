@@ -14,9 +14,9 @@ use lambda_host::store::redis::RedisStore;
 use lambda_host::store::resilient::ResilientSessions;
 use lambda_host::store::sqlite::SqliteStore;
 use lambda_host::store::{
-    ErrorLog, FunctionFilter, FunctionKind, FunctionRecord, Insert, LogRecord, LogStore,
-    RateDecision, RateLimiter, Registry, RequestLog, ResultCache, Session, SessionRecords,
-    SessionStore, TierState, TierUp,
+    ErrorLog, FunctionFilter, FunctionKind, FunctionRecord, Insert, KeyValueStore, KvSet,
+    LogRecord, LogStore, RateDecision, RateLimiter, Registry, RequestLog, ResultCache, Session,
+    SessionRecords, SessionStore, TierState, TierUp,
 };
 use std::sync::Arc;
 
@@ -1049,4 +1049,96 @@ async fn sqlite_sweeps_logs_past_their_retention() {
             .await
             .unwrap();
     assert_eq!((errors, sessions), (1, 1));
+}
+
+/// Key-value data: entries by namespace, binary values, sizes in bytes
+/// (not characters), and a quota that concurrent writers cannot overshoot.
+async fn key_value_conformance(store: Arc<dyn KeyValueStore>) {
+    let (a, b) = ("namespace-a", "namespace-b");
+    assert_eq!(store.get(a, "k").await.unwrap(), None);
+    assert!(!store.exists(a, "k").await.unwrap());
+    let binary = [0u8, 255, 10, 0, 1];
+    assert_eq!(
+        store.set(a, "k", &binary, 100).await.unwrap(),
+        KvSet::Stored
+    );
+    assert_eq!(
+        store.get(a, "k").await.unwrap().as_deref(),
+        Some(&binary[..])
+    );
+    assert!(store.exists(a, "k").await.unwrap());
+    // Another namespace sees none of it.
+    assert_eq!(store.get(b, "k").await.unwrap(), None);
+    assert!(store.keys(b).await.unwrap().is_empty());
+    assert_eq!(
+        store.set(b, "k", b"other", 100).await.unwrap(),
+        KvSet::Stored
+    );
+    assert_eq!(
+        store.get(a, "k").await.unwrap().as_deref(),
+        Some(&binary[..])
+    );
+
+    // Quota 100: "k" + 5 bytes = 6 used. "ü" is 2 bytes: 2 + 92 = 94 fits
+    // exactly, one more byte does not.
+    assert_eq!(
+        store.set(a, "ü", &[7; 93], 100).await.unwrap(),
+        KvSet::OverQuota
+    );
+    assert_eq!(store.get(a, "ü").await.unwrap(), None);
+    assert_eq!(
+        store.set(a, "ü", &[7; 92], 100).await.unwrap(),
+        KvSet::Stored
+    );
+    // Replacing a value counts the difference, not both.
+    assert_eq!(
+        store.set(a, "ü", &[8; 92], 100).await.unwrap(),
+        KvSet::Stored
+    );
+    assert_eq!(
+        store.set(a, "ü", &[8; 93], 100).await.unwrap(),
+        KvSet::OverQuota
+    );
+    assert_eq!(
+        store.get(a, "ü").await.unwrap(),
+        Some(vec![8; 92]),
+        "the old value stays"
+    );
+    let mut keys = store.keys(a).await.unwrap();
+    keys.sort();
+    assert_eq!(keys, ["k", "ü"]);
+    // Deleting frees its bytes; deleting a missing key is no error.
+    store.delete(a, "ü").await.unwrap();
+    store.delete(a, "ü").await.unwrap();
+    assert!(!store.exists(a, "ü").await.unwrap());
+    assert_eq!(
+        store.set(a, "big", &[1; 91], 100).await.unwrap(),
+        KvSet::Stored
+    );
+
+    // 20 writers of 10-byte entries into a 50-byte quota: exactly 5 fit.
+    let c = "namespace-c";
+    let writes = (0..20).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move { store.set(c, &format!("k{i:02}"), &[i as u8; 7], 50).await })
+    });
+    let mut stored = 0;
+    for write in writes {
+        if write.await.unwrap().unwrap() == KvSet::Stored {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 5);
+    assert_eq!(store.keys(c).await.unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn sqlite_key_value_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    key_value_conformance(Arc::new(sqlite(&dir).await)).await;
+}
+
+#[tokio::test]
+async fn redis_key_value_conforms() {
+    key_value_conformance(Arc::new(redis())).await;
 }

@@ -83,14 +83,18 @@ async fn serve_function(
             "this token has no execute scope for {language}"
         )));
     }
-    let (build_digest, component_digest) = state
+    let version = state
         .functions
         .current_version(&language_title)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no function {language_title}")))?;
     let executable = state
         .functions
-        .executable(&language_title, build_digest, component_digest)
+        .executable(
+            &language_title,
+            version.build_digest,
+            version.component_digest,
+        )
         .await?;
     let request = for_the_guest(request, state.config.body_limit_bytes)?;
     // The deadline of an execute without `timeout_ms`.
@@ -100,6 +104,7 @@ async fn serve_function(
         .serve_http(
             executable.function,
             &language_title.to_string(),
+            &version.owner,
             &principal.subject,
             request,
             None,

@@ -18,6 +18,8 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpView as _};
 
 use super::invoke::{self, GuestState};
 use super::outbound::OutboundPolicy;
+use super::policy::FunctionGrant;
+use super::spin::{CallCapabilities, FunctionOwner, KeyValueScope};
 use http_body_util::BodyExt as _;
 use serde_json::Value;
 
@@ -26,7 +28,8 @@ use super::{Entry, Error, Execution, Invocation, LoadedFunction, Runtime};
 /// The linker of HTTP functions: WASI 0.2 over an empty context (as for
 /// every component), `wasi:http/types` and `wasi:http/outgoing-handler`,
 /// whose every request the operator's policy decides
-/// ([`super::outbound`]). Nothing else.
+/// ([`super::outbound`]), and Spin's key-value and variables
+/// ([`super::spin`]), which it decides too. Nothing else.
 pub fn linker(engine: &Engine) -> anyhow::Result<Linker<GuestState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -35,7 +38,20 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<GuestState>> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
         .map_err(anyhow::Error::from)
         .context("linking wasi:http")?;
+    super::spin::add_to_linker(&mut linker).context("linking Spin's key-value and variables")?;
     Ok(linker)
+}
+
+/// The key-value namespace of a function and its owner: a digest of both,
+/// so no choice of names makes two owners' namespaces meet, and a title
+/// that passes to another owner starts empty.
+fn key_value_namespace(name: &str, owner: &FunctionOwner) -> Option<String> {
+    let (kind, owner): (&[u8], &[u8]) = match owner {
+        FunctionOwner::Predefined => (b"predefined", b""),
+        FunctionOwner::User(subject) => (b"user", subject.as_bytes()),
+        FunctionOwner::Unknown => return None,
+    };
+    Some(crate::digest::Digest::of_fields([name.as_bytes(), kind, owner]).to_string())
 }
 
 /// The most of an HTTP function's response body that `execute` reads.
@@ -45,6 +61,27 @@ pub const MAX_EXECUTE_BODY_BYTES: usize = 1 << 20;
 pub type Response = http::Response<WasiBody>;
 
 impl Runtime {
+    /// What one call of function `name` of `owner` may use: its grant,
+    /// and its key-value namespace if the grant includes key-value.
+    fn call_capabilities(
+        &self,
+        grant: Option<Arc<FunctionGrant>>,
+        name: &str,
+        owner: &FunctionOwner,
+    ) -> CallCapabilities {
+        let key_value = match (&grant, &self.key_value) {
+            (Some(g), Some(store)) if g.key_value => {
+                key_value_namespace(name, owner).map(|namespace| KeyValueScope {
+                    store: store.clone(),
+                    namespace,
+                    quota_bytes: g.key_value_limits.quota_bytes,
+                })
+            }
+            _ => None,
+        };
+        CallCapabilities { grant, key_value }
+    }
+
     /// `execute` of an HTTP function: the params as the JSON body of a
     /// `POST /`, the answer as `{"status": <code>, "body": <the body as
     /// JSON, or as text when it is not JSON>}`. The body is read up to
@@ -53,6 +90,7 @@ impl Runtime {
         self: &Arc<Self>,
         function: Arc<LoadedFunction>,
         invocation: &Invocation,
+        owner: &FunctionOwner,
         timeout: Option<Duration>,
     ) -> Result<Execution, Error> {
         let started = std::time::Instant::now();
@@ -70,6 +108,7 @@ impl Runtime {
             .serve_http(
                 function,
                 &invocation.language_title,
+                owner,
                 &invocation.caller,
                 request,
                 timeout,
@@ -107,11 +146,14 @@ impl Runtime {
     /// Serves one request with an HTTP function in a fresh instance, in a
     /// slot of the caller's share. `timeout` bounds the whole call,
     /// streaming included; `None` takes the default. `name` is the
-    /// function's language title, which the outbound policy grants by.
+    /// function's language title, which the capability policy grants by;
+    /// `owner` whose function it is, which with the name scopes its
+    /// key-value data.
     pub async fn serve_http<B>(
         self: &Arc<Self>,
         function: Arc<LoadedFunction>,
         name: &str,
+        owner: &FunctionOwner,
         caller: &str,
         request: http::Request<B>,
         timeout: Option<Duration>,
@@ -132,7 +174,8 @@ impl Runtime {
         let (response_sender, response) = tokio::sync::oneshot::channel();
         let runtime = self.clone();
         let caller = caller.to_owned();
-        let grant = self.outbound.for_function(name);
+        let grant = self.policy.for_function(name);
+        let capabilities = self.call_capabilities(grant.clone(), name, owner);
         // The call runs in its own task so that the body can stream while
         // the guest writes it; the task holds the slot until it ends.
         let call = tokio::spawn(async move {
@@ -140,6 +183,7 @@ impl Runtime {
             let mut store = invoke::fresh_store(&runtime.engine, &runtime.config);
             store.data_mut().start_request();
             store.data_mut().outbound = OutboundPolicy::new(grant);
+            store.data_mut().capabilities = capabilities;
             let internal = |e: wasmtime::Error| Error::Internal(anyhow::Error::from(e));
             let guest_request = store
                 .data_mut()
@@ -186,5 +230,33 @@ impl Runtime {
                 ))),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_owner_of_a_name_has_its_own_namespace() {
+        let alice = FunctionOwner::User("alice".into());
+        let bob = FunctionOwner::User("bob".into());
+        let a = key_value_namespace("rust-store", &alice).unwrap();
+        assert_eq!(Some(a.clone()), key_value_namespace("rust-store", &alice));
+        assert_ne!(Some(a.clone()), key_value_namespace("rust-store", &bob));
+        assert_ne!(Some(a.clone()), key_value_namespace("rust-other", &alice));
+        assert_ne!(
+            Some(a),
+            key_value_namespace("rust-store", &FunctionOwner::Predefined)
+        );
+        // An empty subject is still a user, not the operator.
+        assert_ne!(
+            key_value_namespace("rust-store", &FunctionOwner::User("".into())),
+            key_value_namespace("rust-store", &FunctionOwner::Predefined)
+        );
+        assert_eq!(
+            key_value_namespace("rust-store", &FunctionOwner::Unknown),
+            None
+        );
     }
 }

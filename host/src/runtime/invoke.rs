@@ -84,7 +84,7 @@ pub struct GuestState {
     /// WASI with nothing granted: no preopened directories, no environment,
     /// no arguments, no sockets; stdout and stderr go to bounded buffers.
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) table: ResourceTable,
     limiter: MemoryLimiter,
     logs: Vec<LogLine>,
     /// Bytes of log messages still allowed.
@@ -100,6 +100,8 @@ pub struct GuestState {
     pub(super) http: wasmtime_wasi_http::WasiHttpCtx,
     /// Decides each outbound request of an HTTP function.
     pub(super) outbound: super::outbound::OutboundPolicy,
+    /// What an HTTP function's key-value and variables calls reach.
+    pub(super) capabilities: super::spin::CallCapabilities,
 }
 
 impl GuestState {
@@ -124,6 +126,7 @@ impl GuestState {
             stderr,
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             outbound: super::outbound::OutboundPolicy::default(),
+            capabilities: super::spin::CallCapabilities::default(),
         }
     }
 

@@ -12,122 +12,27 @@
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use axum::http;
 use http_body_util::BodyExt as _;
-use serde::Deserialize;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-/// The operator's policy file (TOML).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyFile {
-    #[serde(default)]
-    limits: Limits,
-    #[serde(default, rename = "grant")]
-    grants: Vec<Grant>,
-}
-
-/// The bounds of every outbound request.
-#[derive(Clone, Copy, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    pub connect_timeout_ms: u64,
-    pub first_byte_timeout_ms: u64,
-    pub max_response_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            connect_timeout_ms: 5_000,
-            first_byte_timeout_ms: 10_000,
-            max_response_bytes: 10 << 20,
-        }
-    }
-}
-
-/// Functions, and the hosts they may call.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Grant {
-    /// Language titles (`wasm-weather`).
-    functions: Vec<String>,
-    /// `host` or `host:port` (no port: 80). IP literals name themselves.
-    hosts: Vec<String>,
-    /// Whether these hosts may resolve to loopback, private, link-local
-    /// or other non-public addresses.
-    #[serde(default)]
-    private_addresses: bool,
-}
+use super::policy::FunctionGrant;
 
 /// One host a function may call.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct HostRule {
-    host: String,
-    port: u16,
-    private_addresses: bool,
+pub struct HostRule {
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) private_addresses: bool,
 }
 
-/// The policy, read once at start: each function's grant, gathered from
-/// every `[[grant]]` that names it, so a request only looks its up.
-#[derive(Debug, Default)]
-pub struct Policy {
-    by_function: std::collections::HashMap<String, Arc<FunctionGrant>>,
-}
-
-impl Policy {
-    /// Reads and checks the policy file: a malformed one stops the host
-    /// at start rather than granting something by mistake.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the outbound policy {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("in the outbound policy {}", path.display()))
-    }
-
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let file: PolicyFile = toml::from_str(text)?;
-        let mut hosts_of: std::collections::HashMap<String, Vec<HostRule>> = Default::default();
-        for grant in file.grants {
-            let mut rules = Vec::new();
-            for entry in &grant.hosts {
-                rules.push(parse_host(entry, grant.private_addresses)?);
-            }
-            for function in grant.functions {
-                crate::language::LanguageTitle::parse(&function)
-                    .with_context(|| format!("`{function}` is not a language title"))?;
-                hosts_of
-                    .entry(function)
-                    .or_default()
-                    .extend(rules.iter().cloned());
-            }
-        }
-        let by_function = hosts_of
-            .into_iter()
-            .filter(|(_, hosts)| !hosts.is_empty())
-            .map(|(function, hosts)| {
-                let grant = FunctionGrant {
-                    hosts,
-                    limits: file.limits,
-                };
-                (function, Arc::new(grant))
-            })
-            .collect();
-        Ok(Self { by_function })
-    }
-
-    /// What `function` may call: `None` when nothing.
-    pub fn for_function(&self, function: &str) -> Option<Arc<FunctionGrant>> {
-        self.by_function.get(function).cloned()
-    }
-}
-
-fn parse_host(entry: &str, private_addresses: bool) -> anyhow::Result<HostRule> {
+/// Reads one `hosts` entry of a grant.
+pub(super) fn parse_host(entry: &str, private_addresses: bool) -> anyhow::Result<HostRule> {
     let authority: http::uri::Authority = entry
         .parse()
         .with_context(|| format!("`{entry}` is not a host or host:port"))?;
@@ -147,13 +52,6 @@ fn normalise(host: &str) -> String {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_ascii_lowercase()
-}
-
-/// What one function may call, and the bounds.
-#[derive(Debug)]
-pub struct FunctionGrant {
-    hosts: Vec<HostRule>,
-    limits: Limits,
 }
 
 /// The `wasi:http` hooks of one HTTP function's store.
@@ -369,63 +267,6 @@ mod tests {
             "::ffff:1.1.1.1",
         ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
-        }
-    }
-
-    #[test]
-    fn the_policy_grants_only_what_it_names() {
-        let policy = Policy::parse(
-            r#"
-            [limits]
-            max_response_bytes = 1024
-
-            [[grant]]
-            functions = ["wasm-weather"]
-            hosts = ["API.Example.com.", "10.0.0.5:8080"]
-
-            [[grant]]
-            functions = ["wasm-weather", "rust-other"]
-            hosts = ["localhost:9000"]
-            private_addresses = true
-            "#,
-        )
-        .unwrap();
-        let weather = policy.for_function("wasm-weather").unwrap();
-        assert_eq!(
-            weather.hosts,
-            [
-                HostRule {
-                    host: "api.example.com".into(),
-                    port: 80,
-                    private_addresses: false
-                },
-                HostRule {
-                    host: "10.0.0.5".into(),
-                    port: 8080,
-                    private_addresses: false
-                },
-                HostRule {
-                    host: "localhost".into(),
-                    port: 9000,
-                    private_addresses: true
-                },
-            ]
-        );
-        assert_eq!(weather.limits.max_response_bytes, 1024);
-        assert_eq!(policy.for_function("rust-other").unwrap().hosts.len(), 1);
-        assert!(policy.for_function("wasm-other").is_none());
-    }
-
-    #[test]
-    fn a_malformed_policy_is_refused() {
-        for bad in [
-            "[[grant]]\nfunctions = [\"wasm-a\"]\nhosts = [\"http://x.example/\"]",
-            "[[grant]]\nfunctions = [\"wasm-a\"]\nhosts = [\"user@x.example\"]",
-            "[[grant]]\nfunctions = [\"not a title\"]\nhosts = [\"x.example\"]",
-            "[[grant]]\nfunctions = [\"wasm-a\"]\nhosts = [\"x.example\"]\nallow_everything = true",
-            "[limits]\nmax_response_bytes = -1",
-        ] {
-            assert!(Policy::parse(bad).is_err(), "{bad}");
         }
     }
 }

@@ -7,7 +7,7 @@
 //! at upload which interface this host does not offer, instead of a
 //! failure at first call.
 
-use wasmparser::{Parser, Payload, Validator, WasmFeatures};
+use wasmparser::{ComponentTypeRef, Parser, Payload, TypeBounds, Validator, WasmFeatures};
 
 /// What a component exports, and so how it is called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,10 +80,15 @@ const WASI: &[&str] = &[
 /// Besides [`WASI`], for a `lambda:function` component.
 const FUNCTION: &[&str] = &["lambda:function/types", "lambda:function/host"];
 
-/// Besides [`WASI`], for an HTTP component. `outgoing-handler` is linked,
-/// and every request through it is decided by the operator's policy
-/// (nothing is allowed by default).
-const HTTP: &[&str] = &["wasi:http/types", "wasi:http/outgoing-handler"];
+/// Besides [`WASI`], for an HTTP component. `outgoing-handler`, Spin's
+/// key-value and variables are linked, and what each call reaches through
+/// them is decided by the operator's policy (nothing by default).
+const HTTP: &[&str] = &[
+    "wasi:http/types",
+    "wasi:http/outgoing-handler",
+    "fermyon:spin/key-value",
+    "fermyon:spin/variables",
+];
 
 /// The export of an HTTP component.
 const INCOMING_HANDLER: &str = "wasi:http/incoming-handler";
@@ -98,11 +103,13 @@ fn split_version(name: &str) -> (&str, Option<&str>) {
 }
 
 /// Versions the host serves: WASI 0.2.x, lambda:function 0.1.x (wasmtime
-/// links compatible patch versions to the ones it implements).
+/// links compatible patch versions to the ones it implements), Spin's
+/// interfaces at 2.0.0 (what spin-sdk 5.x imports).
 fn served_version(interface: &str, version: Option<&str>) -> bool {
     match version {
         Some(v) if interface.starts_with("wasi:") => v.starts_with("0.2."),
         Some(v) if interface.starts_with("lambda:") => v.starts_with("0.1."),
+        Some(v) if interface.starts_with("fermyon:spin/") => v == "2.0.0",
         _ => false,
     }
 }
@@ -154,9 +161,14 @@ pub fn check_upload(bytes: &[u8]) -> Result<World, WorldError> {
 fn granted_list(extra: &[&str]) -> String {
     WASI.iter()
         .chain(extra)
-        .map(|interface| match interface.starts_with("lambda:") {
-            true => format!("{interface}@0.1"),
-            false => format!("{interface}@0.2"),
+        .map(|interface| {
+            if interface.starts_with("lambda:") {
+                format!("{interface}@0.1")
+            } else if interface.starts_with("fermyon:") {
+                format!("{interface}@2.0.0")
+            } else {
+                format!("{interface}@0.2")
+            }
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -186,6 +198,12 @@ fn top_level_names(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), WorldErro
             Payload::ComponentImportSection(section) if depth == 0 => {
                 for import in section {
                     let import = import.map_err(|e| WorldError::Invalid(e.message().to_owned()))?;
+                    // A type equal to one defined already (a record a world
+                    // `use`s) names a shape and grants nothing: only
+                    // instances, functions and resources are capabilities.
+                    if let ComponentTypeRef::Type(TypeBounds::Eq(_)) = import.ty {
+                        continue;
+                    }
                     imports.push(import.name.name.to_owned());
                 }
             }
@@ -252,6 +270,32 @@ mod tests {
             "{refused:?}"
         );
         assert!(refused.to_string().contains("wasi:sockets/tcp@0.2.0"));
+    }
+
+    #[test]
+    fn a_shared_type_is_no_import_but_an_imported_resource_is() {
+        let with_record = component(
+            r#"(component
+                 (type $r (record (field "a" u32)))
+                 (import "invocation" (type (eq $r)))
+                 (core module $m (func (export "f")))
+                 (core instance $i (instantiate $m))
+                 (func $f (canon lift (core func $i "f")))
+                 (export "handle" (func $f)))"#,
+        );
+        assert_eq!(check_upload(&with_record), Ok(World::Function));
+        let with_resource = component(
+            r#"(component
+                 (import "socket" (type (sub resource)))
+                 (core module $m (func (export "f")))
+                 (core instance $i (instantiate $m))
+                 (func $f (canon lift (core func $i "f")))
+                 (export "handle" (func $f)))"#,
+        );
+        assert!(matches!(
+            check_upload(&with_resource),
+            Err(WorldError::NotGranted { import, .. }) if import == "socket"
+        ));
     }
 
     #[test]

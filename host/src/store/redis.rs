@@ -3,7 +3,9 @@
 //!
 //! Keys are namespaced (`lambda:session:<id>` with `lambda:session-stats:<id>`, `lambda:result:<digest>`,
 //! `lambda:rate:<key>:<window>`, under a configurable prefix) and every key carries a TTL, so Redis
-//! never holds what nobody will read again. The connection manager
+//! never holds what nobody will read again. The exception is the key-value
+//! data of HTTP functions (`lambda:kv:<namespace>`, `lambda:kv-bytes:<namespace>`),
+//! which is theirs to keep and bounded by its quota instead. The connection manager
 //! reconnects on its own: while Redis is down, calls fail fast (the caller
 //! decides what that means: the result cache becomes a miss, the rate
 //! limiter lets requests through) and succeed again once it returns.
@@ -15,7 +17,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Client};
 use serde_json::Value;
 
-use super::{Insert, RateLimiter, ResultCache, Session, SessionStore, StoreError, StoreResult};
+use super::{
+    Insert, KeyValueStore, KvSet, RateLimiter, ResultCache, Session, SessionStore, StoreError,
+    StoreResult,
+};
 
 /// One connection manager, cheap to clone, shared by the three stores.
 #[derive(Clone)]
@@ -289,5 +294,121 @@ impl RateLimiter for RedisStore {
             .await
             .map_err(redis_error("counting a request"))?;
         Ok(count)
+    }
+}
+
+/// Sets a key-value entry unless its namespace would then weigh more than
+/// the quota. The namespace is a hash of its entries and a counter of its
+/// bytes (keys plus values), kept together by this script. Returns 1
+/// (stored) or 0 (over the quota).
+///
+/// KEYS: the namespace's hash, its byte counter.
+/// ARGV: key, value, quota.
+static SET_ENTRY: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local old = 0
+        if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+            old = string.len(ARGV[1]) + redis.call('HSTRLEN', KEYS[1], ARGV[1])
+        end
+        local new = string.len(ARGV[1]) + string.len(ARGV[2])
+        local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+        if used - old + new > tonumber(ARGV[3]) then return 0 end
+        redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+        redis.call('INCRBY', KEYS[2], new - old)
+        return 1
+        ",
+    )
+});
+
+/// Deletes a key-value entry and takes its bytes off the counter.
+///
+/// KEYS: the namespace's hash, its byte counter. ARGV: key.
+static DELETE_ENTRY: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+        local size = string.len(ARGV[1]) + redis.call('HSTRLEN', KEYS[1], ARGV[1])
+        redis.call('HDEL', KEYS[1], ARGV[1])
+        redis.call('DECRBY', KEYS[2], size)
+        return 1
+        ",
+    )
+});
+
+impl RedisStore {
+    /// A namespace's entries (a hash) and its size in bytes: durable, the
+    /// one kind of key of ours without a TTL.
+    fn key_value_keys(&self, namespace: &str) -> [String; 2] {
+        [
+            self.key(&format!("kv:{namespace}")),
+            self.key(&format!("kv-bytes:{namespace}")),
+        ]
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyValueStore for RedisStore {
+    async fn get(&self, namespace: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        let [entries, _] = self.key_value_keys(namespace);
+        self.connection()
+            .hget(entries, key)
+            .await
+            .map_err(redis_error("reading a key-value entry"))
+    }
+
+    async fn set(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &[u8],
+        quota_bytes: u64,
+    ) -> StoreResult<KvSet> {
+        let [entries, bytes] = self.key_value_keys(namespace);
+        let stored: i64 = SET_ENTRY
+            .key(entries)
+            .key(bytes)
+            .arg(key)
+            .arg(value)
+            .arg(quota_bytes)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(redis_error("writing a key-value entry"))?;
+        Ok(if stored == 1 {
+            KvSet::Stored
+        } else {
+            KvSet::OverQuota
+        })
+    }
+
+    async fn delete(&self, namespace: &str, key: &str) -> StoreResult<()> {
+        let [entries, bytes] = self.key_value_keys(namespace);
+        let _: i64 = DELETE_ENTRY
+            .key(entries)
+            .key(bytes)
+            .arg(key)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(redis_error("deleting a key-value entry"))?;
+        Ok(())
+    }
+
+    async fn exists(&self, namespace: &str, key: &str) -> StoreResult<bool> {
+        let [entries, _] = self.key_value_keys(namespace);
+        self.connection()
+            .hexists(entries, key)
+            .await
+            .map_err(redis_error("reading a key-value entry"))
+    }
+
+    async fn keys(&self, namespace: &str) -> StoreResult<Vec<String>> {
+        let [entries, _] = self.key_value_keys(namespace);
+        let mut keys: Vec<String> = self
+            .connection()
+            .hkeys(entries)
+            .await
+            .map_err(redis_error("listing key-value entries"))?;
+        keys.sort();
+        Ok(keys)
     }
 }

@@ -1,5 +1,6 @@
-//! The embedded durable backend: the registry, request/error logs and
-//! session records in one SQLite file, migrated at start.
+//! The embedded durable backend: the registry, request/error logs, session
+//! records and HTTP functions' key-value data in one SQLite file, migrated
+//! at start.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -10,9 +11,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::{
-    FunctionFilter, FunctionKind, FunctionRecord, LogBatch, LogRecord, LogStore, Registry,
-    SWEEP_CHUNK, Session, SessionRecords, StoreError, StoreResult, TierState, TierUp, parse_stored,
-    session_status,
+    FunctionFilter, FunctionKind, FunctionRecord, KeyValueStore, KvSet, LogBatch, LogRecord,
+    LogStore, Registry, SWEEP_CHUNK, Session, SessionRecords, StoreError, StoreResult, TierState,
+    TierUp, parse_stored, session_status,
 };
 use crate::digest::Digest;
 use crate::language::LanguageTitle;
@@ -450,5 +451,78 @@ impl SessionRecords for SqliteStore {
             execution_count: u64::try_from(row.get::<i64, _>("execution_count")).unwrap_or(0),
             last_executed_at,
         }))
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyValueStore for SqliteStore {
+    async fn get(&self, namespace: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        sqlx::query_scalar("SELECT value FROM key_value WHERE namespace = ? AND key = ?")
+            .bind(namespace)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| StoreError::new("reading a key-value entry", e))
+    }
+
+    async fn set(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &[u8],
+        quota_bytes: u64,
+    ) -> StoreResult<KvSet> {
+        let size = (key.len() + value.len()) as i64;
+        // One statement: SQLite runs it under its write lock, so the sum
+        // it checks is the sum it adds to.
+        let written = sqlx::query(
+            "INSERT INTO key_value (namespace, key, value, size)
+             SELECT ?1, ?2, ?3, ?4
+             WHERE (SELECT COALESCE(SUM(size), 0) FROM key_value
+                    WHERE namespace = ?1 AND key <> ?2) + ?4 <= ?5
+             ON CONFLICT (namespace, key) DO UPDATE
+             SET value = excluded.value, size = excluded.size",
+        )
+        .bind(namespace)
+        .bind(key)
+        .bind(value)
+        .bind(size)
+        .bind(i64::try_from(quota_bytes).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::new("writing a key-value entry", e))?;
+        Ok(match written.rows_affected() {
+            0 => KvSet::OverQuota,
+            _ => KvSet::Stored,
+        })
+    }
+
+    async fn delete(&self, namespace: &str, key: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM key_value WHERE namespace = ? AND key = ?")
+            .bind(namespace)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| StoreError::new("deleting a key-value entry", e))?;
+        Ok(())
+    }
+
+    async fn exists(&self, namespace: &str, key: &str) -> StoreResult<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM key_value WHERE namespace = ? AND key = ?)",
+        )
+        .bind(namespace)
+        .bind(key)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| StoreError::new("reading a key-value entry", e))
+    }
+
+    async fn keys(&self, namespace: &str) -> StoreResult<Vec<String>> {
+        sqlx::query_scalar("SELECT key FROM key_value WHERE namespace = ? ORDER BY key")
+            .bind(namespace)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| StoreError::new("listing key-value entries", e))
     }
 }

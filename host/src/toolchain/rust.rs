@@ -1,9 +1,20 @@
 //! The Rust toolchain: rustc for `wasm32-wasip2`, with wit-bindgen glue.
 //!
-//! A user's source is one file holding
-//! `pub fn handler(event: serde_json::Value) -> Result<serde_json::Value, String>`.
-//! It is checked by [`guard`], then compiled as `src/handler.rs` of the
-//! crate in `toolchains/rust/template`.
+//! A user's source is one file, of one of two shapes:
+//!
+//! - a **JSON function** holding
+//!   `pub fn handler(event: serde_json::Value) -> Result<serde_json::Value, String>`,
+//!   compiled as `src/handler.rs` under the template's glue (`src/lib.rs`),
+//!   which exports the `lambda:function` world;
+//! - an **HTTP function**: a source with a `#[http_component]` function
+//!   (Spin SDK 5.2, as Spin's own `http-rust` template writes it), compiled
+//!   as the crate root itself; the macro exports `wasi:http/incoming-handler`.
+//!
+//! Either is checked by [`guard`] first, and the component it compiles to
+//! is checked like an upload ([`worlds::check_upload`]): it must export
+//! the world its shape promises and import only what that world grants, so
+//! a source that reaches for an interface the host does not serve is a
+//! 422 naming it, not a failure at its first call.
 //!
 //! Two kinds of run, both in the sandbox:
 //!
@@ -37,6 +48,7 @@ use crate::config::ToolchainConfig;
 use crate::digest::Digest;
 use crate::files::lock_exclusive;
 use crate::language::Language;
+use crate::runtime::worlds::{self, World};
 use crate::sandbox::{self, Limits, Sandbox};
 
 /// The template crate, compiled into the host so the host needs nothing
@@ -67,7 +79,10 @@ const STUB_HANDLER: &str = "use serde_json::Value;\n\
     pub fn handler(event: Value) -> Result<Value, String> { Ok(event) }\n";
 /// Changes whenever the rustc command line below changes, so builds made
 /// with other flags are not reused.
-const COMMAND_VERSION: &str = "rustc-direct-1";
+const COMMAND_VERSION: &str = "rustc-direct-2";
+/// The proc-macro crate whose `#[http_component]` reads WIT files at
+/// expansion time, from its own source directory.
+const SPIN_MACRO_CRATE: &str = "spin_macro";
 
 pub struct RustToolchain {
     /// `<sysroot>/bin/rustc`: the compiler itself, not rustup's proxy, so a
@@ -94,6 +109,11 @@ struct Dependencies {
     externs: Vec<(String, PathBuf)>,
     /// `-L` arguments: the dependency directories and native libraries.
     search_paths: Vec<String>,
+    /// Directories beyond the target directory a user's build must read:
+    /// the WIT files Spin's `#[http_component]` expands from, and native
+    /// libraries that dependencies' build scripts link from their source.
+    #[serde(default)]
+    readable: Vec<PathBuf>,
 }
 
 impl RustToolchain {
@@ -332,6 +352,7 @@ impl Toolchain for RustToolchain {
             OptimizationLevel::Release => Profile::Release,
             OptimizationLevel::Debug => Profile::Debug,
         };
+        let shape = Shape::of(job.source);
         let dependencies = self.dependencies(profile, &job).await?;
         let workdir = job.workdir;
         write_crate(workdir, job.source).context("writing the build directory")?;
@@ -340,7 +361,7 @@ impl Toolchain for RustToolchain {
 
         let limits = job.limits();
         let mut run = job.sandbox.job(self.rustc.clone(), workdir, limits);
-        run.args = rustc_args(profile, dependencies);
+        run.args = rustc_args(profile, shape, dependencies);
         run.env = vec![
             ("PATH".to_owned(), "/usr/bin:/bin".to_owned()),
             ("TMPDIR".to_owned(), path_arg(&tmp)?),
@@ -352,11 +373,12 @@ impl Toolchain for RustToolchain {
         run.read_only = sandbox::system_paths();
         run.read_only
             .extend([self.sysroot.clone(), self.target_dir.clone()]);
+        run.read_only.extend(dependencies.readable.iter().cloned());
         // Every diagnostic, for the ones in the user's file.
         run.capture_bytes = 1 << 20;
         let report = finished(job.sandbox.run(&run).await?, &job.configured_limits)?;
         if report.exit_code == Some(0) {
-            return Ok(());
+            return check_component(&workdir.join(COMPONENT), shape).await;
         }
         let scrub = Scrubber::new(
             workdir,
@@ -387,15 +409,96 @@ impl Profile {
     }
 }
 
+/// What a source is, and so which file is the crate's root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// A `handler` function under the template's `lambda:function` glue.
+    Json,
+    /// A `#[http_component]` (Spin SDK): the source is the crate root.
+    Http,
+}
+
+impl Shape {
+    /// An HTTP function is a source with an attribute naming
+    /// `http_component` (`#[http_component]`, `#[spin_sdk::http_component]`).
+    /// A source that does not tokenize is left to the guard and rustc.
+    fn of(source: &str) -> Self {
+        use proc_macro2::{Delimiter, TokenTree};
+        fn has_attribute(tokens: proc_macro2::TokenStream) -> bool {
+            let tokens: Vec<TokenTree> = tokens.into_iter().collect();
+            tokens.iter().enumerate().any(|(i, token)| match token {
+                TokenTree::Group(group) if group.delimiter() == Delimiter::Bracket => {
+                    let after_pound = i > 0
+                        && matches!(&tokens[i - 1], TokenTree::Punct(p) if p.as_char() == '#');
+                    let names_it = group.stream().into_iter().last().is_some_and(
+                        |last| matches!(last, TokenTree::Ident(ident) if ident == "http_component"),
+                    );
+                    (after_pound && names_it) || has_attribute(group.stream())
+                }
+                TokenTree::Group(group) => has_attribute(group.stream()),
+                _ => false,
+            })
+        }
+        match source.parse::<proc_macro2::TokenStream>() {
+            Ok(tokens) if has_attribute(tokens.clone()) => Shape::Http,
+            _ => Shape::Json,
+        }
+    }
+
+    fn crate_root(self) -> &'static str {
+        match self {
+            Shape::Json => GLUE_PATH,
+            Shape::Http => HANDLER_PATH,
+        }
+    }
+
+    fn world(self) -> World {
+        match self {
+            Shape::Json => World::Function,
+            Shape::Http => World::Http,
+        }
+    }
+}
+
+/// Checks what rustc wrote like an uploaded component: the world its
+/// source's shape promises, and only granted imports. A source may call
+/// into the Spin SDK for interfaces the host does not serve (or a JSON
+/// handler into `wasi:http`); that is refused here, by name.
+async fn check_component(path: &Path, shape: Shape) -> Result<(), BuildError> {
+    let bytes = tokio::fs::read(path)
+        .await
+        .with_context(|| format!("reading {}", path.display()))?;
+    let world = tokio::task::spawn_blocking(move || worlds::check_upload(&bytes))
+        .await
+        .map_err(|e| BuildError::Internal(e.into()))?
+        .map_err(|e| CompileError {
+            message: format!("the Rust source compiles, but {e}"),
+            diagnostics: Vec::new(),
+        })?;
+    if world != shape.world() {
+        return Err(CompileError {
+            message: format!(
+                "the Rust source compiles to a {} component where a {} one was expected: \
+                 a JSON function exports `handler` and has no `#[http_component]`",
+                world.as_str(),
+                shape.world().as_str()
+            ),
+            diagnostics: Vec::new(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// The rustc command line cargo would run for the template's crate (its
 /// `[profile.release]`, or the default dev profile), writing
 /// `component.wasm` into the working directory.
-fn rustc_args(profile: Profile, dependencies: &Dependencies) -> Vec<String> {
+fn rustc_args(profile: Profile, shape: Shape, dependencies: &Dependencies) -> Vec<String> {
     let mut args: Vec<String> = [
         "--crate-name",
         CRATE_NAME,
         "--edition=2024",
-        GLUE_PATH,
+        shape.crate_root(),
         "--crate-type",
         "cdylib",
         "--emit=link",
@@ -447,6 +550,8 @@ fn dependencies_from(stdout: &str) -> Result<Dependencies, BuildError> {
         filenames: Vec<PathBuf>,
         #[serde(default)]
         linked_paths: Vec<String>,
+        #[serde(default)]
+        manifest_path: Option<PathBuf>,
     }
     #[derive(Deserialize)]
     struct Target {
@@ -457,6 +562,7 @@ fn dependencies_from(stdout: &str) -> Result<Dependencies, BuildError> {
     let mut externs = Vec::new();
     let mut search_paths = Vec::new();
     let mut dependency_dirs = Vec::new();
+    let mut readable = Vec::new();
     for line in stdout.lines() {
         let Ok(message) = serde_json::from_str::<Message>(line) else {
             continue;
@@ -466,6 +572,16 @@ fn dependencies_from(stdout: &str) -> Result<Dependencies, BuildError> {
                 let Some(target) = message.target else {
                     continue;
                 };
+                if target.name == SPIN_MACRO_CRATE
+                    && let Some(wit) = message
+                        .manifest_path
+                        .as_deref()
+                        .and_then(Path::parent)
+                        .map(|dir| dir.join("wit"))
+                    && !readable.contains(&wit)
+                {
+                    readable.push(wit);
+                }
                 let is_library = target.kind.iter().any(|k| k == "lib" || k == "proc-macro");
                 for file in &message.filenames {
                     if let Some(dir) = file.parent()
@@ -488,7 +604,19 @@ fn dependencies_from(stdout: &str) -> Result<Dependencies, BuildError> {
                     externs.push((target.name, rlib.clone()));
                 }
             }
-            "build-script-executed" => search_paths.extend(message.linked_paths),
+            "build-script-executed" => {
+                // A build script may link a library from its crate's
+                // source (wit-bindgen-rt's cabi_realloc): the user's build
+                // must read that directory, which lies in cargo's registry.
+                for linked in &message.linked_paths {
+                    let dir =
+                        PathBuf::from(linked.split_once('=').map_or(linked.as_str(), |(_, p)| p));
+                    if !readable.contains(&dir) {
+                        readable.push(dir);
+                    }
+                }
+                search_paths.extend(message.linked_paths)
+            }
             _ => {}
         }
     }
@@ -505,6 +633,7 @@ fn dependencies_from(stdout: &str) -> Result<Dependencies, BuildError> {
     Ok(Dependencies {
         externs,
         search_paths: all,
+        readable,
     })
 }
 
@@ -650,6 +779,11 @@ fn compile_error(stderr: &str, scrub: &Scrubber) -> CompileError {
             .iter()
             .find(|s| s.is_primary && is_own_file(&s.file_name))
         else {
+            // For the operator: a template or toolchain fault shows here.
+            tracing::debug!(
+                message = %scrub.scrub(&diagnostic.message),
+                "a Rust build error outside the function's source"
+            );
             hidden += 1;
             continue;
         };
@@ -732,4 +866,45 @@ fn render(diagnostic: &RustcDiagnostic, message: &str, scrub: &Scrubber) -> Stri
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shape;
+
+    #[test]
+    fn a_source_is_an_http_function_when_an_attribute_names_http_component() {
+        let spin = "use spin_sdk::http::{IntoResponse, Request, Response};\n\
+                    use spin_sdk::http_component;\n\
+                    #[http_component]\n\
+                    fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {\n\
+                        Ok(Response::new(200, \"hi\"))\n\
+                    }\n";
+        assert_eq!(Shape::of(spin), Shape::Http);
+        assert_eq!(
+            Shape::of("#[spin_sdk::http_component]\nasync fn h(r: Request) {}"),
+            Shape::Http
+        );
+        // Inside a module, too: the macro works there as well.
+        assert_eq!(
+            Shape::of("mod inner { #[http_component] fn h() {} }"),
+            Shape::Http
+        );
+    }
+
+    #[test]
+    fn a_mention_that_is_no_attribute_leaves_a_json_function() {
+        let json = "use serde_json::Value;\n\
+                    // #[http_component] in a comment\n\
+                    pub fn handler(event: Value) -> Result<Value, String> {\n\
+                        let http_component = \"#[http_component]\";\n\
+                        Ok(Value::String(http_component.into()))\n\
+                    }\n";
+        assert_eq!(Shape::of(json), Shape::Json);
+        assert_eq!(
+            Shape::of("#[derive(Debug)] struct S; fn http_component() {}"),
+            Shape::Json
+        );
+        assert_eq!(Shape::of("fn broken( {"), Shape::Json);
+    }
 }
