@@ -320,7 +320,11 @@ impl Functions {
         // A new source runs on its language's interpreter at once, where
         // there is one; one built before runs on its stored component
         // (read once, here), as does a source the check leaves to the build.
-        let interpreter = self.tiers.interpreter(language);
+        // An HTTP function is not a `lambda:function`: no interpreter runs it.
+        let interpreter = self
+            .tiers
+            .interpreter(language)
+            .filter(|_| !crate::toolchain::is_http_source(language, source));
         let stored = match &interpreter {
             Some(_) => self.toolchains.artifacts().get(build_digest).await,
             None => None,

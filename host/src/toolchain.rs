@@ -737,6 +737,49 @@ impl Toolchains {
     }
 }
 
+/// Checks a component a toolchain built like an uploaded one
+/// ([`worlds::check_upload`]): it exports `expected`, and imports only
+/// what that world grants. A source may reach for an interface the host
+/// does not serve (the Spin SDK's SQLite, `fetch` from a JSON function):
+/// that is a 422 naming it at `initialize`, not a failure at first call.
+/// `what` names the source in the message (`the Rust source`).
+pub(crate) async fn check_built(
+    path: &std::path::Path,
+    expected: crate::runtime::worlds::World,
+    what: &str,
+) -> Result<(), BuildError> {
+    use anyhow::Context as _;
+    let bytes = tokio::fs::read(path)
+        .await
+        .with_context(|| format!("reading {}", path.display()))?;
+    let world = tokio::task::spawn_blocking(move || crate::runtime::worlds::check_upload(&bytes))
+        .await
+        .map_err(|e| BuildError::Internal(e.into()))?
+        .map_err(|e| CompileError {
+            message: format!("{what} builds, but {e}"),
+            diagnostics: Vec::new(),
+        })?;
+    if world != expected {
+        return Err(CompileError {
+            message: format!(
+                "{what} builds a {} component where a {} one was expected",
+                world.as_str(),
+                expected.as_str()
+            ),
+            diagnostics: Vec::new(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Whether `source` is an HTTP function's in a language whose builds have
+/// an interpreter tier (JavaScript's `fetch` listener): such a source is
+/// built before it runs, never interpreted.
+pub fn is_http_source(language: Language, source: &str) -> bool {
+    language == Language::Nodejs && js::registers_fetch_listener(source)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

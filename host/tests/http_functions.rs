@@ -788,3 +788,46 @@ async fn a_request_body_past_the_limit_is_cut_and_the_host_serves_on() {
     let (status, _) = call(&app, &alice, reqwest::Method::GET, "/fn/wasm-echo/", "").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_javascript_fetch_listener_is_an_http_function() {
+    let app = spawn_app().await;
+    let alice = app.token("alice", "execute:nodejs");
+    let source = fixture_source(Language::Nodejs, "http_hello");
+    // Built before it answers: no interpreter runs an HTTP function.
+    let (status, body) = initialize_source(&app, &alice, "nodejs-http_hello", &source).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, text) = call(
+        &app,
+        &alice,
+        reqwest::Method::POST,
+        "/fn/nodejs-http_hello/some/path?x=1",
+        "ping",
+    )
+    .await;
+    assert_eq!(
+        (status, text.as_str()),
+        (200, "Hello from POST /some/path?x=1 ping")
+    );
+
+    // `fetch` goes through the same policy as every outbound request:
+    // nothing is granted here, so a loopback listener sees no connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (status, text) = call(
+        &app,
+        &alice,
+        reqwest::Method::GET,
+        &format!("/fn/nodejs-http_hello/fetch?http://127.0.0.1:{port}/"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 502, "{text}");
+    assert!(text.starts_with("fetch failed"), "{text}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), listener.accept())
+            .await
+            .is_err(),
+        "the denied fetch reached the listener"
+    );
+}

@@ -1,4 +1,5 @@
-// Builds a JavaScript function into a `lambda:function` component.
+// Builds a JavaScript function into a `lambda:function` component, or, for
+// a source that registers a `fetch` listener, into a `wasi:http/proxy` one.
 //
 //   node build.mjs <workdir>
 //   node build.mjs <workdir> --interpreter
@@ -23,6 +24,12 @@ if (!workdir || (mode !== undefined && mode !== '--interpreter')) {
   console.error('usage: node build.mjs <workdir> [--interpreter]');
   process.exit(1);
 }
+
+// `addEventListener('fetch', ...)`, in any quotes: the mark of an HTTP function.
+const FETCH_LISTENER = /\baddEventListener\s*\(\s*(['"`])fetch\1/;
+// The wasi:http version of StarlingMonkey's incoming handler in the pinned
+// componentize-js.
+const HTTP_WASI_VERSION = '0.2.10';
 
 // The host keeps the last 64 KiB of what a build prints: the report must fit.
 const MAX_MESSAGE = 16 * 1024;
@@ -52,6 +59,25 @@ if (analysed.error) {
 }
 const isModule = analysed.kind === 'module';
 
+// A source that registers a `fetch` listener is an HTTP function: a
+// wasi:http/proxy component whose requests StarlingMonkey hands to the
+// listener (componentize-js's fetch-event), with `fetch` for outbound calls.
+// The host applies the same test (host/src/toolchain/js.rs).
+if (FETCH_LISTENER.test(source)) {
+  const src = await prepareSources(workdir, null);
+  await writeFile(join(src, 'index.js'), source);
+  let component;
+  try {
+    component = await buildHttp(src, await httpWit(workdir));
+  } catch (error) {
+    const text = String(error?.message ?? error);
+    const frame = /index\.js:(\d+):(\d+)/.exec(text);
+    userError(text.trim(), frame ? Number(frame[1]) : undefined, frame ? Number(frame[2]) : undefined);
+  }
+  await writeFile(join(workdir, 'component.wasm'), component);
+  process.exit(0);
+}
+
 // CommonJS gets `module` and `exports`, and a `require` that explains itself.
 // The prefix shares the first line, so line numbers stay the user's.
 const commonJsPrefix =
@@ -75,16 +101,55 @@ try {
 }
 await writeFile(join(workdir, 'component.wasm'), component);
 
-// <workdir>/src with our entry point as index.js and what it imports.
+// <workdir>/src with our entry point as index.js and what it imports (with
+// no entry, the caller writes index.js).
 async function prepareSources(workdir, entry) {
   const src = join(workdir, 'src');
   await mkdir(src);
-  await copyFile(join(here, entry), join(src, 'index.js'));
-  for (const shared of ['call.js', 'source.js']) {
-    await copyFile(join(here, shared), join(src, shared));
+  if (entry) {
+    await copyFile(join(here, entry), join(src, 'index.js'));
+    for (const shared of ['call.js', 'source.js']) {
+      await copyFile(join(here, shared), join(src, shared));
+    }
   }
   process.chdir(src);
   return src;
+}
+
+// The WIT of an HTTP function: a world that is wasi:http/proxy, at the
+// version StarlingMonkey's fetch-event answers (0.2.10). The pinned jco
+// ships the WASI 0.2.12 packages; their stable interfaces are those of
+// 0.2.10 (0.2.11 and 0.2.12 only added unstable-gated items), so they are
+// copied with the version set to 0.2.10. The host checks what comes out
+// like any component: its world and its imports.
+async function httpWit(workdir) {
+  const wit = join(workdir, 'http-wit');
+  const builtin = join(here, 'node_modules/@bytecodealliance/jco/lib/wit/builtin/0.2.12');
+  for (const pkg of ['wasi-cli', 'wasi-clocks', 'wasi-filesystem', 'wasi-http', 'wasi-io', 'wasi-random', 'wasi-sockets']) {
+    const text = await readFile(join(builtin, pkg, 'package.wit'), 'utf8');
+    await mkdir(join(wit, 'deps', pkg), { recursive: true });
+    await writeFile(join(wit, 'deps', pkg, 'package.wit'), text.replaceAll('@0.2.12', `@${HTTP_WASI_VERSION}`));
+  }
+  await writeFile(
+    join(wit, 'world.wit'),
+    `package lambda:http-function;\n\nworld http-function {\n  include wasi:http/proxy@${HTTP_WASI_VERSION};\n}\n`,
+  );
+  return wit;
+}
+
+async function buildHttp(src, witPath) {
+  const { component } = await componentize({
+    sourcePath: join(src, 'index.js'),
+    witPath,
+    worldName: 'http-function',
+    // Every default feature: stdio, random, clocks, `fetch` (http) and the
+    // incoming handler (fetch-event).
+    disableFeatures: [],
+    env: Object.fromEntries(
+      ['HOME', 'XDG_CACHE_HOME'].filter((k) => process.env[k]).map((k) => [k, process.env[k]]),
+    ),
+  });
+  return component;
 }
 
 async function build(src, worldName) {

@@ -19,10 +19,12 @@ use anyhow::{Context as _, anyhow, bail};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
+use super::output::COMPONENT;
 use super::{BuildError, BuildJob, BuildKind, CompileError, Diagnostic, Toolchain, finished};
 use crate::digest::Digest;
 use crate::files::lock_exclusive;
 use crate::language::Language;
+use crate::runtime::worlds::World;
 use crate::sandbox::{self, Limits, Sandbox};
 
 /// The world every build gets, compiled into the host.
@@ -53,6 +55,9 @@ pub struct DriverToolchain {
     /// The compiled-code cache of wizer (componentize-js), filled once by a
     /// trusted build and read-only to user builds.
     pub(super) code_cache: Option<CodeCache>,
+    /// Tells an HTTP function's source (a `wasi:http/proxy` component)
+    /// from a JSON function's, where the language has both.
+    pub(super) is_http_source: Option<fn(&str) -> bool>,
 }
 
 /// A cache of compiled code that a trusted warm-up build fills and every
@@ -265,7 +270,14 @@ impl Toolchain for DriverToolchain {
             limits,
             cache,
         )
-        .await
+        .await?;
+        // An HTTP function's component is the toolchain's translation of
+        // the user's imports: checked like an upload.
+        if job.kind == BuildKind::Function && self.is_http_source.is_some_and(|f| f(job.source)) {
+            let what = format!("the {} source", self.language);
+            return super::check_built(&job.workdir.join(COMPONENT), World::Http, &what).await;
+        }
+        Ok(())
     }
 }
 

@@ -2,7 +2,10 @@
 //! `toolchains/js/package.json` and its lockfile, driven by
 //! `toolchains/js/build.mjs`. It accepts an ES module exporting `default` or
 //! `handler`, or CommonJS assigning `module.exports`; async handlers are
-//! awaited.
+//! awaited. A source that registers a `fetch` listener
+//! (`addEventListener('fetch', ...)`) is an HTTP function instead: a
+//! `wasi:http/proxy` component (componentize-js's fetch-event), built
+//! without the interpreter tier.
 
 use anyhow::{Context as _, ensure};
 use tokio::sync::OnceCell;
@@ -44,6 +47,7 @@ pub async fn detect(config: &ToolchainConfig) -> anyhow::Result<DriverToolchain>
         Digest::of(fingerprint.as_bytes()).short()
     ));
     Ok(DriverToolchain {
+        is_http_source: Some(registers_fetch_listener),
         language: Language::Nodejs,
         script: dir.join("build.mjs"),
         read_only: vec![dir, node.clone()],
@@ -59,4 +63,65 @@ pub async fn detect(config: &ToolchainConfig) -> anyhow::Result<DriverToolchain>
             ready: OnceCell::new(),
         }),
     })
+}
+
+/// Whether a source registers a `fetch` listener: `addEventListener`, an
+/// opening parenthesis and the string `fetch` in any of JavaScript's three
+/// quotes, with any white space between. `build.mjs` applies the same test
+/// (`FETCH_LISTENER`), so the host and the build agree on what a source is.
+pub fn registers_fetch_listener(source: &str) -> bool {
+    let mut rest = source;
+    while let Some(at) = rest.find("addEventListener") {
+        let before = &rest[..at];
+        rest = &rest[at + "addEventListener".len()..];
+        // A whole word: `myaddEventListener` is not it.
+        if before
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$')
+        {
+            continue;
+        }
+        let Some(after_paren) = rest.trim_start().strip_prefix('(') else {
+            continue;
+        };
+        let argument = after_paren.trim_start();
+        for quote in ['\'', '"', '`'] {
+            if argument
+                .strip_prefix(quote)
+                .and_then(|a| a.strip_prefix("fetch"))
+                .is_some_and(|a| a.starts_with(quote))
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::registers_fetch_listener;
+
+    #[test]
+    fn a_fetch_listener_makes_an_http_function() {
+        for http in [
+            "addEventListener('fetch', (e) => e.respondWith(new Response('hi')));",
+            "addEventListener( \"fetch\" , handle)",
+            "self.addEventListener(`fetch`, handle)",
+            "globalThis.addEventListener(\n  'fetch',\n  handle\n)",
+        ] {
+            assert!(registers_fetch_listener(http), "{http}");
+        }
+        for json in [
+            "export default function (event) { return event.params; }",
+            "addEventListener('message', handle)",
+            "myaddEventListener('fetch', handle)",
+            "addEventListener('fetcher', handle)",
+            "addEventListener('fetch\", handle)",
+            "const s = 'addEventListener'; fetch('x')",
+        ] {
+            assert!(!registers_fetch_listener(json), "{json}");
+        }
+    }
 }

@@ -41,6 +41,7 @@ pub async fn detect(toolchains_dir: &Path) -> anyhow::Result<DriverToolchain> {
         ],
     )?;
     Ok(DriverToolchain {
+        is_http_source: None,
         language: Language::Python,
         program: python,
         script: dir.join("build.py"),

@@ -48,7 +48,7 @@ use crate::config::ToolchainConfig;
 use crate::digest::Digest;
 use crate::files::lock_exclusive;
 use crate::language::Language;
-use crate::runtime::worlds::{self, World};
+use crate::runtime::worlds::World;
 use crate::sandbox::{self, Limits, Sandbox};
 
 /// The template crate, compiled into the host so the host needs nothing
@@ -378,7 +378,8 @@ impl Toolchain for RustToolchain {
         run.capture_bytes = 1 << 20;
         let report = finished(job.sandbox.run(&run).await?, &job.configured_limits)?;
         if report.exit_code == Some(0) {
-            return check_component(&workdir.join(COMPONENT), shape).await;
+            return super::check_built(&workdir.join(COMPONENT), shape.world(), "the Rust source")
+                .await;
         }
         let scrub = Scrubber::new(
             workdir,
@@ -458,36 +459,6 @@ impl Shape {
             Shape::Http => World::Http,
         }
     }
-}
-
-/// Checks what rustc wrote like an uploaded component: the world its
-/// source's shape promises, and only granted imports. A source may call
-/// into the Spin SDK for interfaces the host does not serve (or a JSON
-/// handler into `wasi:http`); that is refused here, by name.
-async fn check_component(path: &Path, shape: Shape) -> Result<(), BuildError> {
-    let bytes = tokio::fs::read(path)
-        .await
-        .with_context(|| format!("reading {}", path.display()))?;
-    let world = tokio::task::spawn_blocking(move || worlds::check_upload(&bytes))
-        .await
-        .map_err(|e| BuildError::Internal(e.into()))?
-        .map_err(|e| CompileError {
-            message: format!("the Rust source compiles, but {e}"),
-            diagnostics: Vec::new(),
-        })?;
-    if world != shape.world() {
-        return Err(CompileError {
-            message: format!(
-                "the Rust source compiles to a {} component where a {} one was expected: \
-                 a JSON function exports `handler` and has no `#[http_component]`",
-                world.as_str(),
-                shape.world().as_str()
-            ),
-            diagnostics: Vec::new(),
-        }
-        .into());
-    }
-    Ok(())
 }
 
 /// The rustc command line cargo would run for the template's crate (its
