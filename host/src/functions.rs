@@ -15,7 +15,8 @@ use serde_json::json;
 use crate::catalog;
 use crate::digest::Digest;
 use crate::language::{Language, LanguageTitle};
-use crate::runtime::{self, FunctionOwner, LoadedFunction, Runtime};
+use crate::runtime::policy::Declared;
+use crate::runtime::{self, CallScope, FunctionOwner, LoadedFunction, Runtime};
 use crate::store::{FunctionKind, FunctionRecord, Registry, StoreError, TierState};
 use crate::telemetry::{BuildOutcome, Metrics};
 use crate::toolchain::{Artifact, BuildError, BuildOptions, Toolchains};
@@ -49,12 +50,13 @@ const RECORD_OVERHEAD_BYTES: usize = 1024;
 /// version reaches `/fn/...` within this time.
 const CURRENT_VERSION_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The version a call by name runs now, and whose function it is.
+/// The version a call by name runs now, whose function it is and what it
+/// may use.
 #[derive(Clone, Debug)]
 pub struct CurrentVersion {
     pub build_digest: Digest,
     pub component_digest: Digest,
-    pub owner: FunctionOwner,
+    pub scope: CallScope,
 }
 
 /// Whose function a registry record is.
@@ -203,6 +205,7 @@ impl Functions {
                 component_size: artifact.component.len() as u64,
                 tier: TierState::Compiled,
                 warm_instances: function.manifest.warm_instances,
+                capabilities: None,
                 compile_options: serde_json::to_value(options).unwrap_or(json!({})),
                 schema: serde_json::to_value(&function.manifest.schema).unwrap_or(json!({})),
                 examples: serde_json::to_value(&function.manifest.examples).unwrap_or(json!([])),
@@ -263,23 +266,38 @@ impl Functions {
         let version = CurrentVersion {
             build_digest: record.build_digest,
             component_digest: record.component_digest,
-            owner: owner_of(&record),
+            scope: CallScope {
+                owner: owner_of(&record),
+                grant: self
+                    .runtime
+                    .policy()
+                    .effective(&name, record.capabilities.as_ref()),
+            },
         };
         self.current.insert(name, version.clone());
         Ok(Some(version))
     }
 
-    /// Whose function version `build_digest` is: its record's owner while
-    /// it is the current version, else [`FunctionOwner::Unknown`] (a
-    /// session may run a version since replaced).
-    pub async fn owner_of_version(
+    /// Whose function version `build_digest` is and what it may use: the
+    /// current record's while it is the current version. A session may run
+    /// a version since replaced: its owner is then unknown (no key-value
+    /// store) and it gets the policy's grant narrowed to nothing declared
+    /// anew, that is, the current declaration's.
+    pub async fn scope_of_version(
         &self,
         language_title: &LanguageTitle,
         build_digest: Digest,
-    ) -> FunctionOwner {
+    ) -> CallScope {
         match self.current_version(language_title).await {
-            Ok(Some(current)) if current.build_digest == build_digest => current.owner,
-            _ => FunctionOwner::Unknown,
+            Ok(Some(current)) if current.build_digest == build_digest => current.scope,
+            Ok(Some(current)) => CallScope {
+                owner: FunctionOwner::Unknown,
+                grant: current.scope.grant,
+            },
+            _ => CallScope {
+                owner: FunctionOwner::Unknown,
+                grant: None,
+            },
         }
     }
 
@@ -291,7 +309,8 @@ impl Functions {
     /// Registers `source` as `owner`'s dynamic function: on its language's
     /// interpreter at once where there is one (its own component then
     /// builds in the background), else once built. `warm_instances` is the
-    /// function's opt-in to warm instances.
+    /// function's opt-in to warm instances; `capabilities` what it declared
+    /// it needs (checked against the policy by the caller).
     pub async fn register_dynamic(
         &self,
         language_title: &LanguageTitle,
@@ -299,6 +318,7 @@ impl Functions {
         source: &str,
         options: &BuildOptions,
         warm_instances: bool,
+        capabilities: Option<Declared>,
     ) -> Result<FunctionRecord, FunctionError> {
         let name = language_title.to_string();
         let existing = self.registry.get(language_title).await?;
@@ -364,6 +384,7 @@ impl Functions {
             component_size,
             tier,
             warm_instances,
+            capabilities,
             compile_options: serde_json::to_value(options).unwrap_or(json!({})),
             schema: json!({}),
             examples: json!([]),

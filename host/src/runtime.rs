@@ -25,7 +25,7 @@ pub mod outbound;
 pub mod policy;
 mod slots;
 pub mod spin;
-pub use spin::FunctionOwner;
+pub use spin::{CallScope, FunctionOwner};
 mod warm;
 pub mod worlds;
 
@@ -193,6 +193,11 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// The operator's capability policy.
+    pub fn policy(&self) -> &policy::Policy {
+        &self.policy
+    }
+
     /// Gives HTTP functions granted key-value their store (the server's
     /// Redis, or its embedded database).
     pub fn with_key_value(mut self, store: Arc<dyn crate::store::KeyValueStore>) -> Self {

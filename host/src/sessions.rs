@@ -17,6 +17,7 @@ use crate::digest::Digest;
 use crate::functions::{Executable, FunctionError, Functions};
 use crate::language::{Language, LanguageTitle};
 use crate::runtime::Invocation;
+use crate::runtime::policy::Declared;
 use crate::runtime::worlds::World;
 use crate::store::{
     Insert, LogRecord, LogWriter, RateDecision, RateLimiter, ResultCache, Session, SessionStore,
@@ -73,6 +74,8 @@ struct SessionOptions {
     compile_options: Option<BuildOptions>,
     /// With a source: the function's opt-in to warm instances.
     warm_instances: Option<bool>,
+    /// With a source: what an HTTP function declares it needs.
+    capabilities: Option<Declared>,
 }
 
 /// What the caller asks of the result cache (`X-Cache-Control`).
@@ -223,6 +226,21 @@ impl Sessions {
                 if source.contains('\0') {
                     return Err(StartError::NulInSource);
                 }
+                if let Some(declared) = &options.capabilities {
+                    declared.check().map_err(StartError::InvalidContext)?;
+                    let missing = self
+                        .functions
+                        .runtime()
+                        .policy()
+                        .not_granted(&language_title.to_string(), declared);
+                    if !missing.is_empty() {
+                        return Err(FunctionError::Forbidden(format!(
+                            "the operator's capability policy does not grant {language_title}: {}",
+                            missing.join(", ")
+                        ))
+                        .into());
+                    }
+                }
                 self.check_build_rate(&caller.subject).await?;
                 self.functions
                     .register_dynamic(
@@ -231,6 +249,7 @@ impl Sessions {
                         &source,
                         &options.compile_options.unwrap_or_default(),
                         options.warm_instances.unwrap_or(false),
+                        options.capabilities,
                     )
                     .await?
             }
@@ -424,12 +443,12 @@ impl Sessions {
                     .await
             }
             World::Http => {
-                let owner = self
+                let scope = self
                     .functions
-                    .owner_of_version(&session.language_title, session.build_digest)
+                    .scope_of_version(&session.language_title, session.build_digest)
                     .await;
                 runtime
-                    .execute_http(executable.function.clone(), &invocation, &owner, timeout)
+                    .execute_http(executable.function.clone(), &invocation, &scope, timeout)
                     .await
             }
         };

@@ -352,6 +352,9 @@ pub struct FunctionRecord {
     /// Whether an instance may serve its caller's next execution of the
     /// same version (a warm instance).
     pub warm_instances: bool,
+    /// What an HTTP function declared it needs; `None`: nothing declared
+    /// (the policy's whole grant applies).
+    pub capabilities: Option<crate::runtime::policy::Declared>,
     pub compile_options: Value,
     /// `{"params": <JSON Schema>, "result": <JSON Schema>}` where known.
     pub schema: Value,

@@ -831,3 +831,104 @@ async fn a_javascript_fetch_listener_is_an_http_function() {
         "the denied fetch reached the listener"
     );
 }
+
+#[tokio::test]
+async fn a_function_gets_what_it_declares_and_the_policy_grants_no_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        r#"
+        [[grant]]
+        functions = ["rust-narrow"]
+        hosts = ["api.example.com"]
+        key_value = true
+        variables = { api_key = "k-123", region = "eu" }
+        "#,
+    )
+    .unwrap();
+    let app = spawn_app_with(|settings| settings.runtime.capability_policy = Some(policy)).await;
+    let alice = app.token("alice", "execute:rust read:functions");
+    let source = fixture_source(Language::Rust, "http_store");
+    let initialize = |capabilities: Value| {
+        let app = &app;
+        let alice = &alice;
+        let source = &source;
+        async move {
+            status_and_body(
+                app.initialize(
+                    alice,
+                    "rust-narrow",
+                    json!({ "script_content": source, "context": { "capabilities": capabilities } }),
+                )
+                .await,
+            )
+            .await
+        }
+    };
+    // Asking for what the policy does not grant: refused, each named.
+    let (status, body) = initialize(json!({
+        "hosts": ["api.example.com", "evil.example:8080"],
+        "variables": ["region", "root_password"]
+    }))
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("FORBIDDEN")),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("host evil.example:8080") && message.contains("variable root_password"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("api.example.com") && !message.contains("region"),
+        "{message}"
+    );
+    // Malformed: a 400.
+    let (status, body) = initialize(json!({ "variables": ["Not A Name"] })).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = initialize(json!({ "sockets": true })).await;
+    assert_eq!(status, 400, "{body}");
+
+    // Declaring less than the policy grants: it gets only that.
+    let (status, body) = initialize(json!({ "variables": ["region"] })).await;
+    assert_eq!(status, 200, "{body}");
+    let get = reqwest::Method::GET;
+    assert_eq!(
+        call(&app, &alice, get.clone(), "/fn/rust-narrow/var/region", "").await,
+        (200, "eu".into())
+    );
+    let (status, text) = call(&app, &alice, get.clone(), "/fn/rust-narrow/var/api_key", "").await;
+    assert_eq!(status, 404, "{text}");
+    assert!(!text.contains("k-123"), "{text}");
+    let (status, text) = call(&app, &alice, get.clone(), "/fn/rust-narrow/kv/x", "").await;
+    assert_eq!((status, text.as_str()), (403, "Error::AccessDenied"));
+    let detail: Value = app
+        .client
+        .get(app.url("/api/v1/functions/rust-narrow"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        detail["capabilities"],
+        json!({ "hosts": [], "key_value": false, "variables": ["region"] }),
+        "{detail}"
+    );
+
+    // Declared again with key-value: the store opens. A source registered
+    // again needs no new build, and the new declaration applies at once
+    // (within the second the host caches a name's version).
+    let (status, body) = initialize(json!({ "key_value": true, "variables": ["region"] })).await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        call(&app, &alice, get.clone(), "/fn/rust-narrow/kv/x", "").await,
+        (404, "no such key".into())
+    );
+}

@@ -273,6 +273,11 @@ fn function(
         tier: TierState::Compiled,
         // Not the default: a store that drops the column fails the round trip.
         warm_instances: true,
+        capabilities: Some(lambda_host::runtime::policy::Declared {
+            hosts: vec!["api.example.com:8080".into()],
+            key_value: true,
+            variables: vec!["region".into()],
+        }),
         compile_options: json!({ "optimization_level": "release" }),
         schema: json!({ "params": { "type": "object" } }),
         examples: json!([{ "params": {}, "result": 1 }]),
@@ -392,6 +397,10 @@ async fn registry_conformance(registry: &dyn Registry) {
     assert_eq!(read.build_digest, Digest::of(b"python-a"));
     assert_eq!(read.schema, json!({ "params": { "type": "object" } }));
     assert_eq!(read.component_size, 1234);
+    assert_eq!(
+        read.capabilities,
+        function("python-a", FunctionKind::Dynamic, None, None).capabilities
+    );
     assert_eq!(
         registry.get(&"rust-none".parse().unwrap()).await.unwrap(),
         None

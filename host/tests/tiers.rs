@@ -429,6 +429,7 @@ async fn a_tier_1_left_pending_by_a_host_that_stopped_is_built_by_the_next_that_
         component_size: interpreter.component_size,
         tier: TierState::Pending,
         warm_instances: false,
+        capabilities: None,
         compile_options: serde_json::to_value(options).unwrap(),
         schema: json!({}),
         examples: json!([]),

@@ -87,6 +87,12 @@ pub struct FunctionDetail {
     /// this version (a warm instance): globals may then persist between
     /// them, as in a warm Lambda environment.
     warm_instances: bool,
+    /// What an HTTP function declared it needs at initialize
+    /// (`{"hosts": [...], "key_value": bool, "variables": [names]}`):
+    /// the operator's policy is narrowed to it. Absent: nothing declared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    capabilities: Option<crate::runtime::policy::Declared>,
 }
 
 /// One page of the registered functions, by name.
@@ -220,6 +226,7 @@ pub async fn detail(
         },
         tier1_error: function.tier.error().map(str::to_owned),
         warm_instances: function.warm_instances,
+        capabilities: function.capabilities.clone(),
     }))
 }
 

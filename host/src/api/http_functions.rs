@@ -104,7 +104,7 @@ async fn serve_function(
         .serve_http(
             executable.function,
             &language_title.to_string(),
-            &version.owner,
+            &version.scope,
             &principal.subject,
             request,
             None,

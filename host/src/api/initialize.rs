@@ -20,7 +20,11 @@ pub struct InitializeRequest {
     /// `timeout_ms`, `retain_session` and `compile_options` from it, and,
     /// with `script_content`, `warm_instances` (the function's opt-in to
     /// warm instances: an instance may serve the same caller's next
-    /// executions of this version, and globals may persist between them).
+    /// executions of this version, and globals may persist between them)
+    /// and `capabilities` (what an HTTP function needs: `{"hosts":
+    /// ["host[:port]"], "key_value": true, "variables": ["name"]}`; its
+    /// grant from the operator's policy is narrowed to it, and what the
+    /// policy does not grant is refused with 403).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     context: Option<Value>,
@@ -58,7 +62,7 @@ pub struct InitializeResponse {
         (status = 200, description = "The session started", body = InitializeResponse),
         (status = 400, description = "INVALID_REQUEST: a bad header, context or body", body = ErrorBody),
         (status = 401, description = "UNAUTHORIZED: no valid token", body = ErrorBody),
-        (status = 403, description = "FORBIDDEN: no execute scope for the language, or another user's function", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: no execute scope for the language, another user's function, or capabilities the operator's policy does not grant", body = ErrorBody),
         (status = 404, description = "NOT_FOUND: no such function and no source", body = ErrorBody),
         (status = 413, description = "INVALID_REQUEST: the body or the context is too large", body = ErrorBody),
         (status = 422, description = "COMPILE_ERROR: the source does not build", body = ErrorBody),

@@ -19,7 +19,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpView as _};
 use super::invoke::{self, GuestState};
 use super::outbound::OutboundPolicy;
 use super::policy::FunctionGrant;
-use super::spin::{CallCapabilities, FunctionOwner, KeyValueScope};
+use super::spin::{CallCapabilities, CallScope, FunctionOwner, KeyValueScope};
 use http_body_util::BodyExt as _;
 use serde_json::Value;
 
@@ -90,7 +90,7 @@ impl Runtime {
         self: &Arc<Self>,
         function: Arc<LoadedFunction>,
         invocation: &Invocation,
-        owner: &FunctionOwner,
+        scope: &CallScope,
         timeout: Option<Duration>,
     ) -> Result<Execution, Error> {
         let started = std::time::Instant::now();
@@ -108,7 +108,7 @@ impl Runtime {
             .serve_http(
                 function,
                 &invocation.language_title,
-                owner,
+                scope,
                 &invocation.caller,
                 request,
                 timeout,
@@ -146,14 +146,13 @@ impl Runtime {
     /// Serves one request with an HTTP function in a fresh instance, in a
     /// slot of the caller's share. `timeout` bounds the whole call,
     /// streaming included; `None` takes the default. `name` is the
-    /// function's language title, which the capability policy grants by;
-    /// `owner` whose function it is, which with the name scopes its
-    /// key-value data.
+    /// function's language title; `scope` whose function it is (which with
+    /// the name scopes its key-value data) and what it may use.
     pub async fn serve_http<B>(
         self: &Arc<Self>,
         function: Arc<LoadedFunction>,
         name: &str,
-        owner: &FunctionOwner,
+        scope: &CallScope,
         caller: &str,
         request: http::Request<B>,
         timeout: Option<Duration>,
@@ -174,8 +173,8 @@ impl Runtime {
         let (response_sender, response) = tokio::sync::oneshot::channel();
         let runtime = self.clone();
         let caller = caller.to_owned();
-        let grant = self.policy.for_function(name);
-        let capabilities = self.call_capabilities(grant.clone(), name, owner);
+        let grant = scope.grant.clone();
+        let capabilities = self.call_capabilities(grant.clone(), name, &scope.owner);
         // The call runs in its own task so that the body can stream while
         // the guest writes it; the task holds the slot until it ends.
         let call = tokio::spawn(async move {

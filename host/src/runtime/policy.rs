@@ -30,7 +30,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::outbound::{HostRule, parse_host};
 use crate::config::Secret;
@@ -102,6 +102,50 @@ struct Grant {
     /// `Debug` rendering of the policy.
     #[serde(default)]
     variables: HashMap<String, Secret>,
+}
+
+/// What a function declares it needs (`context.capabilities` at
+/// `initialize`): its grant is the policy's narrowed to this, so a
+/// function gets no more than it asked for even where the operator
+/// granted more, and `initialize` refuses what the policy does not grant.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Declared {
+    /// `host` or `host:port`, as in a grant.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub key_value: bool,
+    /// Variable names.
+    #[serde(default)]
+    pub variables: Vec<String>,
+}
+
+/// The most hosts or variables a declaration may name.
+const MAX_DECLARED: usize = 64;
+
+impl Declared {
+    /// Whether the declaration is well formed: hosts that parse, variable
+    /// names that could exist, and not too many of either.
+    pub fn check(&self) -> Result<(), String> {
+        if self.hosts.len() > MAX_DECLARED || self.variables.len() > MAX_DECLARED {
+            return Err(format!(
+                "capabilities may name at most {MAX_DECLARED} hosts and {MAX_DECLARED} variables"
+            ));
+        }
+        for host in &self.hosts {
+            parse_host(host, false).map_err(|e| format!("capabilities.hosts: {e:#}"))?;
+        }
+        for name in &self.variables {
+            if !is_variable_name(name) {
+                return Err(format!(
+                    "capabilities.variables: `{name}` is not a variable name (lower-case \
+                     letters, digits and `_`, starting with a letter)"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What one function may use, gathered from every grant that names it.
@@ -189,6 +233,71 @@ impl Policy {
     pub fn for_function(&self, function: &str) -> Option<Arc<FunctionGrant>> {
         self.by_function.get(function).cloned()
     }
+
+    /// What `function` may use given its declaration: the policy's grant,
+    /// narrowed to what it declared (all of it when it declared nothing).
+    pub fn effective(
+        &self,
+        function: &str,
+        declared: Option<&Declared>,
+    ) -> Option<Arc<FunctionGrant>> {
+        let grant = self.for_function(function)?;
+        let Some(declared) = declared else {
+            return Some(grant);
+        };
+        let hosts: Vec<HostRule> = declared
+            .hosts
+            .iter()
+            .filter_map(|entry| parse_host(entry, false).ok())
+            .filter_map(|wanted| {
+                grant
+                    .hosts
+                    .iter()
+                    .find(|rule| rule.host == wanted.host && rule.port == wanted.port)
+                    .cloned()
+            })
+            .collect();
+        let variables = declared
+            .variables
+            .iter()
+            .filter_map(|name| Some((name.clone(), grant.variables.get(name)?.clone())))
+            .collect();
+        Some(Arc::new(FunctionGrant {
+            hosts,
+            limits: grant.limits,
+            key_value: grant.key_value && declared.key_value,
+            key_value_limits: grant.key_value_limits,
+            variables,
+        }))
+    }
+
+    /// What a declaration asks for that the policy does not grant
+    /// `function`, named (no values): empty when all of it is granted.
+    pub fn not_granted(&self, function: &str, declared: &Declared) -> Vec<String> {
+        let grant = self.for_function(function);
+        let mut missing = Vec::new();
+        for entry in &declared.hosts {
+            let granted = parse_host(entry, false).ok().is_some_and(|wanted| {
+                grant.as_ref().is_some_and(|g| {
+                    g.hosts
+                        .iter()
+                        .any(|rule| rule.host == wanted.host && rule.port == wanted.port)
+                })
+            });
+            if !granted {
+                missing.push(format!("host {entry}"));
+            }
+        }
+        if declared.key_value && !grant.as_ref().is_some_and(|g| g.key_value) {
+            missing.push("key-value".to_owned());
+        }
+        for name in &declared.variables {
+            if grant.as_ref().and_then(|g| g.variable(name)).is_none() {
+                missing.push(format!("variable {name}"));
+            }
+        }
+        missing
+    }
 }
 
 /// Spin's rule for variable names.
@@ -271,6 +380,70 @@ mod tests {
         assert!(a.variable("missing").is_none());
         assert!(!format!("{policy:?}").contains("s3cr3t"));
         assert!(policy.for_function("rust-c").is_none());
+    }
+
+    #[test]
+    fn a_declaration_narrows_the_grant_and_names_what_is_not_granted() {
+        let policy = Policy::parse(
+            r#"
+            [[grant]]
+            functions = ["rust-a"]
+            hosts = ["api.example.com", "other.example:8080"]
+            key_value = true
+            variables = { api_key = "k", region = "eu" }
+            "#,
+        )
+        .unwrap();
+        let declared = Declared {
+            hosts: vec!["API.example.com".into()],
+            key_value: false,
+            variables: vec!["region".into()],
+        };
+        assert!(declared.check().is_ok());
+        assert!(policy.not_granted("rust-a", &declared).is_empty());
+        let narrowed = policy.effective("rust-a", Some(&declared)).unwrap();
+        assert_eq!(narrowed.hosts.len(), 1);
+        assert_eq!(narrowed.hosts[0].host, "api.example.com");
+        assert!(!narrowed.key_value);
+        assert!(narrowed.variable("api_key").is_none());
+        assert_eq!(narrowed.variable("region").unwrap().expose(), "eu");
+        // No declaration: the whole grant.
+        assert_eq!(policy.effective("rust-a", None).unwrap().hosts.len(), 2);
+
+        let greedy = Declared {
+            hosts: vec!["evil.example".into(), "other.example:8080".into()],
+            key_value: true,
+            variables: vec!["secret".into()],
+        };
+        assert_eq!(
+            policy.not_granted("rust-a", &greedy),
+            ["host evil.example", "variable secret"]
+        );
+        assert_eq!(
+            policy.not_granted("rust-b", &greedy),
+            [
+                "host evil.example",
+                "host other.example:8080",
+                "key-value",
+                "variable secret"
+            ]
+        );
+        for bad in [
+            Declared {
+                hosts: vec!["http://x/".into()],
+                ..Default::default()
+            },
+            Declared {
+                variables: vec!["API".into()],
+                ..Default::default()
+            },
+            Declared {
+                hosts: vec!["x.example".into(); 65],
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

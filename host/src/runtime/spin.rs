@@ -48,6 +48,14 @@ pub enum FunctionOwner {
     Unknown,
 }
 
+/// Whose function a call runs and what it may use: the policy's grant,
+/// narrowed to the function's declaration.
+#[derive(Clone, Debug)]
+pub struct CallScope {
+    pub owner: FunctionOwner,
+    pub grant: Option<Arc<FunctionGrant>>,
+}
+
 /// The one store a function may open.
 const STORE_LABEL: &str = "default";
 /// The longest key, in bytes.

@@ -79,6 +79,11 @@ fn function_from_row(row: &PgRow) -> StoreResult<FunctionRecord> {
         component_size: row.get::<i64, _>("component_size") as u64,
         tier: TierState::from_columns(row.get("tier"), row.get("tier_error"))?,
         warm_instances: row.get("warm_instances"),
+        capabilities: row
+            .get::<Option<serde_json::Value>, _>("capabilities")
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| StoreError::new("reading a function's capabilities", e))?,
         compile_options: row.get("compile_options"),
         schema: row
             .get::<Option<serde_json::Value>, _>("schema_definition")
@@ -119,8 +124,9 @@ impl Registry for PgStore {
             "INSERT INTO meta.functions (language, title, language_title, description,
                  schema_definition, examples, created_at, updated_at, created_by, kind,
                  build_digest, component_digest, component_size, compile_options,
-                 tier, tier_error, warm_instances)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                 tier, tier_error, warm_instances, capabilities)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                     $18)
              ON CONFLICT (language_title) DO UPDATE SET
                  description = EXCLUDED.description,
                  schema_definition = EXCLUDED.schema_definition,
@@ -131,7 +137,8 @@ impl Registry for PgStore {
                  component_size = EXCLUDED.component_size,
                  compile_options = EXCLUDED.compile_options, is_active = TRUE,
                  tier = EXCLUDED.tier, tier_error = EXCLUDED.tier_error,
-                 warm_instances = EXCLUDED.warm_instances
+                 warm_instances = EXCLUDED.warm_instances,
+                 capabilities = EXCLUDED.capabilities
              WHERE EXCLUDED.kind = 'predefined'
                 OR (meta.functions.kind = 'dynamic'
                     AND meta.functions.created_by IS NOT DISTINCT FROM EXCLUDED.created_by)
@@ -154,6 +161,11 @@ impl Registry for PgStore {
         .bind(f.tier.as_str())
         .bind(f.tier.error())
         .bind(f.warm_instances)
+        .bind(
+            f.capabilities
+                .as_ref()
+                .and_then(|c| serde_json::to_value(c).ok()),
+        )
         .fetch_optional(&mut *tx)
         .await
         .map_err(db("registering a function"))?;

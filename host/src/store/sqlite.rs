@@ -90,6 +90,11 @@ fn function_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<FunctionRecor
         component_size: row.get::<i64, _>("component_size") as u64,
         tier: TierState::from_columns(row.get("tier"), row.get("tier_error"))?,
         warm_instances: row.get("warm_instances"),
+        capabilities: row
+            .get::<Option<String>, _>("capabilities")
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| StoreError::new("reading a function's capabilities", e))?,
         compile_options: json_column(row.get("compile_options"))?,
         schema: json_column(row.get("schema"))?,
         examples: json_column(row.get("examples"))?,
@@ -117,8 +122,9 @@ impl Registry for SqliteStore {
         let written = sqlx::query(
             "INSERT INTO functions (language_title, language, title, kind, owner, description,
                  script_content, build_digest, component_digest, component_size, compile_options,
-                 schema, examples, created_at, updated_at, tier, tier_error, warm_instances)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 schema, examples, created_at, updated_at, tier, tier_error, warm_instances,
+                 capabilities)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (language_title) DO UPDATE SET
                  kind = excluded.kind, owner = excluded.owner,
                  description = excluded.description, script_content = excluded.script_content,
@@ -127,7 +133,8 @@ impl Registry for SqliteStore {
                  compile_options = excluded.compile_options, schema = excluded.schema,
                  examples = excluded.examples, updated_at = excluded.updated_at,
                  tier = excluded.tier, tier_error = excluded.tier_error,
-                 warm_instances = excluded.warm_instances
+                 warm_instances = excluded.warm_instances,
+                 capabilities = excluded.capabilities
              WHERE excluded.kind = 'predefined'
                 OR (functions.kind = 'dynamic' AND functions.owner IS excluded.owner)",
         )
@@ -149,6 +156,11 @@ impl Registry for SqliteStore {
         .bind(f.tier.as_str())
         .bind(f.tier.error())
         .bind(f.warm_instances)
+        .bind(
+            f.capabilities
+                .as_ref()
+                .map(|c| serde_json::to_string(c).unwrap_or_default()),
+        )
         .execute(&self.pool)
         .await
         .map_err(db("registering a function"))?;
