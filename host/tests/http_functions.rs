@@ -189,10 +189,11 @@ async fn routes_refuse_missing_tokens_scopes_and_functions() {
 async fn uploads_that_are_not_a_granted_component_are_refused_by_name() {
     let app = spawn_app().await;
     let token = app.token("mallory", "execute:all");
-    // A component that asks for raw sockets, next to a real HTTP export.
+    // A component that asks for an interface this host does not serve
+    // (another platform's key-value), next to a real HTTP export.
     let spy = wat::parse_str(
         r#"(component
-             (import "wasi:sockets/tcp@0.2.0" (instance))
+             (import "wasi:keyvalue/store@0.2.0-draft" (instance))
              (instance $i)
              (export "wasi:http/incoming-handler@0.2.0" (instance $i)))"#,
     )
@@ -207,7 +208,7 @@ async fn uploads_that_are_not_a_granted_component_are_refused_by_name() {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("`wasi:sockets/tcp@0.2.0`"),
+            .contains("`wasi:keyvalue/store@0.2.0-draft`"),
         "{body}"
     );
 

@@ -52,8 +52,12 @@ pub enum WorldError {
 }
 
 /// WASI 0.2 interfaces every component may import. The host links them
-/// over an empty context: no files, no environment, no sockets, stdout and
-/// stderr captured.
+/// over an empty context: no files, no environment, stdout and stderr
+/// captured, and every `wasi:sockets` call refused (no TCP, no UDP, no name
+/// lookup). The sockets interfaces are granted as imports only because
+/// Rust's standard library imports them as soon as anything in a program
+/// mentions `std::net`; refusing the import would refuse ordinary
+/// programs, while the context already refuses each call.
 const WASI: &[&str] = &[
     "wasi:io/poll",
     "wasi:io/error",
@@ -75,6 +79,13 @@ const WASI: &[&str] = &[
     "wasi:cli/terminal-stderr",
     "wasi:filesystem/types",
     "wasi:filesystem/preopens",
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/ip-name-lookup",
 ];
 
 /// Besides [`WASI`], for a `lambda:function` component.
@@ -257,7 +268,7 @@ mod tests {
     fn an_import_beyond_the_grant_is_named() {
         let spy = component(
             r#"(component
-                 (import "wasi:sockets/tcp@0.2.0" (instance))
+                 (import "wasi:keyvalue/store@0.2.0-draft" (instance))
                  (type $h (instance))
                  (import "wasi:http/types@0.2.0" (instance))
                  (instance $i)
@@ -266,10 +277,14 @@ mod tests {
         let refused = check_upload(&spy).unwrap_err();
         assert!(
             matches!(&refused, WorldError::NotGranted { import, world: "wasi:http/proxy", .. }
-                if import == "wasi:sockets/tcp@0.2.0"),
+                if import == "wasi:keyvalue/store@0.2.0-draft"),
             "{refused:?}"
         );
-        assert!(refused.to_string().contains("wasi:sockets/tcp@0.2.0"));
+        assert!(
+            refused
+                .to_string()
+                .contains("wasi:keyvalue/store@0.2.0-draft")
+        );
     }
 
     #[test]
@@ -325,6 +340,23 @@ mod tests {
             check_upload(&future_wasi),
             Err(WorldError::NotGranted { .. })
         ));
+    }
+
+    #[test]
+    fn sockets_are_granted_as_imports_because_rust_std_imports_them() {
+        // What a Rust function that mentions `std::net` imports; each call
+        // is refused by the guest's context (tested in tests/runtime.rs).
+        let uses_std_net = component(
+            r#"(component
+                 (import "wasi:sockets/network@0.2.6" (instance))
+                 (import "wasi:sockets/tcp-create-socket@0.2.6" (instance))
+                 (import "wasi:sockets/ip-name-lookup@0.2.6" (instance))
+                 (core module $m (func (export "f")))
+                 (core instance $i (instantiate $m))
+                 (func $f (canon lift (core func $i "f")))
+                 (export "handle" (func $f)))"#,
+        );
+        assert_eq!(check_upload(&uses_std_net), Ok(World::Function));
     }
 
     #[test]
