@@ -32,7 +32,10 @@ async fn app_with_interpreters(configure: impl FnOnce(&mut Settings)) -> TestApp
     })
     .await;
     let tiers = app.state.functions.tiers();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Loading them compiles two 12-18 MB components per replica (about
+    // 10 s each in release on an idle core); a CI machine running the other
+    // tests on the same two cores has needed more than two minutes.
+    let deadline = Instant::now() + Duration::from_secs(360);
     while tiers.interpreter(Language::Nodejs).is_none()
         || tiers.interpreter(Language::Python).is_none()
     {
