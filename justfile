@@ -115,11 +115,11 @@ soak seconds="600": setup
 # The soak for one minute.
 soak-quick: (soak "60")
 
-# Benchmarks (about 25 minutes): bench/results.json and docs/benchmarks.md.
+# Benchmarks (25-50 minutes, with the machine's speed): bench/results.json and docs/benchmarks.md.
 bench: setup
     python3 bench/run.py
 
-# Benchmarks at 16 connections only, short runs (under 3 minutes).
+# Benchmarks at 16 connections only, short runs (a few minutes, most of it the hosts building their interpreters).
 bench-quick: setup
     python3 bench/run.py --quick
 
