@@ -178,6 +178,54 @@ pub fn invocation(language_title: &str, params: Value) -> Invocation {
     }
 }
 
+/// A TCP listener and a UDP socket on the same loopback port, for showing
+/// that a guest reaches nothing: the kernel completes a TCP handshake and
+/// queues a datagram whether or not anyone reads them, so `arrivals` (the
+/// connections and datagrams that came, drained without blocking) counts
+/// every attempt that got through.
+pub struct LoopbackTrap {
+    pub address: std::net::SocketAddr,
+    tcp: std::net::TcpListener,
+    udp: std::net::UdpSocket,
+}
+
+impl LoopbackTrap {
+    pub fn new() -> Self {
+        // The TCP port picked by the kernel may be taken for UDP: try again.
+        for _ in 0..32 {
+            let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let address = tcp.local_addr().unwrap();
+            if let Ok(udp) = std::net::UdpSocket::bind(address) {
+                tcp.set_nonblocking(true).unwrap();
+                udp.set_nonblocking(true).unwrap();
+                return Self { address, tcp, udp };
+            }
+        }
+        panic!("no loopback port free for both TCP and UDP");
+    }
+
+    pub fn arrivals(&self) -> usize {
+        let mut count = 0;
+        while self.tcp.accept().is_ok() {
+            count += 1;
+        }
+        let mut buffer = [0u8; 64];
+        while self.udp.recv_from(&mut buffer).is_ok() {
+            count += 1;
+        }
+        count
+    }
+
+    /// The trap counts what the host itself sends it: one connection and
+    /// one datagram (a test's `arrivals() == 0` means something).
+    pub fn assert_it_counts(&self) {
+        let _connection = std::net::TcpStream::connect(self.address).unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.send_to(b"host", self.address).unwrap();
+        assert_eq!(self.arrivals(), 2);
+    }
+}
+
 /// A server on a free port over a fresh data directory, as `serve` runs it.
 pub struct TestApp {
     pub address: String,

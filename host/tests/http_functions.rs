@@ -13,7 +13,7 @@ use tokio::sync::OnceCell;
 use lambda_host::language::Language;
 
 use crate::helpers::{
-    TestApp, fixture_source, repo_root, spawn_app, spawn_app_with, status_and_body,
+    LoopbackTrap, TestApp, fixture_source, repo_root, spawn_app, spawn_app_with, status_and_body,
 };
 
 /// `tests/fixtures/http-echo`, built once per test binary with cargo for
@@ -606,6 +606,47 @@ async fn a_spin_sdk_source_is_built_by_the_rust_toolchain_and_checked_like_an_up
         .await;
         assert_eq!(status, 404, "{refused} was registered");
     }
+}
+
+#[tokio::test]
+async fn an_http_function_gets_no_raw_sockets_even_to_a_host_it_may_fetch() {
+    let trap = LoopbackTrap::new();
+    let port = trap.address.port();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    // The policy lets the function fetch the trap over wasi:http; that is
+    // no grant of wasi:sockets.
+    std::fs::write(
+        &policy,
+        format!(
+            "[[grant]]\nfunctions = [\"rust-http_sockets\"]\n\
+             hosts = [\"127.0.0.1:{port}\"]\nprivate_addresses = true\n"
+        ),
+    )
+    .unwrap();
+    let app =
+        spawn_app_with(|settings| settings.runtime.capability_policy = Some(policy.clone())).await;
+    let alice = app.token("alice", "execute:all");
+    let source = fixture_source(Language::Rust, "http_sockets");
+    let (status, body) = initialize_source(&app, &alice, "rust-http_sockets", &source).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, report) = call(
+        &app,
+        &alice,
+        reqwest::Method::GET,
+        &format!("/fn/rust-http_sockets/?{}", trap.address),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    for attempt in ["tcp", "udp", "lookup", "listen"] {
+        assert!(
+            report.contains(&format!("{attempt}: refused ")),
+            "{attempt} got through: {report}"
+        );
+    }
+    assert_eq!(trap.arrivals(), 0, "{report}");
+    trap.assert_it_counts();
 }
 
 #[tokio::test]

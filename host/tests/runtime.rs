@@ -8,7 +8,7 @@ use serde_json::json;
 
 use lambda_host::runtime::Runtime;
 
-use crate::helpers::{invocation, private_aot_settings, runtime, rust_fixture};
+use crate::helpers::{LoopbackTrap, invocation, private_aot_settings, runtime, rust_fixture};
 
 /// A runtime whose AOT cache is the directory's own, for counting compiles.
 fn private_aot_runtime(dir: &std::path::Path) -> Runtime {
@@ -176,6 +176,7 @@ async fn the_memory_cap_holds_without_the_pooling_allocator_too() {
 async fn a_guest_gets_no_files_no_environment_no_arguments_and_no_network() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = runtime(dir.path(), |_| {});
+    let trap = LoopbackTrap::new();
     let function = runtime
         .load(rust_fixture("sandbox_probe").await)
         .await
@@ -183,20 +184,28 @@ async fn a_guest_gets_no_files_no_environment_no_arguments_and_no_network() {
     let execution = runtime
         .invoke(
             &function,
-            &invocation("rust-sandbox_probe", json!({})),
+            &invocation(
+                "rust-sandbox_probe",
+                json!({ "reach": trap.address.to_string() }),
+            ),
             None,
         )
         .await
         .unwrap();
     let seen = execution.result;
-    assert!(
-        seen["file"]["error"].is_string(),
-        "read a host file: {seen}"
-    );
-    assert!(
-        seen["cwd_listing"]["error"].is_string(),
-        "listed a directory: {seen}"
-    );
+    for attempt in [
+        "file",
+        "cwd_listing",
+        "connect",
+        "datagram",
+        "lookup",
+        "listen",
+    ] {
+        assert!(
+            seen[attempt]["error"].is_string(),
+            "{attempt} got through: {seen}"
+        );
+    }
     assert_eq!(
         seen["env_vars"],
         json!([]),
@@ -204,10 +213,9 @@ async fn a_guest_gets_no_files_no_environment_no_arguments_and_no_network() {
     );
     assert_eq!(seen["home"], json!(null));
     assert_eq!(seen["args"], json!([]));
-    assert!(
-        seen["connect"]["error"].is_string(),
-        "opened a socket: {seen}"
-    );
+    // Refused before the kernel: nothing arrived at the listening port.
+    assert_eq!(trap.arrivals(), 0, "{seen}");
+    trap.assert_it_counts();
 }
 
 #[tokio::test(flavor = "multi_thread")]
