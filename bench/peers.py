@@ -51,6 +51,9 @@ _SERVERS = {
     "vm2": ("node", "nodejs-calculator"),
 }
 
+# The port keys of the servers, in the order start() returns their processes.
+SERVERS = tuple(_SERVERS)
+
 
 def _peers(root):
     return Path(root).resolve() / "bench" / "peers"

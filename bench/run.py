@@ -115,15 +115,27 @@ def rss_mib(pid):
     return 0.0
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process and all its threads so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime and stime: fields 14 and 15 of proc(5), in clock ticks.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def duration_ms(text):
     value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def wrk(url, connections, seconds, env, sample_pid=None):
-    """Runs wrk; returns rps, p50, p99, errors (and the peak RSS of sample_pid)."""
+def wrk(url, connections, seconds, env, sample_pid=None, server_pid=None):
+    """Runs wrk; returns rps, p50, p99, errors, and with server_pid the CPU
+    time that server spent per request, in µs (and the peak RSS of
+    sample_pid). CPU per request does not depend on how many cores were
+    left to the server, so it compares servers across runs and machines
+    better than req/s does."""
     # wrk wants at least one connection per thread.
     command = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", "bench/execute.lua", url]
+    cpu_before = cpu_seconds(server_pid) if server_pid else None
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     peak = 0.0
     while process.poll() is None:
@@ -138,7 +150,11 @@ def wrk(url, connections, seconds, env, sample_pid=None):
     p99 = duration_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}, peak
+    numbers = {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}
+    if server_pid:
+        requests = int(re.search(r"(\d+) requests in", out).group(1))
+        numbers["cpu_us_per_request"] = round((cpu_seconds(server_pid) - cpu_before) * 1e6 / max(requests, 1), 1)
+    return numbers, peak
 
 
 def host_counters(base):
@@ -542,11 +558,14 @@ def main():
         fresh_host = subprocess.Popen([str(HOST), "serve", "--listen", f"127.0.0.1:{ports['fresh']}", *ONE_TENANT, "--warm-instances", "0"],
                                       cwd=ROOT, env=fresh_env, stdout=subprocess.DEVNULL, stderr=open(work / "host-fresh.log", "w"))
         processes.append(fresh_host)
-        processes.extend(peers.start(ROOT, ports, log_dir=work))
-        processes.append(subprocess.Popen([str(wasmtime), "serve", "-S", "cli=y", "--addr", f"127.0.0.1:{ports['anchor']}",
-                                           str(bench_target / "wasm32-wasip2/release/anchor_http.wasm")],
-                                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        processes.append(subprocess.Popen([str(bench_target / "release/ceiling"), f"127.0.0.1:{ports['ceiling']}"], cwd=ROOT))
+        peer_processes = peers.start(ROOT, ports, log_dir=work)
+        processes.extend(peer_processes)
+        anchor = subprocess.Popen([str(wasmtime), "serve", "-S", "cli=y", "--addr", f"127.0.0.1:{ports['anchor']}",
+                                   str(bench_target / "wasm32-wasip2/release/anchor_http.wasm")],
+                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        processes.append(anchor)
+        ceiling = subprocess.Popen([str(bench_target / "release/ceiling"), f"127.0.0.1:{ports['ceiling']}"], cwd=ROOT)
+        processes.append(ceiling)
         base = f"http://127.0.0.1:{ports['ours']}"
         fresh_base = f"http://127.0.0.1:{ports['fresh']}"
         wait_for(f"{base}/health")
@@ -565,28 +584,32 @@ def main():
         results = []
         peak_rss = idle_rss
 
-        def measure(name, url, params, connections, cached=False, sample=None, bearer=token):
+        def measure(name, url, params, connections, server, cached=False, bearer=token):
+            """`server`: the process answering, for its CPU per request
+            (and, for our hosts, the peak RSS)."""
             nonlocal peak_rss
             wrk_env = dict(os.environ, TOKEN=bearer, PARAMS=json.dumps(params), CACHED="1" if cached else "0")
             wrk(url, 4, 1, wrk_env)  # warm the slots
-            numbers, peak = wrk(url, connections, seconds, wrk_env, sample)
+            sample = server.pid if server in (host, fresh_host) else None
+            numbers, peak = wrk(url, connections, seconds, wrk_env, sample, server_pid=server.pid)
             peak_rss = max(peak_rss, peak)
             entry = {"name": name, "connections": connections, **numbers}
             results.append(entry)
-            print(f"{name:45} {connections:3} conn  {numbers['rps']:10.0f} req/s  p50 {numbers['p50_ms']:7.2f} ms  p99 {numbers['p99_ms']:7.2f} ms  errors {numbers['errors']}", flush=True)
+            print(f"{name:45} {connections:3} conn  {numbers['rps']:10.0f} req/s  p50 {numbers['p50_ms']:7.2f} ms  p99 {numbers['p99_ms']:7.2f} ms  "
+                  f"errors {numbers['errors']}  cpu {numbers['cpu_us_per_request']:7.1f} µs/req", flush=True)
             return entry
 
         validator = FUNCTIONS["rust-data_validator"]
         for connections in connection_counts:
             for function, params in FUNCTIONS.items():
-                measure(f"execute {function}", f"{base}/api/v1/execute/bench-{function}", params, connections, sample=host.pid)
+                measure(f"execute {function}", f"{base}/api/v1/execute/bench-{function}", params, connections, host)
                 measure(f"execute {function}, fresh instances", f"{fresh_base}/api/v1/execute/bench-{function}", params, connections,
-                        sample=fresh_host.pid, bearer=fresh_token)
-            measure("wasmtime serve (rust-data_validator)", f"http://127.0.0.1:{ports['anchor']}/", validator, connections)
-            measure("plain axum (rust-data_validator)", f"http://127.0.0.1:{ports['ceiling']}/", validator, connections)
+                        fresh_host, bearer=fresh_token)
+            measure("wasmtime serve (rust-data_validator)", f"http://127.0.0.1:{ports['anchor']}/", validator, connections, anchor)
+            measure("plain axum (rust-data_validator)", f"http://127.0.0.1:{ports['ceiling']}/", validator, connections, ceiling)
             for name, (port, function) in peers.PEERS.items():
-                measure(name, f"http://127.0.0.1:{ports[port]}/", FUNCTIONS[function], connections)
-        measure("execute rust-data_validator, cache hit", f"{base}/api/v1/execute/bench-rust-data_validator", validator, 16, cached=True)
+                measure(name, f"http://127.0.0.1:{ports[port]}/", FUNCTIONS[function], connections, peer_processes[peers.SERVERS.index(port)])
+        measure("execute rust-data_validator, cache hit", f"{base}/api/v1/execute/bench-rust-data_validator", validator, 16, host, cached=True)
 
         for language, template in DYNAMIC.items():
             source = template.format(tag=uuid.uuid4())
@@ -654,6 +677,8 @@ def main():
             # Fresh instances (every execution instantiates).
             "rust_execute_vs_wasmtime_serve_rps": round(ours["rps"] / anchor["rps"], 3),
             "rust_execute_vs_wasmtime_serve_p99": round(ours["p99_ms"] / anchor["p99_ms"], 3),
+            # CPU the server spends per request, ours / theirs (below 1: ours is cheaper).
+            "rust_execute_vs_wasmtime_serve_cpu_per_request": round(ours["cpu_us_per_request"] / anchor["cpu_us_per_request"], 3),
             "rust_execute_vs_plain_axum_rps": round(ours["rps"] / ceiling["rps"], 3),
             **{f"{function}_fresh_vs_before_rps": round(fresh[function]["rps"] / before, 3)
                for function, before in BEFORE_WARM_INSTANCES.items()},
@@ -677,10 +702,11 @@ def main():
 def write_table(report):
     lines = [f"Run of {report['date']} ({report['mode']}), commit `{report['commit'][:12]}`, "
              f"{report['machine']['cores']} cores, {report['machine']['memory_gib']} GiB, {report['machine']['cpu']}.", "",
-             "| measurement | connections | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+             "| measurement | connections | req/s | p50 ms | p99 ms | errors | server CPU µs/req |", "|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         if "p50_ms" in r and "connections" in r:
-            lines.append(f"| {r['name']} | {r['connections']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
+            cpu = r.get("cpu_us_per_request", "")
+            lines.append(f"| {r['name']} | {r['connections']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {cpu} |")
     lines += ["", "| measurement | value |", "|---|---|"]
     for r in report["results"]:
         if "seconds" in r:
