@@ -119,7 +119,7 @@ soak-quick: (soak "60")
 bench: setup
     python3 bench/run.py
 
-# Benchmarks at 16 connections only, short runs (a few minutes, most of it the hosts building their interpreters).
+# Benchmarks at 16 connections only, short runs (10-30 minutes, most of it hosts building their interpreters).
 bench-quick: setup
     python3 bench/run.py --quick
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The benchmark suite: `just bench` (full) and `just bench-quick` (a few minutes).
+"""The benchmark suite: `just bench` (full) and `just bench-quick` (10-30 minutes).
 
 Builds in release, starts every server it needs on free ports, measures,
 stops everything, and writes bench/results.json and the table of
