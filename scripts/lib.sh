@@ -17,6 +17,8 @@
 #   wait_for_interpreters BASE SECONDS
 #                                 wait until the host at BASE has its
 #                                 interpreters (tier 0) ready
+#   stop_process PID [SECONDS]    SIGTERM, wait up to SECONDS (30) for the exit,
+#                                 then SIGKILL; returns once PID is gone
 #   is_root                       succeed if running as root
 #   as_postgres COMMAND...        run COMMAND as the postgres user when root
 #   give_to_postgres PATH...      chown PATHs to postgres when root
@@ -77,6 +79,33 @@ sys.exit(0 if all(s in ("ready", "off") for s in states) else 1)' && return 0
         sleep 0.5
     done
     return 1
+}
+
+# --- processes ----------------------------------------------------------------
+
+# A server's directory may be removed only once the server is gone: a host
+# that got SIGTERM still finishes its requests, writes its queued logs and
+# may be writing a compiled artifact, and `rm -rf` beside it fails with
+# "Directory not empty" when a file appears mid-removal. A zombie (an exited
+# child of this shell not yet reaped) counts as gone.
+stop_process() { # PID [SECONDS]
+    local pid=$1 tries=$((${2:-30} * 10)) try
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((try = 0; try < tries; try++)); do
+        process_is_running "$pid" || return 0
+        sleep 0.1
+    done
+    echo "process $pid did not stop within ${2:-30} s of SIGTERM: killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+    while process_is_running "$pid"; do sleep 0.1; done
+}
+
+process_is_running() { # PID
+    local state
+    # The third field of /proc/PID/stat; the second, the command in
+    # parentheses, holds no spaces for the programs stopped here.
+    state=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z && $state != X ]]
 }
 
 # --- PostgreSQL ---------------------------------------------------------------

@@ -145,7 +145,7 @@ check() {
 down() {
     for pidfile in "$dir"/*.pid; do
         [[ -f $pidfile ]] || continue
-        kill "$(cat "$pidfile")" 2>/dev/null || true
+        stop_process "$(cat "$pidfile")"
     done
     if [[ -d $dir/services ]]; then
         scripts/test-services.sh stop "$dir/services"

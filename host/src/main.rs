@@ -35,8 +35,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(cli::run(args))
+    let code = runtime.block_on(cli::run(args));
+    // Dropping a runtime waits for every blocking task, and a component
+    // compiling for tier 1 takes up to half a minute on a slow machine: a
+    // stopped host would linger that long and write its artifact while a
+    // supervisor cleans up. The artifact is written atomically, so
+    // abandoning it costs one compile at the next start, nothing more.
+    runtime.shutdown_timeout(BLOCKING_TASKS_AT_EXIT);
+    code
 }
+
+/// How long a stopping host waits for blocking work (compiles, file
+/// writes) still under way once the requests and logs are done.
+const BLOCKING_TASKS_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Logs go to stderr, filtered by `--log`/`LAMBDA_LOG` (a tracing filter such as
 /// `info` or `lambda_host=debug,sqlx=warn`), as text for people or as one
