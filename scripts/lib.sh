@@ -17,8 +17,9 @@
 #   wait_for_interpreters BASE SECONDS
 #                                 wait until the host at BASE has its
 #                                 interpreters (tier 0) ready
-#   stop_process PID [SECONDS]    SIGTERM, wait up to SECONDS (30) for the exit,
-#                                 then SIGKILL; returns once PID is gone
+#   stop_processes PID...         SIGTERM to each, wait up to STOP_SECONDS (30)
+#                                 for their exit, then SIGKILL; returns once
+#                                 all are gone
 #   is_root                       succeed if running as root
 #   as_postgres COMMAND...        run COMMAND as the postgres user when root
 #   give_to_postgres PATH...      chown PATHs to postgres when root
@@ -88,16 +89,30 @@ sys.exit(0 if all(s in ("ready", "off") for s in states) else 1)' && return 0
 # may be writing a compiled artifact, and `rm -rf` beside it fails with
 # "Directory not empty" when a file appears mid-removal. A zombie (an exited
 # child of this shell not yet reaped) counts as gone.
-stop_process() { # PID [SECONDS]
-    local pid=$1 tries=$((${2:-30} * 10)) try
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((try = 0; try < tries; try++)); do
-        process_is_running "$pid" || return 0
-        sleep 0.1
+stop_processes() { # PID...
+    local seconds=${STOP_SECONDS:-30} pid running=() try
+    # All signalled first, then waited for together: one deadline, not one
+    # per process.
+    for pid in "$@"; do
+        kill -TERM "$pid" 2>/dev/null && running+=("$pid")
     done
-    echo "process $pid did not stop within ${2:-30} s of SIGTERM: killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    while process_is_running "$pid"; do sleep 0.1; done
+    for ((try = 0; try < seconds * 10 && ${#running[@]} > 0; try++)); do
+        sleep 0.1
+        mapfile -t running < <(still_running "${running[@]}")
+    done
+    for pid in "${running[@]}"; do
+        echo "process $pid did not stop within $seconds s of SIGTERM: killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    while [[ -n $(still_running "${running[@]}") ]]; do sleep 0.1; done
+}
+
+# Prints those of the PIDs still running.
+still_running() { # PID...
+    local pid
+    for pid in "$@"; do
+        if process_is_running "$pid"; then echo "$pid"; fi
+    done
 }
 
 process_is_running() { # PID

@@ -13,7 +13,7 @@ work=$(mktemp -d)
 chmod 755 "$work"
 pids=()
 cleanup() {
-    for pid in "${pids[@]}"; do stop_process "$pid"; done
+    stop_processes "${pids[@]}"
     [[ -n ${pg_bin:-} ]] && as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$work"
 }

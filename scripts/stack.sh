@@ -143,10 +143,11 @@ check() {
 }
 
 down() {
+    local pidfile pids=()
     for pidfile in "$dir"/*.pid; do
-        [[ -f $pidfile ]] || continue
-        stop_process "$(cat "$pidfile")"
+        [[ -f $pidfile ]] && pids+=("$(cat "$pidfile")")
     done
+    stop_processes "${pids[@]}"
     if [[ -d $dir/services ]]; then
         scripts/test-services.sh stop "$dir/services"
     fi

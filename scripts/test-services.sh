@@ -62,7 +62,7 @@ stop() {
         as_postgres "$bin/pg_ctl" -D "$dir/pg" -m immediate stop >/dev/null 2>&1 || true
     fi
     if [[ -f $dir/redis.pid ]]; then
-        stop_process "$(cat "$dir/redis.pid")"
+        stop_processes "$(cat "$dir/redis.pid")"
     fi
     rm -rf "$dir"
 }
