@@ -13,7 +13,13 @@ default:
     @just --list
 
 # Install what this machine lacks: the wasm32-wasip2 target, wasm-tools, componentize-js, componentize-py.
-setup: setup-rust setup-js setup-python
+setup: setup-toolchains setup-wasm-tools
+
+# What building functions needs: the wasm32-wasip2 target, componentize-js, componentize-py.
+setup-toolchains: setup-rust setup-js setup-python
+
+# wasm-tools, for `inspect` (a four-minute build from crates.io: the tests do not need it).
+setup-wasm-tools:
     command -v wasm-tools >/dev/null && wasm-tools --version | grep -q "{{wasm_tools_version}}" \
         || cargo install wasm-tools --locked --version {{wasm_tools_version}}
 
@@ -42,7 +48,7 @@ setup-python:
     ensure_venv toolchains/python/.venv toolchains/python/requirements.txt
 
 # Build the host in release mode.
-build: setup
+build: setup-toolchains
     cargo build --release --locked
 
 # Build every function under components/ into target/components/<language-title>.wasm.
@@ -61,10 +67,15 @@ inspect component: setup
     wasm-tools component wit "$path"
 
 # Run the tests: formatting, lints, unit and integration tests (real guests, real toolchains, and throwaway Redis and PostgreSQL servers), the deployment files, the dashboard on a native stack.
-test: setup
+test: setup-toolchains
     #!/usr/bin/env bash
     set -euo pipefail
     cargo fmt --all --check
+    # The servers, validators and fuzzer of the later steps are installed
+    # while the tests compile (little CPU); the log is shown if it fails.
+    mkdir -p target
+    scripts/install-test-tools.sh >target/install-test-tools.log 2>&1 &
+    installing=$!
     # Clippy's lints, warnings denied, run while the tests compile: clippy's
     # driver compiles our crate for real (as `cargo clippy` does, through
     # the same two variables, for a check), so the dependencies are built
@@ -74,6 +85,8 @@ test: setup
     export RUSTC_WORKSPACE_WRAPPER="$(rustup which clippy-driver)"
     export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
     cargo test --workspace --locked --no-run
+    wait $installing || { cat target/install-test-tools.log; exit 1; }
+    cat target/install-test-tools.log
     services=target/test-services
     scripts/test-services.sh stop "$services"
     scripts/test-services.sh start "$services"
@@ -96,7 +109,7 @@ run: build
     {{host}} serve
 
 # The API fuzzed from its OpenAPI document for longer: SECONDS on each kind of stores.
-fuzz seconds="600": setup
+fuzz seconds="600": setup-toolchains
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build --locked -p lambda-host
@@ -109,22 +122,22 @@ fuzz seconds="600": setup
     scripts/fuzz.sh production {{seconds}}
 
 # A mixed load for 10 minutes on Redis + PostgreSQL: RSS over time, unexpected statuses, log rows.
-soak seconds="600": setup
+soak seconds="600": setup-toolchains
     python3 bench/soak.py --seconds {{seconds}}
 
 # The soak for one minute.
 soak-quick: (soak "60")
 
 # Benchmarks (25-50 minutes, with the machine's speed): bench/results.json and docs/benchmarks.md.
-bench: setup
+bench: setup-toolchains
     python3 bench/run.py
 
 # Benchmarks at 16 connections only, short runs (10-30 minutes, most of it hosts building their interpreters).
-bench-quick: setup
+bench-quick: setup-toolchains
     python3 bench/run.py --quick
 
 # One spin-sdk HTTP component under `wasmtime serve` and at /fn/... (about 1 minute).
-bench-spin: setup
+bench-spin: setup-toolchains
     python3 bench/run.py --spin-only
 
 # Print a token for the local host: just token alice "execute:all read:functions".

@@ -22,8 +22,12 @@ venv=fuzz/.venv
 ensure_venv "$venv" fuzz/requirements.txt
 
 host=${LAMBDA_HOST_BIN:-target/debug/lambda-host}
-# Kept between runs: the predefined functions are built and compiled once.
-data=target/fuzz-data/$stores
+# Kept between runs, and one for both kinds of stores: the predefined
+# functions are built and compiled once (artifacts, compiled code and the
+# secret that seals them live in the data directory whatever the stores;
+# the embedded registry's files are unused on Redis + PostgreSQL).
+data=target/fuzz-data
+log=$data/host-$stores.log
 mkdir -p "$data"
 chmod 700 "$data"
 export LAMBDA_DATA_DIR=$data LAMBDA_RUST_TARGET_DIR=${LAMBDA_RUST_TARGET_DIR:-target/guest-rust}
@@ -42,13 +46,13 @@ port=$(free_port)
 # the run spends compiling random sources.
 LAMBDA_BUILD_TIMEOUT_SECS=60 "$host" serve --listen "127.0.0.1:$port" \
     --rate-limit-execute 1000000000 --rate-limit-functions 1000000000 \
-    --rate-limit-initialize 1000000000 > "$data/host.log" 2>&1 &
+    --rate-limit-initialize 1000000000 > "$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
 # A host that exits shows its log; one that does not answer in time fails the
 # fuzzing run below.
 if ! wait_for_http "http://127.0.0.1:$port/health" 300 "$pid"; then
-    kill -0 "$pid" 2>/dev/null || { cat "$data/host.log"; exit 1; }
+    kill -0 "$pid" 2>/dev/null || { cat "$log"; exit 1; }
 fi
 token=$("$host" token --sub fuzz)
 

@@ -245,7 +245,25 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// The predefined functions built and compiled into the shared caches by one
+/// server, once per test binary, before the first test's own server starts:
+/// servers that start together on cold caches would each build and compile
+/// the same three functions (a minute or two each on a clean checkout).
+async fn predefined_functions_in_the_shared_caches() {
+    static BUILT: OnceCell<()> = OnceCell::const_new();
+    BUILT
+        .get_or_init(|| async {
+            let data_dir = tempfile::tempdir().unwrap();
+            let application = lambda_host::server::Application::build(settings(data_dir.path()))
+                .await
+                .unwrap();
+            drop(application);
+        })
+        .await;
+}
+
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    predefined_functions_in_the_shared_caches().await;
     let data_dir = tempfile::tempdir().unwrap();
     let mut settings = settings(data_dir.path());
     settings.server.listen = "127.0.0.1:0".parse().unwrap();

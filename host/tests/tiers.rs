@@ -353,11 +353,15 @@ async fn a_new_function_runs_at_once_on_another_replica_which_later_runs_the_fir
     let database = test_database_url().await;
     let prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
     // Each replica has its own data directory; they share Redis and
-    // PostgreSQL (the registry and the artifact store).
+    // PostgreSQL (the registry and the artifact store). Without predefined
+    // functions, which each replica would otherwise build anew into its
+    // own directory: this test needs none of them.
     let replica = |database: String, prefix: String| {
         app_with_interpreters(move |s| {
             use_production_stores(s, &database, &prefix);
             s.toolchain.artifacts_dir = s.data_dir.join("artifacts");
+            s.components_dir = s.data_dir.join("no-predefined-functions");
+            std::fs::create_dir_all(&s.components_dir).unwrap();
         })
     };
     let a = replica(database.clone(), prefix.clone()).await;
