@@ -12,16 +12,11 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "$0")/.."
 
-# One apt-get for every package: two at once would wait on dpkg's lock.
-packages=()
-for pair in redis-server=redis-server docker-compose=docker-compose caddy=caddy \
-    promtool=prometheus prometheus=prometheus; do
-    command -v "${pair%%=*}" >/dev/null || packages+=("${pair#*=}")
-done
-postgres_bin_dir >/dev/null || packages+=(postgresql)
-# prometheus and promtool are one package.
-mapfile -t packages < <(printf '%s\n' "${packages[@]}" | sort -u | sed '/^$/d')
-apt_install "${packages[@]}"
+# The package prometheus holds both prometheus and promtool. PostgreSQL's
+# programs are off PATH (postgres_bin_dir finds them).
+install_missing redis-server=redis-server docker-compose=docker-compose caddy=caddy \
+    promtool=prometheus
+postgres_bin_dir >/dev/null || apt_install postgresql
 
 ensure_venv fuzz/.venv fuzz/requirements.txt
 ensure_venv deploy/.venv deploy/requirements.txt

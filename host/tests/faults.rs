@@ -492,8 +492,6 @@ fn a_second_signal_exits_at_once() {
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--components-dir")
         .arg(no_functions.path())
-        // Nor interpreters, which a fresh data directory would build.
-        .env("LAMBDA_NO_INTERPRETERS", "true")
         .env("LAMBDA_DATABASE_URL", postgres.url())
         .env("LAMBDA_JWT_SECRET", crate::helpers::TEST_SECRET)
         // The stop would wait this long for the logs.

@@ -34,7 +34,11 @@ pub fn lambda_host(data_dir: &Path) -> std::process::Command {
         .env(
             "LAMBDA_RUST_TARGET_DIR",
             repo_root().join("target/guest-rust"),
-        );
+        )
+        // As `settings` for the servers in this process: a `serve` builds
+        // and compiles no interpreter (tier 0), which a fresh data directory
+        // would do for every server, and no test of a subprocess uses.
+        .env("LAMBDA_NO_INTERPRETERS", "true");
     command
 }
 

@@ -34,9 +34,6 @@ impl Server {
             .args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0"])
             .env("LAMBDA_JWT_SECRET", JWT_SECRET)
             .env("LAMBDA_LOG", "info")
-            // No test here starts a JavaScript or Python function of its
-            // own: the interpreters would be built and compiled for nothing.
-            .env("LAMBDA_NO_INTERPRETERS", "true")
             .envs(env.iter().copied())
             .env_remove("LAMBDA_REDIS_URL")
             .env_remove("LAMBDA_DATABASE_URL")
