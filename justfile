@@ -130,13 +130,19 @@ soak seconds="600": setup-toolchains
 # The soak for one minute.
 soak-quick: (soak "60")
 
-# Benchmarks (25-50 minutes, with the machine's speed): bench/results.json and docs/benchmarks.md.
+# Benchmarks (25-50 minutes, with the machine's speed; the first run also builds the host of
+# commit 8f84179, the "before" of fresh instances, into target/bench-before): bench/results.json
+# and docs/benchmarks.md.
 bench: setup-toolchains
     python3 bench/run.py
 
 # Benchmarks at 16 connections only, short runs (10-30 minutes, most of it hosts building their interpreters).
 bench-quick: setup-toolchains
     python3 bench/run.py --quick
+
+# Fresh instances only, ours against commit 8f84179's, three alternating runs of 5 s per function.
+bench-fresh: setup-toolchains
+    python3 bench/run.py --fresh-only
 
 # One spin-sdk HTTP component under `wasmtime serve` and at /fn/... (about 1 minute).
 bench-spin: setup-toolchains

