@@ -130,9 +130,8 @@ soak seconds="600": setup-toolchains
 # The soak for one minute.
 soak-quick: (soak "60")
 
-# Benchmarks (25-50 minutes, with the machine's speed; the first run also builds the host of
-# commit 8f84179, the "before" of fresh instances, into target/bench-before): bench/results.json
-# and docs/benchmarks.md.
+# The first run also builds the host of commit 8f84179, the "before" of fresh instances, into target/bench-before.
+# Benchmarks (25-50 minutes, with the machine's speed): bench/results.json and docs/benchmarks.md.
 bench: setup-toolchains
     python3 bench/run.py
 
