@@ -104,6 +104,13 @@ def start_host(binary, tree, port, extra, work, data, log_name):
     return process, env
 
 
+def bench_token(env, binary=HOST, tree=ROOT):
+    """A token for the bench's user, signed with the secret of the host whose
+    data directory `env` names."""
+    return subprocess.run([str(binary), "token", "--sub", "bench"], cwd=tree, env=env,
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -138,6 +145,13 @@ def post(url, body, headers):
     request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
     with urllib.request.urlopen(request, timeout=600) as response:
         return json.load(response)
+
+
+def initialize_functions(base, token):
+    """A session `bench-<function>` of each of FUNCTIONS on the host at `base`."""
+    for function in FUNCTIONS:
+        post(f"{base}/api/v1/initialize", {},
+             {"Authorization": f"Bearer {token}", "Language-Title": function, "X-Request-ID": f"bench-{function}"})
 
 
 def rss_mib(pid):
@@ -222,7 +236,7 @@ def log_pipeline(backend, seconds, connections=64):
     try:
         wait_for(f"{base}/health")
         wait_for_interpreters(base)
-        token = subprocess.run([str(HOST), "token", "--sub", "bench"], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
+        token = bench_token(env)
         function = "rust-data_validator"
         post(f"{base}/api/v1/initialize", {}, {"Authorization": f"Bearer {token}", "Language-Title": function, "X-Request-ID": "bench-logs"})
         wrk_env = dict(os.environ, TOKEN=token, PARAMS=json.dumps(FUNCTIONS[function]), CACHED="0")
@@ -310,7 +324,7 @@ def tiers(backend, count, tier_up=True):
     host, base, env, stop = serve_on(backend, work, data, extra)
     results = []
     try:
-        token = subprocess.run([str(HOST), "token", "--sub", "bench"], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
+        token = bench_token(env)
         auth = {"Authorization": f"Bearer {token}"}
         if tier_up is not None:
             wait_for_interpreters(base)
@@ -376,7 +390,7 @@ def tier_throughput(seconds, connections):
     host, base, env, stop = serve_on("embedded", work, data, ["--no-tier-up", "--warm-instances", "0"])
     results = []
     try:
-        token = subprocess.run([str(HOST), "token", "--sub", "bench"], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
+        token = bench_token(env)
         auth = {"Authorization": f"Bearer {token}"}
         wait_for_interpreters(base)
         for predefined in ("nodejs-calculator", "python-text_processor"):
@@ -431,7 +445,7 @@ def spin_side_by_side(wasmtime, seconds, connections):
     host, base, env, stop = serve_on("embedded", work, data)
     try:
         wait_for(f"http://127.0.0.1:{port}/")
-        token = subprocess.run([str(HOST), "token", "--sub", "bench"], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
+        token = bench_token(env)
         source = base64.b64encode(component.read_bytes()).decode()
         post(f"{base}/api/v1/initialize", {"script_content": source}, {"Authorization": f"Bearer {token}", "Language-Title": "wasm-bench_spin"})
         wrk_env = dict(os.environ, TOKEN=token, PARAMS=json.dumps(params), CACHED="0")
@@ -537,12 +551,8 @@ def fresh_against_before(seconds, rounds):
             hosts[name] = {"process": process, "base": f"http://127.0.0.1:{port}"}
             wait_for(f"{hosts[name]['base']}/health")
             wait_for_interpreters(hosts[name]["base"])
-            token = subprocess.run([str(binary), "token", "--sub", "bench"], cwd=host_tree, env=env,
-                                   capture_output=True, text=True, check=True).stdout.strip()
-            hosts[name]["token"] = token
-            for function in FUNCTIONS:
-                post(f"{hosts[name]['base']}/api/v1/initialize", {},
-                     {"Authorization": f"Bearer {token}", "Language-Title": function, "X-Request-ID": f"bench-{function}"})
+            hosts[name]["token"] = bench_token(env, binary, host_tree)
+            initialize_functions(hosts[name]["base"], hosts[name]["token"])
         for function, params in FUNCTIONS.items():
             rps = {name: [] for name in hosts}
             for _ in range(rounds):
@@ -577,6 +587,13 @@ def install_wasmtime():
     return wasmtime
 
 
+def build_release_and_wrk():
+    """The host in release, and wrk (a Debian package) when missing."""
+    run("cargo", "build", "--release", "--locked", "-q")
+    if shutil.which("wrk") is None:
+        run("bash", "-c", "apt-get update -qq && apt-get install -y -qq wrk")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="16 connections only, short runs")
@@ -586,29 +603,21 @@ def main():
     parser.add_argument("--fresh-only", action="store_true", help=f"only fresh instances, ours against {BEFORE_COMMIT}'s, alternating")
     options = parser.parse_args()
     if options.fresh_only:
-        run("cargo", "build", "--release", "--locked", "-q")
-        if shutil.which("wrk") is None:
-            run("bash", "-c", "apt-get update -qq && apt-get install -y -qq wrk")
+        build_release_and_wrk()
         fresh_against_before(3 if options.quick else 5, 3)
         return
     if options.spin_only:
-        run("cargo", "build", "--release", "--locked", "-q")
-        if shutil.which("wrk") is None:
-            run("bash", "-c", "apt-get update -qq && apt-get install -y -qq wrk")
+        build_release_and_wrk()
         theirs, ours = spin_side_by_side(install_wasmtime(), 10, 16)
         print(f"/fn vs wasmtime serve, same component: {ours['rps'] / theirs['rps']:.3f}x req/s, p99 {ours['p99_ms'] / theirs['p99_ms']:.3f}x")
         return
     if options.tiers_only:
-        run("cargo", "build", "--release", "--locked", "-q")
-        if shutil.which("wrk") is None:
-            run("bash", "-c", "apt-get update -qq && apt-get install -y -qq wrk")
+        build_release_and_wrk()
         for entry in tier_results(quick=options.quick):
             print(json.dumps(entry))
         return
     if options.logs_only:
-        run("cargo", "build", "--release", "--locked", "-q")
-        if shutil.which("wrk") is None:
-            run("bash", "-c", "apt-get update -qq && apt-get install -y -qq wrk")
+        build_release_and_wrk()
         for backend in ("sqlite", "postgres"):
             log_pipeline(backend, 10)
         return
@@ -617,33 +626,27 @@ def main():
     repeat = 300 if options.quick else 2000
 
     print("building", flush=True)
-    run("cargo", "build", "--release", "--locked", "-q")
+    build_release_and_wrk()
     before_tree, before_binary = build_before()
     bench_target = ROOT / "target/bench"
     env_build = dict(os.environ, CARGO_TARGET_DIR=str(bench_target))
     subprocess.run(["cargo", "build", "--release", "-q", "--manifest-path", "bench/ceiling/Cargo.toml"], cwd=ROOT, env=env_build, check=True)
     subprocess.run(["cargo", "build", "--release", "-q", "--target", "wasm32-wasip2", "--manifest-path", "bench/anchor-http/Cargo.toml"], cwd=ROOT, env=env_build, check=True)
     wasmtime = install_wasmtime()
-    if shutil.which("wrk") is None:
-        run("bash", "-c", "apt-get update -qq && apt-get install -y -qq wrk")
     peers.install(ROOT)
 
     work, data = fresh_data_dir()
     fresh_work, fresh_data = fresh_data_dir()
     before_work, before_data = fresh_data_dir(before_tree)
-    env = dict(os.environ, LAMBDA_DATA_DIR=str(data), LAMBDA_RUST_TARGET_DIR=str(ROOT / "target/guest-rust"))
-    fresh_env = dict(env, LAMBDA_DATA_DIR=str(fresh_data))
     ports = {name: free_port() for name in ("ours", "fresh", "before", "anchor", "ceiling", "fastapi", "vm2")}
     processes = []
     try:
         # Ours twice: as configured by default (the predefined functions opt
         # in to warm instances), and with no warm instance kept (every
         # execution in a fresh instance).
-        host = subprocess.Popen([str(HOST), "serve", "--listen", f"127.0.0.1:{ports['ours']}", *ONE_TENANT],
-                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(work / "host.log", "w"))
+        host, env = start_host(HOST, ROOT, ports["ours"], [], work, data, "host.log")
         processes.append(host)
-        fresh_host = subprocess.Popen([str(HOST), "serve", "--listen", f"127.0.0.1:{ports['fresh']}", *ONE_TENANT, "--warm-instances", "0"],
-                                      cwd=ROOT, env=fresh_env, stdout=subprocess.DEVNULL, stderr=open(work / "host-fresh.log", "w"))
+        fresh_host, fresh_env = start_host(HOST, ROOT, ports["fresh"], ["--warm-instances", "0"], work, fresh_data, "host-fresh.log")
         processes.append(fresh_host)
         # BEFORE_COMMIT's host: every execution in a fresh instance (it had no other kind).
         before_host, before_env = start_host(before_binary, before_tree, ports["before"], [], before_work, before_data, "host.log")
@@ -664,15 +667,12 @@ def main():
             wait_for_interpreters(server)
         wait_for(f"http://127.0.0.1:{ports['anchor']}/")
         wait_for(f"http://127.0.0.1:{ports['ceiling']}/")
-        token = subprocess.run([str(HOST), "token", "--sub", "bench"], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
+        token = bench_token(env)
         auth = {"Authorization": f"Bearer {token}"}
-        fresh_token = subprocess.run([str(HOST), "token", "--sub", "bench"], cwd=ROOT, env=fresh_env, capture_output=True, text=True, check=True).stdout.strip()
-        before_token = subprocess.run([str(before_binary), "token", "--sub", "bench"], cwd=before_tree, env=before_env,
-                                      capture_output=True, text=True, check=True).stdout.strip()
-        for function in FUNCTIONS:
-            post(f"{base}/api/v1/initialize", {}, {**auth, "Language-Title": function, "X-Request-ID": f"bench-{function}"})
-            for server, bearer in ((fresh_base, fresh_token), (before_base, before_token)):
-                post(f"{server}/api/v1/initialize", {}, {"Authorization": f"Bearer {bearer}", "Language-Title": function, "X-Request-ID": f"bench-{function}"})
+        fresh_token = bench_token(fresh_env)
+        before_token = bench_token(before_env, before_binary, before_tree)
+        for server, bearer in ((base, token), (fresh_base, fresh_token), (before_base, before_token)):
+            initialize_functions(server, bearer)
         idle_rss = rss_mib(host.pid)
         results = []
         peak_rss = idle_rss
@@ -715,16 +715,15 @@ def main():
                 results.append({"name": f"initialize {language} dynamic, {kind}", "seconds": round(time.time() - started, 3)})
                 print(f"initialize {language} dynamic, {kind}: {results[-1]['seconds']} s", flush=True)
 
-        cli_env = dict(env, LAMBDA_DATA_DIR=str(data))
         if not options.quick:
-            results.extend(compile_cache(work, cli_env))
+            results.extend(compile_cache(work, env))
         for function, params in FUNCTIONS.items():
             for pooling in (True, False):
-                numbers = invoke_repeat(function, params, repeat, pooling, cli_env)
+                numbers = invoke_repeat(function, params, repeat, pooling, env)
                 name = f"instantiate+call {function}, pooling {'on' if pooling else 'off'}"
                 results.append({"name": name, **numbers})
                 print(f"{name}: median {numbers['median_us']} us, p99 {numbers['p99_us']} us", flush=True)
-            numbers = invoke_repeat(function, params, repeat, True, cli_env, warm=True)
+            numbers = invoke_repeat(function, params, repeat, True, env, warm=True)
             name = f"call {function} in a warm instance"
             results.append({"name": name, **numbers})
             print(f"{name}: median {numbers['median_us']} us, p99 {numbers['p99_us']} us", flush=True)
