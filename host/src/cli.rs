@@ -335,7 +335,11 @@ async fn invoke(
         (language_title.to_string(), artifact.component)
     };
 
-    let runtime = Runtime::new(&settings.runtime)?;
+    // One process for a one-shot command (and for `--repeat`'s timings, the
+    // in-process figures of the bench), unless the flag asks for children.
+    let mut config = settings.runtime.clone();
+    config.execution_processes.get_or_insert(0);
+    let runtime = Runtime::new(&config)?;
     let load_started = Instant::now();
     let function = match runtime.load(component).await {
         Ok(function) => function,

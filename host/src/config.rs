@@ -165,6 +165,7 @@ impl Settings {
             &mut self.toolchain.cache_dir,
             &mut self.toolchain.toolchains_dir,
             &mut self.toolchain.sandbox_supervisor,
+            &mut self.runtime.execution_process_program,
         ]
         .into_iter()
         .chain(self.runtime.aot_cache_dir.as_mut())
@@ -264,6 +265,16 @@ pub struct RuntimeConfig {
         default_value_t = 100
     )]
     pub pool_warm_slots: u32,
+    // Execution processes (see runtime/processes.rs): fresh instances of
+    // the interpreters fault hundreds of pages each, which costs twice as
+    // much in a process whose threads run on several cores.
+    /// How many single-threaded child processes run the fresh instances of large components (JavaScript and Python) [default: one per core; 0: all in the host process].
+    #[arg(long, global = true, env = "LAMBDA_EXECUTION_PROCESSES")]
+    pub execution_processes: Option<u32>,
+    /// The binary the execution processes run: the host's own, unless a
+    /// library user (a test binary) says otherwise.
+    #[arg(skip = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("lambda-host")))]
+    pub execution_process_program: PathBuf,
     /// The period of the engine's epoch ticker: the granularity of
     /// deadlines and how often a running guest yields to the executor.
     #[arg(skip = Duration::from_millis(10))]
@@ -690,7 +701,9 @@ fn kibibytes(text: &str) -> Result<usize, String> {
 }
 
 /// Whether the pool resets memories with Linux's PAGEMAP_SCAN.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
 pub enum PagemapScan {
     /// When the kernel has it and no swap is on.
     Auto,

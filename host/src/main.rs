@@ -15,6 +15,15 @@ fn main() -> ExitCode {
     {
         return lambda_host::sandbox::supervisor::main();
     }
+    // An execution process (runtime/processes.rs): its own small world,
+    // set up from what the host sends on its socket.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(
+            lambda_host::runtime::processes::COMMAND,
+        ))
+    {
+        return lambda_host::runtime::processes::main();
+    }
     let args = match lambda_host::config::file::parse::<cli::Args>(std::env::args_os()) {
         Ok(args) => args,
         // Help, version and bad flags: clap prints them its own way.

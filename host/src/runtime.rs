@@ -13,6 +13,10 @@
 //!   cap and bounded output, dropped when the call returns; or, for a
 //!   function that opted in, a warm instance of the same caller and
 //!   function version ([`warm`]), with its own deadline and output.
+//!
+//! Fresh instances of large components (the interpreters) run the same way
+//! in single-threaded child processes ([`processes`]), each with its own
+//! engine: a copy-on-write fault there interrupts no other core.
 
 mod bindings;
 mod cache;
@@ -23,6 +27,7 @@ mod invoke;
 mod limits;
 pub mod outbound;
 pub mod policy;
+pub mod processes;
 mod slots;
 pub mod spin;
 pub use spin::{CallScope, FunctionOwner};
@@ -35,7 +40,7 @@ use std::time::Duration;
 
 pub use cache::CacheStats;
 pub use incremental::CompiledFunctions;
-pub use invoke::{Execution, Invocation, LogLine, Script, ScriptMode};
+pub use invoke::{Execution, Invocation, LogLevel, LogLine, Script, ScriptMode};
 pub use warm::WarmStats;
 
 use crate::config::RuntimeConfig;
@@ -117,7 +122,7 @@ impl Error {
 }
 
 /// A failure reported by the function itself, as the WIT `error-info`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GuestError {
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -180,6 +185,9 @@ pub struct Runtime {
     slots: slots::Slots,
     /// Instances waiting for their caller's next execution.
     warm: Arc<warm::WarmPool>,
+    /// Where fresh instances of large components run ([`processes`]);
+    /// `None`: in this process, as everything else.
+    processes: Option<processes::ExecutionProcesses>,
     config: RuntimeConfig,
     /// What HTTP functions may use (the operator's policy file).
     policy: policy::Policy,
@@ -232,6 +240,7 @@ impl Runtime {
         };
         Ok(Self {
             warm,
+            processes: processes::ExecutionProcesses::new(config),
             _reaper: reaper,
             slots: slots::Slots::new(
                 config.max_instances,
@@ -264,6 +273,14 @@ impl Runtime {
     ) -> Result<Arc<LoadedFunction>, Error> {
         self.cache
             .load(&self.engine, &self.linkers, digest, component)
+            .await
+    }
+
+    /// Loads native code serialized by the host process: how an execution
+    /// process gets its functions.
+    async fn load_native(&self, digest: Digest, native: &[u8]) -> Result<(), Error> {
+        self.cache
+            .load_native(&self.engine, &self.linkers, digest, native)
             .await
     }
 
@@ -301,6 +318,15 @@ impl Runtime {
             ));
         }
         let _slot = self.slots.acquire(&invocation.caller).await?;
+        let fresh = invocation.warm_version.is_none() || !self.warm.enabled();
+        if fresh
+            && let Some(processes) = &self.processes
+            && processes::ExecutionProcesses::take(function)
+            && let Some(done) = processes.run(function, invocation, timeout).await
+        {
+            self.warm.count_fresh();
+            return done;
+        }
         invoke::run(
             &self.engine,
             &self.config,
@@ -310,6 +336,11 @@ impl Runtime {
             &self.warm,
         )
         .await
+    }
+
+    /// Counters of the execution processes; `None` when there are none.
+    pub fn process_stats(&self) -> Option<processes::ProcessStats> {
+        self.processes.as_ref().map(|processes| processes.stats())
     }
 
     /// Counters of fresh and warm instances.

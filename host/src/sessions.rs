@@ -464,7 +464,7 @@ impl Sessions {
             .observe(started.elapsed().as_secs_f64());
         let execution = outcome?;
         for line in &execution.logs {
-            tracing::debug!(request_id = %session.request_id, level = line.level, "guest: {}", line.message);
+            tracing::debug!(request_id = %session.request_id, level = line.level.as_str(), "guest: {}", line.message);
         }
         Ok(execution.result)
     }

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub instances_in_use: IntGauge,
     /// Warm instances waiting for their caller's next execution.
     pub warm_instances_idle: IntGauge,
+    /// Execution processes running now, and started since the host started
+    /// (more started than running: some died and were replaced).
+    pub execution_processes_running: IntGauge,
+    pub execution_processes_started: IntGauge,
     pub pool_size: IntGauge,
     pub loaded_components: IntGauge,
     pub loaded_component_bytes: IntGauge,
@@ -311,6 +315,14 @@ impl Metrics {
             warm_instances_idle: gauge(
                 "lambda_warm_instances_idle",
                 "Warm instances waiting for their caller's next execution of the same function version",
+            ),
+            execution_processes_running: gauge(
+                "lambda_execution_processes_running",
+                "Child processes running fresh instances of large components now",
+            ),
+            execution_processes_started: gauge(
+                "lambda_execution_processes_started",
+                "Child processes started to run fresh instances since the host started (beyond the running ones: replaced after they died)",
             ),
             pool_size: gauge(
                 "lambda_instance_pool_size",

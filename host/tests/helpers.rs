@@ -67,6 +67,7 @@ pub fn settings(data_dir: &Path) -> Settings {
     settings.toolchain.cache_dir = repo_root().join("target/test-toolchain-cache");
     // The test binary is not the host: the sandbox's supervisor is.
     settings.toolchain.sandbox_supervisor = env!("CARGO_BIN_EXE_lambda-host").into();
+    settings.runtime.execution_process_program = env!("CARGO_BIN_EXE_lambda-host").into();
     settings.toolchain.artifacts_dir = repo_root().join("target/test-artifacts");
     settings.toolchain.toolchains_dir = repo_root().join("toolchains");
     settings.runtime.aot_cache_dir = Some(repo_root().join("target/test-aot"));

@@ -11,6 +11,7 @@ mod hostile_builds;
 mod http_functions;
 mod logs;
 mod predefined;
+mod processes;
 mod runtime;
 mod sandbox;
 mod stores;

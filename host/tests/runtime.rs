@@ -81,7 +81,10 @@ async fn the_handler_receives_the_event_of_api_md_and_its_logs_are_kept() {
     );
     assert_eq!(execution.logs.len(), 1);
     assert_eq!(
-        (execution.logs[0].level, execution.logs[0].message.as_str()),
+        (
+            execution.logs[0].level.as_str(),
+            execution.logs[0].message.as_str()
+        ),
         ("info", "echo called")
     );
 }

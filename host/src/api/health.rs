@@ -98,6 +98,22 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
             (language.as_str().to_owned(), json!(status))
         })
         .collect();
+    // Where fresh instances of the interpreters run: `off` (in the host
+    // process), `idle` (no child started yet: they start on first use),
+    // `confined` (the newest child closed the file system on itself) or
+    // `unconfined` (Landlock missing: the wasm sandbox is their only wall).
+    let execution_processes = match state.functions.runtime().process_stats() {
+        None => json!({ "status": "off" }),
+        Some(stats) => json!({
+            "status": match &stats.ready {
+                None => "idle",
+                Some(ready) if ready.files_closed => "confined",
+                Some(_) => "unconfined",
+            },
+            "running": stats.pids.len(),
+            "started": stats.started,
+        }),
+    };
     let body = json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
@@ -108,6 +124,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
             "runtimes": Value::Object(runtimes),
             "build_sandbox": build_sandbox,
             "interpreters": Value::Object(interpreters),
+            "execution_processes": execution_processes,
         },
     });
     (code, Json(body))
@@ -132,6 +149,14 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     metrics
         .warm_instances_idle
         .set(runtime.warm_stats().idle as i64);
+    if let Some(processes) = runtime.process_stats() {
+        metrics
+            .execution_processes_running
+            .set(processes.pids.len() as i64);
+        metrics
+            .execution_processes_started
+            .set(processes.started as i64);
+    }
     metrics
         .pool_size
         .set(i64::from(runtime.config().max_instances));

@@ -139,38 +139,31 @@ impl ComponentCache {
         self.loaded
             .try_get_with(digest, async {
                 let component = self.compile_or_deserialize(engine, digest, bytes).await?;
-                // Its exports say which world it implements, and so which
-                // linker (which grant) it is instantiated against.
-                let world = worlds::of_exports(
-                    component
-                        .component_type()
-                        .exports(engine)
-                        .map(|(name, _)| name),
-                );
-                let invalid = |e: wasmtime::Error| Error::InvalidComponent(e.into());
-                let entry = match world {
-                    World::Function => Entry::Function(
-                        FunctionPre::new(
-                            linkers
-                                .function
-                                .instantiate_pre(&component)
-                                .map_err(invalid)?,
-                        )
-                        .map_err(invalid)?,
-                    ),
-                    World::Http => Entry::Http(
-                        ProxyPre::new(linkers.http.instantiate_pre(&component).map_err(invalid)?)
-                            .map_err(invalid)?,
-                    ),
-                };
-                Ok(Arc::new(LoadedFunction {
-                    digest,
-                    entry,
-                    component_bytes,
-                }))
+                prepare(engine, linkers, digest, component, component_bytes)
             })
             .await
             .map_err(|shared: Arc<Error>| Error::copy_of(&shared))
+    }
+
+    /// Loads native code the host process compiled and serialized
+    /// ([`LoadedFunction::native_code`]): an execution process's only way
+    /// to get a function, as it neither compiles nor reads the AOT cache.
+    pub async fn load_native(
+        &self,
+        engine: &Engine,
+        linkers: &Linkers,
+        digest: Digest,
+        native: &[u8],
+    ) -> Result<(), Error> {
+        // SAFETY: the bytes come from the parent host over the execution
+        // process's private socket, serialized by `Component::serialize`
+        // in the same binary with the same engine settings; wasmtime
+        // checks the header and version besides.
+        let component = unsafe { Component::deserialize(engine, native) }
+            .map_err(|e| Error::Internal(anyhow::Error::from(e).context("native code")))?;
+        let function = prepare(engine, linkers, digest, component, native.len())?;
+        self.loaded.insert(digest, function).await;
+        Ok(())
     }
 
     pub async fn loaded(&self, digest: Digest) -> Option<Arc<LoadedFunction>> {
@@ -243,7 +236,7 @@ impl ComponentCache {
             if let Some(entry) = &entry
                 && let Some(component) = entry.deserialize(&engine)
             {
-                return Ok((component, false));
+                return Ok::<_, Error>((component, false));
             }
             // Replicas sharing this AOT cache (one volume, one data
             // directory) may be compiling this very component: the first
@@ -280,6 +273,45 @@ impl ComponentCache {
         );
         Ok(component)
     }
+}
+
+/// A compiled component made ready for executions: its exports say which
+/// world it implements, and so which linker (which grant) it is
+/// instantiated against.
+fn prepare(
+    engine: &Engine,
+    linkers: &Linkers,
+    digest: Digest,
+    component: Component,
+    component_bytes: usize,
+) -> Result<Arc<LoadedFunction>, Error> {
+    let world = worlds::of_exports(
+        component
+            .component_type()
+            .exports(engine)
+            .map(|(name, _)| name),
+    );
+    let invalid = |e: wasmtime::Error| Error::InvalidComponent(e.into());
+    let entry = match world {
+        World::Function => Entry::Function(
+            FunctionPre::new(
+                linkers
+                    .function
+                    .instantiate_pre(&component)
+                    .map_err(invalid)?,
+            )
+            .map_err(invalid)?,
+        ),
+        World::Http => Entry::Http(
+            ProxyPre::new(linkers.http.instantiate_pre(&component).map_err(invalid)?)
+                .map_err(invalid)?,
+        ),
+    };
+    Ok(Arc::new(LoadedFunction {
+        digest,
+        entry,
+        component_bytes,
+    }))
 }
 
 /// An exclusive lock on an entry's lock file, held while compiling; the

@@ -16,8 +16,9 @@ use super::warm::{WarmInstance, WarmKey, WarmPool};
 use super::{Entry, Error, GuestError, LoadedFunction};
 use crate::config::RuntimeConfig;
 
-/// What the caller hands to one execution.
-#[derive(Clone, Debug)]
+/// What the caller hands to one execution (serialized to an execution
+/// process as it is).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Invocation {
     pub request_id: String,
     pub language_title: String,
@@ -40,14 +41,14 @@ pub struct Invocation {
 
 /// A source handed to an interpreter component through the `script`
 /// import.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Script {
     pub text: Arc<str>,
     pub mode: ScriptMode,
 }
 
 /// What an interpreter does with a [`Script`] (the `mode` of the WIT).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ScriptMode {
     /// Compile it and run its top-level code; answer what `RunPrepared`
     /// takes (or `null`).
@@ -59,7 +60,7 @@ pub enum ScriptMode {
 }
 
 /// A finished execution.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Execution {
     /// The function's result.
     pub result: Value,
@@ -73,10 +74,37 @@ pub struct Execution {
 }
 
 /// One line the guest logged.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LogLine {
-    pub level: &'static str,
+    pub level: LogLevel,
     pub message: String,
+}
+
+/// The severity of a [`LogLine`], as the `host` interface's `log` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The state of one store: everything the guest can reach.
@@ -185,10 +213,10 @@ impl bindings::lambda::function::host::Host for GuestState {
         }
         self.log_budget = self.log_budget.saturating_sub(message.len());
         let level = match level {
-            Level::Debug => "debug",
-            Level::Info => "info",
-            Level::Warn => "warn",
-            Level::Error => "error",
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
         };
         self.logs.push(LogLine { level, message });
     }

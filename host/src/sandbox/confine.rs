@@ -140,6 +140,38 @@ fn ruleset(job: &Job) -> anyhow::Result<RulesetCreated> {
     Ok(created)
 }
 
+/// Confines the calling thread, and every thread it starts after, to the
+/// files in `readable` (read only) and nothing else: no other file or
+/// directory can be opened, no TCP port bound or connected to, no signal
+/// sent and no abstract socket reached outside the process. The execution
+/// processes ([`crate::runtime`]) call it before they start any thread:
+/// Landlock binds the threads that exist, not the ones before.
+///
+/// Best effort: a kernel without Landlock enforces nothing, which the
+/// status returned says (the caller reports it; the wasm sandbox stays).
+pub fn confine_to_files(readable: &[&Path]) -> anyhow::Result<RulesetStatus> {
+    let mut rules: Vec<PathBeneath<PathFd>> = Vec::new();
+    for path in readable {
+        // A file the kernel lacks (no /proc/swaps) is simply not granted.
+        if let Ok(fd) = PathFd::new(path) {
+            rules.push(PathBeneath::new(
+                fd,
+                AccessFs::from_read(WANTED_ABI) & AccessFs::from_file(WANTED_ABI),
+            ));
+        }
+    }
+    let status = Ruleset::default()
+        .handle_access(AccessFs::from_all(WANTED_ABI))?
+        .handle_access(AccessNet::from_all(WANTED_ABI))?
+        .scope(Scope::from_all(WANTED_ABI))?
+        .create()?
+        .add_rules(rules.into_iter().map(Ok::<_, landlock::RulesetError>))?
+        .no_new_privs(true)
+        .restrict_self()
+        .context("Landlock refused the execution process's rules")?;
+    Ok(status.ruleset)
+}
+
 /// The seccomp filters: x32 system calls closed (they would pass a filter
 /// written for x86-64 numbers), no socket of any family (`socketpair` for
 /// pipes stays), and no system call of a kernel surface a build never uses.
