@@ -329,3 +329,66 @@ async fn through_the_api_a_fresh_python_execution_runs_in_a_child_that_health_an
     );
     app.stop().await;
 }
+
+/// User and system CPU time of a process so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime: fields 14 and 15 of proc(5).
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_execution_its_caller_gave_up_on_stops_in_the_child_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path(), |s| s.runtime.execution_processes = Some(1));
+    let function = runtime
+        .load(interpreter(Language::Nodejs).await)
+        .await
+        .unwrap();
+    execute(
+        &runtime,
+        &function,
+        json!({"a": 1, "b": 1}),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let pid = runtime.process_stats().unwrap().pids[0];
+
+    // A caller that goes away 300 ms into an endless loop with a minute's
+    // deadline (a client that disconnects): its slot is free at once, so
+    // the child must not go on running the loop outside every share.
+    let endless = run_script(json!({"op": "loop"}));
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(300),
+        runtime.invoke(&function, &endless, Some(Duration::from_secs(60))),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the loop answered: {abandoned:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spent = cpu_ticks(pid) - before;
+    // A running loop takes a whole core: about 200 ticks in 2 s.
+    assert!(
+        spent < 50,
+        "the child spent {spent} ticks in 2 s after the cancel"
+    );
+
+    // And it serves on.
+    let fine = execute(
+        &runtime,
+        &function,
+        json!({"a": 5, "b": 5}),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(fine.unwrap()["sum"], 10);
+    assert_eq!(runtime.process_stats().unwrap().pids, vec![pid]);
+}

@@ -19,9 +19,10 @@
 //!
 //! The protocol, over one Unix socket per child (its fd 0): frames of a
 //! length-prefixed JSON header and a length-prefixed blob. The host sends
-//! [`Start`], then [`Request`]s; the child answers [`Ready`] once, then an
-//! [`Answer`] per request, in any order (it runs them concurrently on its
-//! one thread, as the host's own threads would).
+//! [`Start`], then [`ToChild`] frames (executions, and cancellations of
+//! those whose caller went away); the child answers [`Ready`] once, then
+//! an [`Answer`] per execution, in any order (it runs them concurrently on
+//! its one thread, as the host's own threads would).
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd as _, OwnedFd};
@@ -137,9 +138,20 @@ impl Start {
     }
 }
 
+/// What the host sends a child after [`Start`].
+#[derive(Serialize, Deserialize)]
+enum ToChild {
+    Execute(Box<Request>),
+    /// The host stopped waiting for this execution (its caller went away):
+    /// the child drops it, instance and all, as the host would its own.
+    Cancel {
+        id: u64,
+    },
+}
+
 /// One execution for a child. `native` (the blob of the frame) comes with
 /// it when the child answered [`Reply::NotLoaded`] before.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Request {
     id: u64,
     digest: Digest,
@@ -324,6 +336,29 @@ impl Child {
     }
 }
 
+/// An execution sent to a child and not answered yet.
+struct Pending<'a> {
+    child: &'a Child,
+    id: u64,
+    answered: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.child
+                .waiting
+                .lock()
+                .expect("not poisoned")
+                .remove(&self.id);
+            let _ = self
+                .child
+                .frames
+                .send(frame(&ToChild::Cancel { id: self.id }, &[]));
+        }
+    }
+}
+
 /// Counts an execution in flight on a child for as long as it lives.
 struct InFlight<'a>(&'a AtomicUsize);
 
@@ -433,11 +468,25 @@ impl ExecutionProcesses {
             .lock()
             .expect("not poisoned")
             .insert(request.id, answer);
-        if child.frames.send(frame(request, native)).is_err() {
+        if child
+            .frames
+            .send(frame(&ToChild::Execute(Box::new(request.clone())), native))
+            .is_err()
+        {
             child.kill();
             return Err(gone());
         }
-        match tokio::time::timeout(timeout + ANSWER_GRACE, answered).await {
+        // Dropped unanswered (the caller went away, so this future was
+        // dropped): the child is told to drop the execution too, or it
+        // would run to its deadline outside the caller's share of slots.
+        let mut pending = Pending {
+            child,
+            id: request.id,
+            answered: false,
+        };
+        let outcome = tokio::time::timeout(timeout + ANSWER_GRACE, answered).await;
+        pending.answered = true;
+        match outcome {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(gone()),
             Err(_) => {
@@ -659,11 +708,21 @@ async fn serve(socket: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
     };
     let _ = frames.send(frame(&ready, &[]));
     let max_header = max_header_bytes(&config);
+    // The executions running, to drop one the host cancels.
+    let running: Arc<Mutex<HashMap<u64, tokio::task::AbortHandle>>> = Arc::default();
     while let Some((header, native)) = read_frame(&mut reader, max_header, MAX_NATIVE_BYTES).await?
     {
-        let request: Request = serde_json::from_slice(&header).context("a request")?;
+        let request = match serde_json::from_slice(&header).context("a frame")? {
+            ToChild::Execute(request) => *request,
+            ToChild::Cancel { id } => {
+                if let Some(execution) = running.lock().expect("not poisoned").remove(&id) {
+                    execution.abort();
+                }
+                continue;
+            }
+        };
         if !native.is_empty() {
-            // Loaded before the next request is read: requests for this
+            // Loaded before the next frame is read: executions of this
             // function that follow find it.
             if let Err(e) = runtime.load_native(request.digest, &native).await {
                 let answer = Answer {
@@ -674,8 +733,12 @@ async fn serve(socket: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 continue;
             }
         }
-        let (runtime, frames) = (runtime.clone(), frames.clone());
-        tokio::spawn(async move {
+        let id = request.id;
+        let (runtime, frames, finished) = (runtime.clone(), frames.clone(), running.clone());
+        // Registered before the task can run (this is the process's only
+        // executor thread), so a cancel that follows finds it.
+        let mut running_now = running.lock().expect("not poisoned");
+        let execution = tokio::spawn(async move {
             let reply = match runtime.loaded(request.digest).await {
                 None => Reply::NotLoaded,
                 Some(function) => Reply::Done(
@@ -685,14 +748,10 @@ async fn serve(socket: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                         .map_err(WireError::from),
                 ),
             };
-            let _ = frames.send(frame(
-                &Answer {
-                    id: request.id,
-                    reply,
-                },
-                &[],
-            ));
+            finished.lock().expect("not poisoned").remove(&id);
+            let _ = frames.send(frame(&Answer { id, reply }, &[]));
         });
+        running_now.insert(id, execution.abort_handle());
     }
     Ok(())
 }
