@@ -285,7 +285,7 @@ pub struct RuntimeConfig {
     pub output_limit_bytes: usize,
     // The least recently used functions beyond it are dropped (and loaded
     // again from the AOT cache when asked for).
-    /// The loaded functions kept in memory, by the summed size of their components, in MiB.
+    /// The loaded functions kept in memory, by the summed size of their components, in MiB: in the host and in each execution process (which keeps the large components it ran).
     #[arg(long = "loaded-components-mb", global = true, env = "LAMBDA_LOADED_COMPONENTS_MB", default_value = "1024", value_parser = mebibytes)]
     pub loaded_components_max_bytes: u64,
     /// Cranelift's incremental compilation cache, in MiB (0: off): functions compiled for one component are reused for the next that contains them, such as the interpreter every JavaScript or Python component carries.
