@@ -494,15 +494,7 @@ async fn a_build_past_its_limit_is_a_422_naming_the_limit() {
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("time limit of 10 s"), "{message}");
     // Counted as a timed-out build.
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics
             .contains("lambda_component_builds_total{language=\"python\",outcome=\"timeout\"} 1"),
@@ -772,15 +764,7 @@ async fn health_reports_embedded_stores_and_metrics_move_with_requests() {
     let params = json!({"data": {}, "rules": ["required"]});
     app.execute(&token, &id, params.clone()).await;
     app.execute(&token, &id, params).await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     for line in [
         "lambda_http_requests_total{endpoint=\"/api/v1/execute/{request_id}\",status=\"200\"} 2",
         "lambda_executions_total{language=\"rust\",outcome=\"ok\",tier=\"1\"} 1",
@@ -1590,15 +1574,7 @@ async fn overlapping_scrapes_report_compilations_exactly() {
     for scrape in futures::future::join_all(scrapes).await {
         assert_eq!(scrape.unwrap().status(), 200);
     }
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(
         text.contains("\nlambda_component_compiles_total 1\n"),
         "{}",

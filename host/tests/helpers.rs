@@ -307,6 +307,13 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
+    /// GET /metrics, as text.
+    pub async fn metrics(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
     /// POST /api/v1/initialize.
     pub async fn initialize(
         &self,

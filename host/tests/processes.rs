@@ -52,6 +52,26 @@ async fn execute(
     .map(|execution| execution.result)
 }
 
+/// A runtime with one execution process, started by a first execution of
+/// the JavaScript interpreter; and that child's process id.
+async fn one_running_child(dir: &std::path::Path) -> (Runtime, Arc<LoadedFunction>, u32) {
+    let runtime = runtime(dir, |s| s.runtime.execution_processes = Some(1));
+    let function = runtime
+        .load(interpreter(Language::Nodejs).await)
+        .await
+        .unwrap();
+    execute(
+        &runtime,
+        &function,
+        json!({"a": 1, "b": 1}),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let pid = runtime.process_stats().unwrap().pids[0];
+    (runtime, function, pid)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fresh_interpreter_executions_run_in_confined_children_of_the_host() {
     let dir = tempfile::tempdir().unwrap();
@@ -176,20 +196,7 @@ async fn deadlines_and_memory_caps_hold_in_a_child_and_it_serves_on() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_child_that_dies_fails_only_its_executions_and_is_started_again() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = runtime(dir.path(), |s| s.runtime.execution_processes = Some(1));
-    let function = runtime
-        .load(interpreter(Language::Nodejs).await)
-        .await
-        .unwrap();
-    execute(
-        &runtime,
-        &function,
-        json!({"a": 1, "b": 1}),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
-    let pid = runtime.process_stats().unwrap().pids[0];
+    let (runtime, function, pid) = one_running_child(dir.path()).await;
 
     // An execution that would run for a minute, and the child killed
     // under it (as the kernel's OOM killer or an escaped guest's crash
@@ -310,15 +317,7 @@ async fn through_the_api_a_fresh_python_execution_runs_in_a_child_that_health_an
         health(&app).await["components"]["execution_processes"],
         json!({"status": "confined", "running": 1, "started": 1})
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("lambda_execution_processes_running 1"),
         "{metrics}"
@@ -346,20 +345,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_execution_its_caller_gave_up_on_stops_in_the_child_too() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = runtime(dir.path(), |s| s.runtime.execution_processes = Some(1));
-    let function = runtime
-        .load(interpreter(Language::Nodejs).await)
-        .await
-        .unwrap();
-    execute(
-        &runtime,
-        &function,
-        json!({"a": 1, "b": 1}),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
-    let pid = runtime.process_stats().unwrap().pids[0];
+    let (runtime, function, pid) = one_running_child(dir.path()).await;
 
     // A caller that goes away 300 ms into an endless loop with a minute's
     // deadline (a client that disconnects): its slot is free at once, so

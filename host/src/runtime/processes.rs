@@ -298,6 +298,10 @@ pub struct ExecutionProcesses {
     /// When a child last failed to start: no other is tried for
     /// [`RETRY_START_AFTER`] (the host runs the executions itself).
     failed_start: Mutex<Option<Instant>>,
+    /// Native code serialized for the children, kept a little while: the
+    /// first executions of a function on new children, often a burst,
+    /// serialize it once.
+    serialized: moka::future::Cache<Digest, Arc<Vec<u8>>>,
 }
 
 /// How long the host runs fresh instances itself after a child failed to
@@ -385,6 +389,14 @@ impl ExecutionProcesses {
             started: AtomicU64::new(0),
             ready: Arc::new(Mutex::new(None)),
             failed_start: Mutex::new(None),
+            serialized: moka::future::Cache::builder()
+                // Weighed in KiB; at most 256 MiB of native code.
+                .max_capacity(256 << 10)
+                .weigher(|_, code: &Arc<Vec<u8>>| {
+                    u32::try_from(code.len().div_ceil(1024)).unwrap_or(u32::MAX)
+                })
+                .time_to_idle(Duration::from_secs(30))
+                .build(),
         })
     }
 
@@ -425,7 +437,7 @@ impl ExecutionProcesses {
         let child = self.least_busy()?;
         child.in_flight.fetch_add(1, Ordering::SeqCst);
         let _in_flight = InFlight(&child.in_flight);
-        let mut native = Vec::new();
+        let mut native: Option<Arc<Vec<u8>>> = None;
         loop {
             let request = Request {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -437,12 +449,19 @@ impl ExecutionProcesses {
                 },
                 timeout,
             };
-            match self.call(&child, &request, &native, timeout).await {
+            let sent = native.as_deref().map_or(&[][..], Vec::as_slice);
+            match self.call(&child, &request, sent, timeout).await {
                 Ok(Reply::Done(done)) => return Some(done.map_err(Error::from)),
-                Ok(Reply::NotLoaded) if native.is_empty() => match native_code(function).await {
-                    Ok(code) => native = code,
-                    Err(e) => return Some(Err(e)),
-                },
+                Ok(Reply::NotLoaded) if native.is_none() => {
+                    let serialized = self
+                        .serialized
+                        .try_get_with(function.digest, native_code(function))
+                        .await;
+                    match serialized {
+                        Ok(code) => native = Some(code),
+                        Err(e) => return Some(Err(Error::copy_of(&e))),
+                    }
+                }
                 Ok(Reply::NotLoaded) => {
                     return Some(Err(Error::Internal(anyhow::anyhow!(
                         "an execution process did not keep the native code it was sent"
@@ -634,7 +653,7 @@ fn gone() -> Error {
 
 /// The function's compiled code, serialized for a child (tens of
 /// milliseconds for an interpreter; once per child and function).
-async fn native_code(function: &LoadedFunction) -> Result<Vec<u8>, Error> {
+async fn native_code(function: &LoadedFunction) -> Result<Arc<Vec<u8>>, Error> {
     let Entry::Function(pre) = &function.entry else {
         return Err(Error::WrongWorld(
             "only lambda:function components run in execution processes",
@@ -644,6 +663,7 @@ async fn native_code(function: &LoadedFunction) -> Result<Vec<u8>, Error> {
     tokio::task::spawn_blocking(move || component.serialize())
         .await
         .map_err(|e| Error::Internal(e.into()))?
+        .map(Arc::new)
         .map_err(|e| Error::Internal(anyhow::Error::from(e).context("serializing native code")))
 }
 
@@ -721,17 +741,19 @@ async fn serve(socket: std::os::unix::net::UnixStream) -> anyhow::Result<()> {
                 continue;
             }
         };
-        if !native.is_empty() {
-            // Loaded before the next frame is read: executions of this
-            // function that follow find it.
-            if let Err(e) = runtime.load_native(request.digest, &native).await {
-                let answer = Answer {
-                    id: request.id,
-                    reply: Reply::Done(Err(e.into())),
-                };
-                let _ = frames.send(frame(&answer, &[]));
-                continue;
-            }
+        // Loaded before the next frame is read, so executions of this
+        // function that follow find it; sent again by a request of a burst
+        // that found it missing too, it is loaded once.
+        if !native.is_empty()
+            && runtime.loaded(request.digest).await.is_none()
+            && let Err(e) = runtime.load_native(request.digest, &native).await
+        {
+            let answer = Answer {
+                id: request.id,
+                reply: Reply::Done(Err(e.into())),
+            };
+            let _ = frames.send(frame(&answer, &[]));
+            continue;
         }
         let id = request.id;
         let (runtime, frames, finished) = (runtime.clone(), frames.clone(), running.clone());
