@@ -169,6 +169,7 @@ async fn dispatch(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut settings = args.settings;
+    settings.runtime.execution_process_log_json = args.log_format == LogFormat::Json;
     settings.validate()?;
     match args.command {
         Command::Serve => {

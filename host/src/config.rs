@@ -275,6 +275,11 @@ pub struct RuntimeConfig {
     /// library user (a test binary) says otherwise.
     #[arg(skip = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("lambda-host")))]
     pub execution_process_program: PathBuf,
+    /// Whether the execution processes write their log lines as JSON
+    /// objects, as the host does with `--log-format json` (they share its
+    /// stderr, so its collector reads both).
+    #[arg(skip)]
+    pub execution_process_log_json: bool,
     /// The period of the engine's epoch ticker: the granularity of
     /// deadlines and how often a running guest yields to the executor.
     #[arg(skip = Duration::from_millis(10))]

@@ -378,3 +378,79 @@ async fn an_execution_its_caller_gave_up_on_stops_in_the_child_too() {
     assert_eq!(fine.unwrap()["sum"], 10);
     assert_eq!(runtime.process_stats().unwrap().pids, vec![pid]);
 }
+
+/// A child writes its log lines in the host's format: with
+/// `--log-format json` the host passes it on, and the child's lines are
+/// JSON objects a collector reading the host's stderr can parse.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_child_logs_in_the_format_the_host_logs_in() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A wrapper that records the arguments the host starts a child with.
+    let wrapper = dir.path().join("child");
+    let recorded = dir.path().join("arguments");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$@\" > '{}'\nexec '{}' \"$@\"\n",
+            recorded.display(),
+            env!("CARGO_BIN_EXE_lambda-host")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for json_logs in [false, true] {
+        let runtime = runtime(dir.path(), |s| {
+            s.runtime.execution_processes = Some(1);
+            s.runtime.execution_process_program = wrapper.clone();
+            s.runtime.execution_process_log_json = json_logs;
+        });
+        let function = runtime
+            .load(interpreter(Language::Nodejs).await)
+            .await
+            .unwrap();
+        let answer = execute(&runtime, &function, json!({"a": 1, "b": 1}), TEST_GUARD).await;
+        assert_eq!(answer.unwrap()["sum"], 2);
+        assert_eq!(runtime.process_stats().unwrap().started, 1);
+        let arguments = std::fs::read_to_string(&recorded).unwrap();
+        assert_eq!(
+            arguments.split_whitespace().collect::<Vec<_>>(),
+            [lambda_host::runtime::processes::COMMAND]
+                .into_iter()
+                .chain(json_logs.then_some("--log-format=json"))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    // What a child logs, here the error of a host that closed the socket
+    // before saying how to start.
+    for json_logs in [false, true] {
+        let (socket, host_end) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(host_end);
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_lambda-host"))
+            .arg(lambda_host::runtime::processes::COMMAND)
+            .args(json_logs.then_some("--log-format=json"))
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                socket,
+            )))
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        let line = stderr.lines().next().expect("an error line");
+        assert!(line.contains("closed the socket"), "{stderr}");
+        let parsed = serde_json::from_str::<Value>(line);
+        if json_logs {
+            let record = parsed.unwrap();
+            assert_eq!(record["level"], "ERROR", "{record}");
+            assert!(
+                record["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("closed the socket")
+            );
+        } else {
+            assert!(parsed.is_err() && line.contains("ERROR"), "{line}");
+        }
+    }
+}

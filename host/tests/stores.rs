@@ -853,9 +853,20 @@ async fn postgres_logs_fill_the_seed_tables() {
         (user_id.as_deref(), status.as_str()),
         (Some("alice"), "active")
     );
-    // Writing the same batch again (a retry after a lost commit) adds no
-    // second request row.
-    store.write_batch(&log_batch()[..1]).await.unwrap();
+    // Writing the same request again (a retry after a lost commit) adds no
+    // second row.
+    let again = log_batch();
+    store.write_batch(&again[..1]).await.unwrap();
+    store.write_batch(&again[..1]).await.unwrap();
+    let LogRecord::Request(request) = &again[0] else {
+        unreachable!()
+    };
+    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM public.request_logs WHERE id = $1")
+        .bind(request.id)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
 }
 
 /// Records as an attacker would shape them: values wider than their

@@ -44,6 +44,8 @@ use crate::digest::Digest;
 
 /// The first argument that makes `lambda-host` an execution process.
 pub const COMMAND: &str = "execution-process";
+/// The child's only argument after [`COMMAND`]: its log lines as JSON.
+const LOG_JSON_ARG: &str = "--log-format=json";
 
 /// Components from this size on run their fresh instances in an execution
 /// process: the interpreters (12–19 MB). A Rust component (a few hundred
@@ -134,6 +136,7 @@ impl Start {
             integrity_key: crate::integrity::IntegrityKey::default(),
             execution_processes: Some(0),
             execution_process_program: PathBuf::new(),
+            execution_process_log_json: false,
         }
     }
 }
@@ -287,6 +290,7 @@ fn start_writer(mut writer: OwnedWriteHalf) -> mpsc::UnboundedSender<Vec<u8>> {
 /// when one dies.
 pub struct ExecutionProcesses {
     program: PathBuf,
+    log_json: bool,
     start: Vec<u8>,
     max_header: u64,
     children: Vec<Mutex<Option<Arc<Child>>>>,
@@ -382,6 +386,7 @@ impl ExecutionProcesses {
         };
         Some(Self {
             program: config.execution_process_program.clone(),
+            log_json: config.execution_process_log_json,
             start: frame(&Start::of(config), &[]),
             max_header: max_header_bytes(config),
             children: (0..count).map(|_| Mutex::new(None)).collect(),
@@ -561,6 +566,7 @@ impl ExecutionProcesses {
         let mut command = tokio::process::Command::new(&self.program);
         command
             .arg(COMMAND)
+            .args(self.log_json.then_some(LOG_JSON_ARG))
             // Nothing of the host's environment: no secret, no store URL.
             .env_clear()
             .stdin(std::process::Stdio::from(OwnedFd::from(theirs)))
@@ -674,12 +680,20 @@ async fn native_code(function: &LoadedFunction) -> Result<Arc<Vec<u8>>, Error> {
 /// fd 0 until it closes. Single-threaded but for the engine's epoch
 /// ticker.
 pub fn main() -> ExitCode {
-    // Warnings and errors, as text on the host's stderr.
-    tracing_subscriber::fmt()
+    // Warnings and errors on the host's stderr, in the host's format.
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    if std::env::args_os().any(|arg| arg == LOG_JSON_ARG) {
+        logs.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
+    } else {
+        logs.init();
+    }
     let executor = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

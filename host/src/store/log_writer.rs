@@ -26,9 +26,9 @@ use super::{LogRecord, LogStore};
 
 /// Records written per transaction, at most. Large enough that a database
 /// sharing two cores with a host serving 10,000 executions a second keeps
-/// up (1,000 did not: PostgreSQL fell behind and the queue overflowed);
-/// each statement of a batch still carries at most
-/// `LogBatch::ROWS_PER_STATEMENT` rows.
+/// up (1,000 did not: PostgreSQL fell behind and the queue overflowed).
+/// How the rows of a batch become statements is the store's business
+/// (PostgreSQL: one per table; SQLite: one per table and thousand rows).
 const BATCH: usize = 5000;
 /// How long a batch waits to fill up before it is written anyway.
 const LINGER: Duration = Duration::from_millis(50);
