@@ -97,7 +97,10 @@ test: setup-toolchains
     cargo test --workspace --locked
     # The API fuzzed from its own OpenAPI document (schemathesis), on the
     # embedded stores and on Redis + PostgreSQL: 30 seconds each (about
-    # 1,500 cases each; `just fuzz` runs ten minutes each).
+    # 1,500 cases each; `just fuzz` runs ten minutes each). On the caches of
+    # the tests (through the CLI tests' data directory, which links them):
+    # the predefined functions and interpreters are built and compiled.
+    export FUZZ_CACHES_FROM=target/test-cli-data
     scripts/fuzz.sh embedded 30
     scripts/fuzz.sh production 30
     # The deployment files, then the dashboard against a real stack: two

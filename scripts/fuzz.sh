@@ -10,7 +10,9 @@
 # target/test-services/env first). Fails on a failure of the host (a 5xx that
 # is not a function's own error, a full host or a deadline: fuzz/hooks.py), a
 # response the document does not describe, or a hang (90 s per request; a
-# build may take 60).
+# build may take 60). FUZZ_CACHES_FROM=DIR: the data directory whose
+# caches (artifacts, compiled code, toolchain cache) and secret the host
+# uses, as links, instead of building and compiling everything again.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -30,6 +32,14 @@ data=target/fuzz-data
 log=$data/host-$stores.log
 mkdir -p "$data"
 chmod 700 "$data"
+if [[ -n ${FUZZ_CACHES_FROM:-} ]]; then
+    for cache in artifacts aot toolchain-cache; do
+        mkdir -p "$FUZZ_CACHES_FROM/$cache"
+        rm -rf "${data:?}/$cache"
+        ln -s "$(realpath "$FUZZ_CACHES_FROM/$cache")" "$data/$cache"
+    done
+    install -m 600 "$FUZZ_CACHES_FROM/jwt-secret" "$data/jwt-secret"
+fi
 export LAMBDA_DATA_DIR=$data LAMBDA_RUST_TARGET_DIR=${LAMBDA_RUST_TARGET_DIR:-target/guest-rust}
 unset LAMBDA_JWT_SECRET LAMBDA_REDIS_URL LAMBDA_DATABASE_URL
 if [[ $stores == production ]]; then

@@ -43,11 +43,49 @@ pub fn lambda_host(data_dir: &Path) -> std::process::Command {
 }
 
 /// A data directory shared by the tests that run the binary on the
-/// interpreter components, so their 10-second AOT compilation happens once,
-/// not per test run.
+/// interpreter components. Its caches are links to the ones the servers of
+/// this process share (`settings`), and it holds the same secret, so a
+/// component built or compiled by either is reused by the other instead of
+/// costing another half minute of a componentizer and Cranelift; `just
+/// test`'s fuzzer uses them through it afterwards, for the same reason.
 pub fn shared_cli_data_dir() -> PathBuf {
-    repo_root().join("target/test-cli-data")
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let dir = repo_root().join("target/test-cli-data");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        for (cache, shared) in [
+            ("artifacts", SHARED_ARTIFACTS),
+            ("aot", SHARED_AOT),
+            ("toolchain-cache", SHARED_TOOLCHAIN_CACHE),
+        ] {
+            let (link, target) = (dir.join(cache), repo_root().join(shared));
+            std::fs::create_dir_all(&target).unwrap();
+            if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+                // A directory of its own, from before the caches were shared.
+                let _ = std::fs::remove_dir_all(&link);
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(&target, &link).unwrap();
+            }
+        }
+        let mut secret = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join("jwt-secret"))
+            .unwrap();
+        std::io::Write::write_all(&mut secret, TEST_SECRET.as_bytes()).unwrap();
+        dir
+    })
+    .clone()
 }
+
+/// The caches every test shares, under the repository's root.
+const SHARED_ARTIFACTS: &str = "target/test-artifacts";
+const SHARED_AOT: &str = "target/test-aot";
+const SHARED_TOOLCHAIN_CACHE: &str = "target/test-toolchain-cache";
 
 fn shared_compile_cache() -> Arc<lambda_host::runtime::CompiledFunctions> {
     static CACHE: std::sync::OnceLock<Arc<lambda_host::runtime::CompiledFunctions>> =
@@ -64,13 +102,13 @@ fn shared_compile_cache() -> Arc<lambda_host::runtime::CompiledFunctions> {
 pub fn settings(data_dir: &Path) -> Settings {
     let mut settings = Settings::new(data_dir, repo_root().join("components"));
     settings.toolchain.rust_target_dir = repo_root().join("target/guest-rust");
-    settings.toolchain.cache_dir = repo_root().join("target/test-toolchain-cache");
+    settings.toolchain.cache_dir = repo_root().join(SHARED_TOOLCHAIN_CACHE);
     // The test binary is not the host: the sandbox's supervisor is.
     settings.toolchain.sandbox_supervisor = env!("CARGO_BIN_EXE_lambda-host").into();
     settings.runtime.execution_process_program = env!("CARGO_BIN_EXE_lambda-host").into();
-    settings.toolchain.artifacts_dir = repo_root().join("target/test-artifacts");
+    settings.toolchain.artifacts_dir = repo_root().join(SHARED_ARTIFACTS);
     settings.toolchain.toolchains_dir = repo_root().join("toolchains");
-    settings.runtime.aot_cache_dir = Some(repo_root().join("target/test-aot"));
+    settings.runtime.aot_cache_dir = Some(repo_root().join(SHARED_AOT));
     // One incremental compilation cache for every runtime of the test
     // binary, as one host has: a new JavaScript or Python component then
     // compiles in seconds, reusing its engine's code from earlier tests.
