@@ -140,6 +140,30 @@ impl Drop for StderrGuard {
     }
 }
 
+/// Installs the process's log subscriber: lines of `writer` passing
+/// `filter`, as text (coloured when `ansi`) or, when `json`, one object per
+/// line with the event's fields at the top level (`"status":200`, not
+/// `"fields":{"status":200}`), so collectors index them as they are. The
+/// host and its execution processes both log through it, in one format.
+pub fn init<W>(writer: W, filter: tracing_subscriber::EnvFilter, json: bool, ansi: bool)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_env_filter(filter);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.with_ansi(ansi).init();
+    }
+}
+
 /// The buffered stderr for the host's logs, its flushing thread, and a
 /// panic hook that writes out the buffer before the panic's own message.
 pub fn buffered_stderr() -> (BufferedLines<io::Stderr>, StderrGuard) {

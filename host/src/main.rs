@@ -63,24 +63,13 @@ const BLOCKING_TASKS_AT_EXIT: std::time::Duration = std::time::Duration::from_se
 /// JSON object per line for log collectors (`--log-format json`). Lines are
 /// written in blocks, warnings and errors at once (`log_output`).
 fn init_logging(args: &cli::Args) -> lambda_host::log_output::StderrGuard {
-    let filter = tracing_subscriber::EnvFilter::new(args.log_filter());
     let (stderr, guard) = lambda_host::log_output::buffered_stderr();
-    let builder = tracing_subscriber::fmt()
-        .with_writer(stderr)
-        .with_env_filter(filter);
-    match args.log_format() {
-        cli::LogFormat::Text => builder
-            // Colours only on a terminal: logs piped to a file stay greppable.
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        // Fields at the top level of each object (`"status":200`, not
-        // `"fields":{"status":200}`), so collectors index them as they are.
-        cli::LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .init(),
-    }
+    lambda_host::log_output::init(
+        stderr,
+        tracing_subscriber::EnvFilter::new(args.log_filter()),
+        args.log_format() == cli::LogFormat::Json,
+        // Colours only on a terminal: logs piped to a file stay greppable.
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
     guard
 }

@@ -681,19 +681,12 @@ async fn native_code(function: &LoadedFunction) -> Result<Arc<Vec<u8>>, Error> {
 /// ticker.
 pub fn main() -> ExitCode {
     // Warnings and errors on the host's stderr, in the host's format.
-    let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
-        .with_ansi(false);
-    if std::env::args_os().any(|arg| arg == LOG_JSON_ARG) {
-        logs.json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .init();
-    } else {
-        logs.init();
-    }
+    crate::log_output::init(
+        std::io::stderr,
+        tracing_subscriber::EnvFilter::new("warn"),
+        std::env::args_os().any(|arg| arg == LOG_JSON_ARG),
+        false,
+    );
     let executor = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

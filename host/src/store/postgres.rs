@@ -464,9 +464,6 @@ impl ArtifactStore for PgStore {
     }
 }
 
-/// What a session's row becomes when a later copy of it is written (by
-/// the log writer): the count only grows, and the status stays (an ended
-/// session stays ended).
 /// Log rows go in as one array per column, unnested: one statement per
 /// table for a whole batch, whose text (and so its prepared plan) is the
 /// same for any number of rows. Measured on two cores, 200,000 request rows
@@ -492,6 +489,9 @@ fn column<'a, R, T>(rows: &[&'a R], value: impl Fn(&'a R) -> T) -> Vec<T> {
     rows.iter().map(|&row| value(row)).collect()
 }
 
+/// What a session's row becomes when a later copy of it is written (by
+/// the log writer): the count only grows, and the status stays (an ended
+/// session stays ended).
 const LATER_COPY: &str = " ON CONFLICT (request_id) DO UPDATE SET
      execution_count = GREATEST(meta.sessions.execution_count, excluded.execution_count),
      last_executed_at = excluded.last_executed_at,
